@@ -1,0 +1,447 @@
+"""The token-level Search-R1 environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from search_env.codec import TokenCodec, get_codec
+from search_env.protocol import ProtocolConfig, format_documents, parse_turn, prompt_text
+from search_env.retrievers.base import Retriever
+from search_env.rewards import make_reward, score_all
+from search_env.types import Passage, QAExample
+
+logger = logging.getLogger(__name__)
+
+ActionMode = Literal["token", "chunk"]
+
+
+class EpisodeOverError(RuntimeError):
+    """``step()`` was called after the episode ended without a ``reset()``."""
+
+
+@dataclass
+class _Turn:
+    """Bookkeeping of the turn in progress."""
+
+    start: int  # index in the context where the turn's first agent token sits
+    tokens: int = 0
+    scan_state: int = 0
+    data: bytearray = field(default_factory=bytearray)
+    cut: int = -1  # byte offset just past the closing tag, -1 while open
+
+
+@dataclass
+class _PendingStep:
+    """A step whose agent tokens are consumed, waiting (maybe) for retrieval."""
+
+    query: str | None
+    info: dict[str, Any]
+
+
+class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
+    """Question answering with a search engine, one agent token (or turn) per step.
+
+    ## Description
+    The Search-R1 protocol (arXiv 2503.09516) as a Gymnasium env. The context starts with
+    the prompt for one question. The agent writes tokens; when its turn closes a
+    ``<search> query </search>`` the env retrieves ``topk`` passages and appends
+    ``<information>...</information>``; ``<answer> ... </answer>`` ends the episode; a turn
+    with neither gets the invalid-action message. Environment tokens (prompt, information,
+    messages) carry mask 0, agent tokens mask 1.
+
+    ## Action Space
+    ``action_mode="token"``: ``Discrete(vocab_size)``, one token id per step.
+    ``action_mode="chunk"``: ``Sequence(Discrete(vocab_size))``, one generated turn per
+    step (token ids after the turn's first closing tag are ignored and counted in
+    ``info["ignored_tokens"]``; a chunk that ends without a tag ends the turn).
+
+    ## Observation Space
+    ``Dict(tokens=Box(0, vocab-1, (max_prompt_length,), int64),
+    mask=Box(0, 1, (max_prompt_length,), int8), length=Box(0, max_prompt_length, (1,), int64))``.
+    Only the first ``length`` entries are meaningful; the rest are 0.
+
+    ## Rewards
+    At the episode end: the metric (EM by default, or F1 / cover-EM) of the answer the
+    agent wrote against the gold answers, or ``format_score`` for a wrong answer. 0 on
+    every other step and when no answer was given.
+
+    ## Starting State
+    A question drawn with ``self.np_random`` (or ``options={"index": i}``).
+
+    ## Episode End
+    ``terminated`` when the agent answers. ``truncated`` after ``max_turns`` search turns
+    plus one final turn without an answer, or when the context reaches
+    ``max_prompt_length`` tokens.
+
+    ## Arguments
+    ``dataset`` (QA examples), ``retriever`` (a ``Retriever``), ``tokenizer`` (a Hugging
+    Face tokenizer), ``action_mode``, ``reward_metric``, ``format_score``, ``protocol``
+    (a ``ProtocolConfig``) and any ``ProtocolConfig`` field as a keyword (``topk=5``),
+    ``eos_token_ids``, ``vocab_size`` (defaults to ``len(tokenizer)``; pass the model's
+    embedding size to accept its unused ids), ``on_retrieval_error`` (``"raise"`` or
+    ``"observe"``: show the error as the information block and flag it in ``info``).
+
+    ## Info
+    Every step: ``turn`` (turns completed), ``turn_ended``. When a turn ends, also
+    ``action`` (``search``/``answer``/``invalid``), ``end_reason`` (``tag``, ``eos``,
+    ``budget``, ``chunk_end``, ``context``), ``searches``, ``queries``, ``query``,
+    ``query_truncated``, ``tag_count``, ``retrieval_time``, ``ignored_tokens`` (chunk
+    mode). When the episode ends, also ``answer``, ``golden_answers``, ``scores`` (every
+    metric), ``question``, ``index``.
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        dataset: Sequence[QAExample],
+        retriever: Retriever,
+        tokenizer: Any,
+        *,
+        action_mode: ActionMode = "token",
+        protocol: ProtocolConfig | None = None,
+        reward_metric: str = "em",
+        format_score: float = 0.0,
+        eos_token_ids: Sequence[int] | None = None,
+        vocab_size: int | None = None,
+        on_retrieval_error: Literal["raise", "observe"] = "raise",
+        copy_obs: bool = True,
+        render_mode: str | None = None,
+        **protocol_overrides: Any,
+    ) -> None:
+        if len(dataset) == 0:
+            raise ValueError("dataset is empty")
+        if action_mode not in ("token", "chunk"):
+            raise ValueError(f"action_mode must be 'token' or 'chunk', got {action_mode!r}")
+        if on_retrieval_error not in ("raise", "observe"):
+            raise ValueError("on_retrieval_error must be 'raise' or 'observe'")
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        if not callable(getattr(retriever, "search", None)):
+            raise TypeError(f"retriever must have a search(queries, k) method, got {retriever!r}")
+        unknown = set(protocol_overrides) - {f.name for f in dataclasses.fields(ProtocolConfig)}
+        if unknown:
+            raise TypeError(f"unknown SearchQAEnv arguments: {sorted(unknown)}")
+        protocol = protocol or ProtocolConfig()
+        self.protocol = dataclasses.replace(protocol, **protocol_overrides)
+        self.dataset = dataset
+        self.retriever = retriever
+        self.codec: TokenCodec = get_codec(tokenizer, vocab_size, eos_token_ids)
+        self.tokenizer = self.codec.tokenizer
+        self.action_mode = action_mode
+        self.reward_metric = reward_metric
+        self.reward_fn = make_reward(reward_metric, format_score)
+        self.on_retrieval_error = on_retrieval_error
+        self.copy_obs = copy_obs
+        self.render_mode = render_mode
+
+        vocab = self.codec.vocab_size
+        length = self.protocol.max_prompt_length
+        token_space = spaces.Discrete(vocab)
+        self.action_space = token_space if action_mode == "token" else spaces.Sequence(token_space)
+        self.observation_space = spaces.Dict(
+            {
+                "tokens": spaces.Box(0, vocab - 1, (length,), np.int64),
+                "mask": spaces.Box(0, 1, (length,), np.int8),
+                "length": spaces.Box(0, length, (1,), np.int64),
+            }
+        )
+        self._tokens = np.zeros(length, np.int64)
+        self._mask = np.zeros(length, np.int8)
+        self._len = 0
+        self._invalid_ids = self.codec.encode(self.protocol.invalid_message)
+        head, _, tail = self.protocol.information_format.partition("{docs}")
+        self._info_head, self._info_tail = head, tail
+        self._info_tail_ids = self.codec.encode(tail)
+        self._example: QAExample | None = None
+        self._index = -1
+        self._done = True
+        self._pending: _PendingStep | None = None
+
+    # ------------------------------------------------------------------ reset
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode.
+
+        ``options``: ``{"index": i}`` picks question ``i`` of the dataset;
+        ``{"example": QAExample(...)}`` poses any question.
+        """
+        super().reset(seed=seed)
+        options = options or {}
+        if "example" in options:
+            example, index = options["example"], -1
+            if not isinstance(example, QAExample):
+                raise TypeError("options['example'] must be a QAExample")
+        else:
+            index = options.get("index")
+            if index is None:
+                index = int(self.np_random.integers(len(self.dataset)))
+            elif not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.dataset):
+                raise ValueError(f"options['index'] must be an int in [0, {len(self.dataset)}), got {index!r}")
+            index = int(index)
+            example = self.dataset[index]
+        self._example, self._index = example, index
+        prompt_ids = self.codec.encode(prompt_text(example.question, self.protocol, self.tokenizer))
+        cap = self.protocol.max_prompt_length
+        if len(prompt_ids) >= cap:
+            raise ValueError(
+                f"the prompt of question {example.id!r} has {len(prompt_ids)} tokens, which "
+                f"leaves no room in max_prompt_length={cap}"
+            )
+        self._tokens[:] = 0
+        self._mask[:] = 0
+        self._len = 0
+        self._append(prompt_ids, agent=False)
+        self._turn_index = 0
+        self._searches = 0
+        self._queries: list[str] = []
+        self._answer: str | None = None
+        self._turn = _Turn(start=self._len)
+        self._done = False
+        self._pending = None
+        self._prompt_len = len(prompt_ids)
+        info = {
+            "turn": 0,
+            "turn_ended": False,
+            "question": example.question,
+            "index": index,
+            "prompt_tokens": len(prompt_ids),
+            "prompt_over_budget": len(prompt_ids) > self.protocol.max_start_length,
+        }
+        return self._obs(), info
+
+    # ------------------------------------------------------------------- step
+    def step(
+        self, action: Any
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        query = self.begin_step(action)
+        if query is None:
+            return self.finish_step(None)
+        start = time.perf_counter()
+        try:
+            results: list[Passage] | Exception = self.retriever.search([query], self.protocol.topk)[0]
+        except Exception as exc:  # flagged or re-raised by finish_step
+            results = exc
+        return self.finish_step(results, time.perf_counter() - start)
+
+    def begin_step(self, action: Any) -> str | None:
+        """Consume the agent's tokens; return the query to retrieve for, if any.
+
+        Split from :meth:`finish_step` so the vector env can batch retrieval.
+        """
+        if self._done:
+            raise EpisodeOverError("step() called after the episode ended; call reset() first")
+        if self._pending is not None:
+            raise RuntimeError("begin_step() called twice without finish_step()")
+        ids = self._check_action(action)
+        end_reason, consumed = None, 0
+        for tid in ids:
+            consumed += 1
+            end_reason = self._push(tid)
+            if end_reason is not None:
+                break
+        if end_reason is None and self.action_mode == "chunk":
+            end_reason = "chunk_end"
+        info: dict[str, Any] = {"turn": self._turn_index, "turn_ended": end_reason is not None}
+        if self.action_mode == "chunk":
+            info["ignored_tokens"] = len(ids) - consumed
+        query = None
+        if end_reason is not None:
+            query = self._end_turn(end_reason, info)
+        self._pending = _PendingStep(query, info)
+        return query
+
+    def finish_step(
+        self,
+        results: Sequence[Passage] | Exception | None,
+        retrieval_time: float = 0.0,
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Append the information block for a pending search and finish the step."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError("finish_step() called without begin_step()")
+        info = pending.info
+        if pending.query is not None:
+            info["retrieval_time"] = retrieval_time
+            if isinstance(results, Exception):
+                if self.on_retrieval_error == "raise":
+                    self._done = True
+                    raise results
+                info["retrieval_error"] = str(results)
+                docs = f"Retrieval failed: {results}\n"
+            elif results is None:
+                raise ValueError("finish_step() needs the retrieval results of the pending query")
+            else:
+                docs = format_documents(results, self.protocol)
+            self._append(self._information_ids(docs), agent=False)
+        reward = 0.0
+        terminated = truncated = False
+        if info.get("action") == "answer":
+            terminated = True
+        elif info.get("final_turn") or self._len >= self.protocol.max_prompt_length:
+            truncated = True
+        if terminated or truncated:
+            self._done = True
+            assert self._example is not None
+            golds = self._example.golden_answers
+            reward = float(self.reward_fn(self._answer, golds))
+            info.update(
+                answer=self._answer,
+                golden_answers=list(golds),
+                scores=score_all(self._answer, golds),
+                question=self._example.question,
+                index=self._index,
+                searches=self._searches,
+                queries=list(self._queries),
+            )
+        return self._obs(), reward, terminated, truncated, info
+
+    # ---------------------------------------------------------------- helpers
+    def _check_action(self, action: Any) -> Sequence[int]:
+        vocab = self.codec.vocab_size
+        if self.action_mode == "token":
+            if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+                if isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iu":
+                    action = int(action)
+                else:
+                    raise TypeError(
+                        f"token mode takes one integer token id, got {type(action).__name__}"
+                    )
+            if not 0 <= action < vocab:
+                raise ValueError(f"token id {action} out of range [0, {vocab})")
+            return (int(action),)
+        arr = np.asarray(action)
+        if arr.ndim != 1:
+            raise ValueError(f"chunk mode takes a 1-D sequence of token ids, got shape {arr.shape}")
+        if arr.size == 0:
+            raise ValueError("chunk mode takes at least one token id per step")
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= vocab:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} out of range [0, {vocab})")
+        return arr.tolist()
+
+    def _push(self, tid: int) -> str | None:
+        """Add one agent token; return why the turn ended, or None."""
+        self._tokens[self._len] = tid
+        self._mask[self._len] = 1
+        self._len += 1
+        turn = self._turn
+        turn.tokens += 1
+        codec = self.codec
+        if tid in codec.eos_ids:
+            return "eos"
+        data = codec.table[tid]
+        if data:
+            turn.scan_state, end = codec.scan(turn.scan_state, tid)
+            if end >= 0:
+                turn.cut = len(turn.data) + end
+                turn.data += data
+                return "tag"
+            turn.data += data
+        if turn.tokens >= self.protocol.max_response_length:
+            return "budget"
+        if self._len >= self.protocol.max_prompt_length:
+            return "context"
+        return None
+
+    def _end_turn(self, reason: str, info: dict[str, Any]) -> str | None:
+        """Parse the finished turn, record it in ``info``; return a query to run."""
+        turn = self._turn
+        data = turn.data if turn.cut < 0 else turn.data[: turn.cut]
+        parsed = parse_turn(bytes(data).decode("utf-8", errors="replace"))
+        final_turn = self._turn_index >= self.protocol.max_turns
+        self._turn_index += 1
+        info.update(
+            turn=self._turn_index,
+            action=parsed.kind,
+            end_reason=reason,
+            tag_count=parsed.tag_count,
+            final_turn=final_turn,
+        )
+        query = None
+        if parsed.kind == "answer":
+            self._answer = parsed.content
+        elif parsed.kind == "search":
+            assert parsed.content is not None
+            query = parsed.content
+            info["query_truncated"] = len(query) > self.protocol.max_query_chars
+            query = query[: self.protocol.max_query_chars]
+            info["query"] = query
+            if final_turn or reason == "context":
+                info["search_skipped"] = True
+                query = None
+            else:
+                self._searches += 1
+                self._queries.append(query)
+        elif not final_turn and reason != "context":
+            self._append(self._invalid_ids, agent=False)
+        info["searches"] = self._searches
+        info["queries"] = list(self._queries)
+        self._turn = _Turn(start=self._len)
+        return query
+
+    def _information_ids(self, docs: str) -> list[int]:
+        """Tokenize an information block, cut to ``max_obs_length`` with its closing tag kept."""
+        ids = self.codec.encode(self._info_head + docs + self._info_tail)
+        limit = self.protocol.max_obs_length
+        room = self.protocol.max_prompt_length - self._len
+        budget = min(limit, room)
+        if len(ids) <= budget:
+            return ids
+        tail = self._info_tail_ids
+        head = self.codec.encode(self._info_head + docs)
+        return head[: max(budget - len(tail), 0)] + tail[:budget]
+
+    def _append(self, ids: Sequence[int], agent: bool) -> None:
+        n = min(len(ids), self.protocol.max_prompt_length - self._len)
+        self._tokens[self._len : self._len + n] = ids[:n]
+        self._mask[self._len : self._len + n] = 1 if agent else 0
+        self._len += n
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        if self.copy_obs:
+            return {
+                "tokens": self._tokens.copy(),
+                "mask": self._mask.copy(),
+                "length": np.array([self._len], np.int64),
+            }
+        return {"tokens": self._tokens, "mask": self._mask, "length": np.array([self._len], np.int64)}
+
+    # ------------------------------------------------------------- accessors
+    @property
+    def context_ids(self) -> np.ndarray:
+        """The context so far (a copy), prompt included."""
+        return self._tokens[: self._len].copy()
+
+    @property
+    def loss_mask(self) -> np.ndarray:
+        """1 for agent tokens, 0 for environment tokens (a copy)."""
+        return self._mask[: self._len].copy()
+
+    @property
+    def example(self) -> QAExample | None:
+        return self._example
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        return self.tokenizer.decode(self.context_ids.tolist())

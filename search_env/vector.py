@@ -1,0 +1,220 @@
+"""A vector env whose sub-envs share one retriever call per step."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from search_env.env import SearchQAEnv
+from search_env.types import Passage
+
+
+class SearchQAVectorEnv(VectorEnv):
+    """``num_envs`` :class:`SearchQAEnv` copies stepped together in one process.
+
+    Every sub-env whose step closes a ``<search>`` contributes its query to a single
+    ``retriever.search(queries, k)`` call, so a batched retriever (BM25 over a sparse
+    matrix, faiss, a remote server) sees the whole batch at once.
+
+    Actions: token mode, an int array of shape ``(num_envs,)``; chunk mode, a list of
+    ``num_envs`` token-id sequences (``None`` for sub-envs that are not running).
+
+    Autoreset (``autoreset_mode``): ``"next_step"`` (Gymnasium's default: the step after
+    an episode ends resets that sub-env and ignores its action), ``"same_step"`` (reset at
+    once; the last observation and info are in ``info["final_obs"]`` /
+    ``info["final_info"]``) or ``"disabled"`` (finished sub-envs stay finished, ignore
+    their actions and return reward 0 until reset with ``options={"reset_mask": m}``;
+    :attr:`active` says which are running). GRPO uses ``"disabled"`` with group resets.
+
+    Reset options: ``{"index": [i_0, ..., i_{n-1}]}`` picks each sub-env's question;
+    ``{"group_size": g}`` draws one question per consecutive group of ``g`` sub-envs;
+    ``{"reset_mask": bool array}`` resets only those sub-envs.
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        env_fn: Callable[[], SearchQAEnv] | None = None,
+        *,
+        envs: Sequence[SearchQAEnv] | None = None,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+    ) -> None:
+        if envs is None:
+            if env_fn is None:
+                raise ValueError("pass env_fn or envs")
+            if num_envs < 1:
+                raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+            envs = [env_fn() for _ in range(num_envs)]
+        if len(envs) != num_envs:
+            raise ValueError(f"got {len(envs)} envs for num_envs={num_envs}")
+        first = envs[0]
+        for env in envs:
+            if env.retriever is not first.retriever:
+                raise ValueError("all sub-envs must share one retriever object")
+            if env.action_mode != first.action_mode or env.protocol != first.protocol:
+                raise ValueError("all sub-envs must share the action mode and protocol")
+        self.envs = list(envs)
+        self.num_envs = num_envs
+        self.retriever = first.retriever
+        self.action_mode = first.action_mode
+        mode = AutoresetMode(autoreset_mode) if isinstance(autoreset_mode, AutoresetMode) else {
+            "next_step": AutoresetMode.NEXT_STEP,
+            "same_step": AutoresetMode.SAME_STEP,
+            "disabled": AutoresetMode.DISABLED,
+        }.get(str(autoreset_mode).lower())
+        if mode is None:
+            raise ValueError(
+                f"autoreset_mode must be 'next_step', 'same_step' or 'disabled', got {autoreset_mode!r}"
+            )
+        self.autoreset_mode = mode
+        self.metadata = {"autoreset_mode": mode, "render_modes": []}
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(first.observation_space, num_envs)
+        if self.action_mode == "token":
+            self.action_space = batch_space(first.action_space, num_envs)
+        else:
+            self.action_space = spaces.Tuple([first.action_space] * num_envs)
+        self.active = np.zeros(num_envs, dtype=bool)
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._last_obs: list[dict[str, np.ndarray] | None] = [None] * num_envs
+
+    @property
+    def dataset(self) -> Sequence[Any]:
+        return self.envs[0].dataset
+
+    # ------------------------------------------------------------------ reset
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        options = dict(options or {})
+        n = self.num_envs
+        mask = options.pop("reset_mask", None)
+        if mask is None:
+            mask = np.ones(n, dtype=bool)
+        mask = np.asarray(mask)
+        if mask.shape != (n,) or mask.dtype != np.bool_:
+            raise ValueError(f"options['reset_mask'] must be a bool array of shape ({n},)")
+        if seed is None or isinstance(seed, (int, np.integer)):
+            seeds = [None if seed is None else int(seed) + i for i in range(n)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != n:
+                raise ValueError(f"got {len(seeds)} seeds for {n} envs")
+        if seed is not None:
+            self._rng = np.random.default_rng(seeds[0])
+        elif not hasattr(self, "_rng"):
+            self._rng = np.random.default_rng()
+        indices = self._question_indices(options, mask)
+        infos: dict[str, Any] = {}
+        for i in np.flatnonzero(mask):
+            sub_opts = dict(options)
+            if indices is not None:
+                sub_opts["index"] = int(indices[i])
+            obs, info = self.envs[i].reset(seed=seeds[i], options=sub_opts)
+            self._last_obs[i] = obs
+            self.active[i] = True
+            self._needs_reset[i] = False
+            infos = self._add_info(infos, info, int(i))
+        return self._batch_obs(), infos
+
+    def _question_indices(self, options: dict[str, Any], mask: np.ndarray) -> np.ndarray | None:
+        n, size = self.num_envs, len(self.dataset)
+        if "index" in options:
+            index = np.asarray(options.pop("index"))
+            if index.shape != (n,):
+                raise ValueError(f"options['index'] must have one entry per sub-env ({n})")
+            if index.dtype.kind not in "iu" or index.min() < 0 or index.max() >= size:
+                raise ValueError(f"options['index'] entries must be ints in [0, {size})")
+            return index
+        if "group_size" in options:
+            g = options.pop("group_size")
+            if not isinstance(g, (int, np.integer)) or g < 1 or n % g:
+                raise ValueError(f"group_size must be a positive divisor of num_envs={n}, got {g!r}")
+            picks = self._rng.integers(size, size=n // g)
+            return np.repeat(picks, g)
+        return None
+
+    # ------------------------------------------------------------------- step
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        n = self.num_envs
+        if self.action_mode == "token":
+            actions = np.asarray(actions)
+            if actions.shape != (n,):
+                raise ValueError(f"token-mode actions must have shape ({n},), got {actions.shape}")
+        elif len(actions) != n:
+            raise ValueError(f"chunk-mode actions must be a sequence of {n} token sequences")
+        rewards = np.zeros(n, dtype=np.float64)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        infos: dict[str, Any] = {}
+        stepping: list[int] = []
+        for i, env in enumerate(self.envs):
+            if self._needs_reset[i] and self.autoreset_mode == AutoresetMode.NEXT_STEP:
+                obs, info = env.reset()
+                self._last_obs[i] = obs
+                self.active[i] = True
+                self._needs_reset[i] = False
+                infos = self._add_info(infos, info, i)
+            elif self.active[i]:
+                stepping.append(i)
+        # Phase 1: consume agent tokens; collect the queries.
+        queries: list[str] = []
+        asking: list[int] = []
+        for i in stepping:
+            query = self.envs[i].begin_step(actions[i])
+            if query is not None:
+                queries.append(query)
+                asking.append(i)
+        # Phase 2: one retriever call for the whole batch.
+        results: dict[int, Sequence[Passage] | Exception] = {}
+        elapsed = 0.0
+        if queries:
+            start = time.perf_counter()
+            try:
+                batch = self.retriever.search(queries, self.envs[0].protocol.topk)
+                if len(batch) != len(queries):
+                    raise RuntimeError(
+                        f"retriever returned {len(batch)} result lists for {len(queries)} queries"
+                    )
+                results = dict(zip(asking, batch))
+            except Exception as exc:  # each env flags or re-raises it
+                results = {i: exc for i in asking}
+            elapsed = time.perf_counter() - start
+        # Phase 3: finish every step.
+        for i in stepping:
+            env = self.envs[i]
+            obs, reward, term, trunc, info = env.finish_step(results.get(i), elapsed)
+            rewards[i], terminated[i], truncated[i] = reward, term, trunc
+            if term or trunc:
+                self.active[i] = False
+                if self.autoreset_mode == AutoresetMode.SAME_STEP:
+                    final_obs, final_info = obs, info
+                    obs, info = env.reset()
+                    info = dict(info, final_obs=final_obs, final_info=final_info)
+                    self.active[i] = True
+                elif self.autoreset_mode == AutoresetMode.NEXT_STEP:
+                    self._needs_reset[i] = True
+            self._last_obs[i] = obs
+            infos = self._add_info(infos, info, i)
+        if queries:
+            infos["batch_queries"] = len(queries)
+            infos["batch_retrieval_time"] = elapsed
+        return self._batch_obs(), rewards, terminated, truncated, infos
+
+    def _batch_obs(self) -> dict[str, np.ndarray]:
+        obs = self._last_obs
+        if any(o is None for o in obs):
+            raise RuntimeError("call reset() before step()")
+        return {key: np.stack([o[key] for o in obs]) for key in ("tokens", "mask", "length")}  # type: ignore[index]
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()
