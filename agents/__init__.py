@@ -1,0 +1,1 @@
+"""Agents that train on search-env (PPO, GRPO, RLlib, SB3)."""

@@ -1,0 +1,43 @@
+"""Registers search-env's ids with Gymnasium when Gymnasium is first imported.
+
+Gymnasium 1.x no longer loads plugin entry points, so ``gym.make("SearchQA-NQ-v0")``
+would fail until ``search_env`` is imported. The ``search_env_gym.pth`` file installed
+beside this module calls :func:`install` at interpreter start; it only adds a light
+import hook (no import of Gymnasium or NumPy happens here).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+
+
+class _AfterGymnasium(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):  # type: ignore[no-untyped-def]
+        if name != "gymnasium":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        original = loader.exec_module
+
+        def exec_module(module):  # type: ignore[no-untyped-def]
+            original(module)
+            try:
+                from search_env.registration import register_envs
+
+                register_envs()
+            except Exception:  # never break Gymnasium's own import
+                pass
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def install() -> None:
+    if "gymnasium" in sys.modules or any(isinstance(f, _AfterGymnasium) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _AfterGymnasium())

@@ -1,0 +1,236 @@
+"""Environment ids, and the factories behind them.
+
+``SearchQA-Synth-v0`` runs fully offline on the built-in synthetic world.
+``SearchQA-{NQ,TriviaQA,PopQA,HotpotQA,2Wiki,Musique,Bamboogle}-v0`` load a FlashRAG
+dataset (hub or ``dataset=`` local file) and need a retriever (``retriever=`` or
+``corpus=``) and, by default, the Qwen2.5 tokenizer Search-R1 uses.
+``SearchQA-v0`` takes everything from the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import gymnasium as gym
+
+from search_env.env import SearchQAEnv
+from search_env.types import QAExample
+from search_env.vector import SearchQAVectorEnv
+
+logger = logging.getLogger(__name__)
+
+DATASET_NAMES = ("NQ", "TriviaQA", "PopQA", "HotpotQA", "2Wiki", "Musique", "Bamboogle")
+DEFAULT_TOKENIZER = "Qwen/Qwen2.5-3B"
+SYNTH_SIZES = {"tiny": 100, "small": 400, "medium": 5_000, "large": 100_000}
+
+
+class TokenizerUnavailableError(RuntimeError):
+    """A tokenizer named by hub id or path could not be loaded (offline, missing files)."""
+
+
+def cache_dir() -> Path:
+    """Where built worlds and indexes are kept: ``$SEARCH_ENV_CACHE`` or ``~/.cache/search_env``."""
+    return Path(os.environ.get("SEARCH_ENV_CACHE") or Path.home() / ".cache" / "search_env")
+
+
+def load_tokenizer(spec: Any) -> Any:
+    """A tokenizer object as is; ``"synth"`` for the built-in one; else a hub id or local path."""
+    if not isinstance(spec, (str, Path)):
+        return spec
+    if str(spec) == "synth":
+        from search_env.data.tokenizer import load_synth_tokenizer
+
+        return load_synth_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(spec))
+    except Exception as exc:  # offline, missing repo, corrupt files
+        raise TokenizerUnavailableError(
+            f"could not load tokenizer {str(spec)!r} ({type(exc).__name__}: {exc}). "
+            "Without internet, download it elsewhere (`hf download Qwen/Qwen2.5-3B "
+            "--include 'tokenizer*' --local-dir qwen-tok`) and pass tokenizer='qwen-tok', "
+            "or pass a tokenizer object: gym.make(id, tokenizer=AutoTokenizer.from_pretrained(...))."
+        ) from exc
+
+
+def load_retriever(
+    retriever: Any = None, corpus: str | Path | None = None, *, backend: str = "auto"
+) -> Any:
+    """Resolve ``retriever=`` / ``corpus=`` into a :class:`~search_env.retrievers.Retriever`.
+
+    ``retriever`` may be an object with ``search``, or a BM25 index directory. ``corpus``
+    (a wiki-18 JSONL) builds a BM25 index once and caches it, keyed by the corpus hash.
+    """
+    from search_env.retrievers.bm25 import BM25Retriever
+
+    if retriever is not None and corpus is not None:
+        raise ValueError("pass retriever= or corpus=, not both")
+    if retriever is not None and not isinstance(retriever, (str, Path)):
+        return retriever
+    if retriever is not None:
+        spec = str(retriever)
+        if spec.startswith(("http://", "https://")):
+            raise ValueError(
+                f"remote retriever {spec!r}: HTTP retrieval is not available in this version; "
+                "pass a Retriever object, a BM25 index directory or corpus="
+            )
+        return BM25Retriever.load(spec, backend=backend)
+    if corpus is None:
+        raise ValueError(
+            "this env needs a retriever: pass retriever=<Retriever object or BM25 index dir> "
+            "or corpus=<wiki-18 style JSONL> (a BM25 index is built and cached)"
+        )
+    from search_env.data.corpus import corpus_fingerprint
+
+    index_dir = cache_dir() / "bm25" / corpus_fingerprint(corpus)[:16]
+    if (index_dir / "manifest.json").exists():
+        return BM25Retriever.load(index_dir, expected_corpus=corpus, backend=backend)
+    logger.info("building a BM25 index of %s in %s", corpus, index_dir)
+    built = BM25Retriever.build(corpus, backend=backend)
+    built.save(index_dir)
+    return built
+
+
+def load_dataset_examples(name: str | None, dataset: Any, split: str | None) -> Sequence[QAExample]:
+    """Examples from ``dataset=`` (file, directory or list) or the hub name of ``name``."""
+    from search_env.data.qa import get_dataset_info, load_qa
+
+    if dataset is not None and not isinstance(dataset, (str, Path)):
+        examples = list(dataset)
+        if not all(isinstance(e, QAExample) for e in examples):
+            raise TypeError("dataset= must be a path, a hub name or a sequence of QAExample")
+        return examples
+    if dataset is not None:
+        return load_qa(dataset, split)
+    if name is None:
+        raise ValueError("SearchQA-v0 needs dataset=<FlashRAG JSONL, Search-R1 parquet or directory>")
+    info = get_dataset_info(name)
+    return load_qa(name, split or info.eval_split)
+
+
+def _dataset_parts(
+    name: str | None,
+    dataset: Any = None,
+    split: str | None = None,
+    corpus: str | Path | None = None,
+    retriever: Any = None,
+    tokenizer: Any = DEFAULT_TOKENIZER,
+    retriever_backend: str = "auto",
+) -> tuple[Sequence[QAExample], Any, Any]:
+    tok = load_tokenizer(tokenizer)
+    examples = load_dataset_examples(name, dataset, split)
+    return examples, load_retriever(retriever, corpus, backend=retriever_backend), tok
+
+
+def _synth_parts(
+    split: str = "test",
+    size: str = "small",
+    num_entities: int | None = None,
+    seed: int = 0,
+    tokenizer: Any = "synth",
+    retriever: Any = None,
+    retriever_backend: str = "auto",
+) -> tuple[Sequence[QAExample], Any, Any]:
+    from search_env.data.synth import SynthConfig, build_cached
+
+    if size not in SYNTH_SIZES:
+        raise ValueError(f"size must be one of {sorted(SYNTH_SIZES)}, got {size!r}")
+    config = SynthConfig(seed=seed, num_entities=num_entities or SYNTH_SIZES[size])
+    world_dir = build_cached(config, cache_dir() / "synth")
+    from search_env.data.qa import load_flashrag_jsonl
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    examples = load_flashrag_jsonl(world_dir / f"{split}.jsonl")
+    if retriever is None:
+        retriever = _cached_bm25(world_dir, retriever_backend)
+    return examples, load_retriever(retriever, backend=retriever_backend), load_tokenizer(tokenizer)
+
+
+def _cached_bm25(world_dir: Path, backend: str) -> Any:
+    from search_env.retrievers.bm25 import BM25Retriever
+
+    corpus = world_dir / "corpus.jsonl"
+    index_dir = world_dir / "bm25"
+    if not (index_dir / "manifest.json").exists():
+        BM25Retriever.build(corpus, backend=backend, show_progress=False).save(index_dir)
+    return BM25Retriever.load(index_dir, expected_corpus=corpus, backend=backend)
+
+
+def synth_world_dir(size: str = "small", num_entities: int | None = None, seed: int = 0) -> Path:
+    """The cached directory of a synthetic world (built on first use)."""
+    from search_env.data.synth import SynthConfig, build_cached
+
+    config = SynthConfig(seed=seed, num_entities=num_entities or SYNTH_SIZES[size])
+    return build_cached(config, cache_dir() / "synth")
+
+
+_SYNTH_KEYS = ("split", "size", "num_entities", "seed", "tokenizer", "retriever", "retriever_backend")
+_DATA_KEYS = ("dataset", "split", "corpus", "retriever", "tokenizer", "retriever_backend")
+
+
+def _split_kwargs(kwargs: dict[str, Any], keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    ours = {k: kwargs.pop(k) for k in list(kwargs) if k in keys}
+    return ours, kwargs
+
+
+def make_synth_env(**kwargs: Any) -> SearchQAEnv:
+    """``SearchQA-Synth-v0``: the offline synthetic world with BM25 and the built-in tokenizer."""
+    parts, env_kwargs = _split_kwargs(kwargs, _SYNTH_KEYS)
+    examples, retriever, tok = _synth_parts(**parts)
+    return SearchQAEnv(examples, retriever, tok, **env_kwargs)
+
+
+def make_synth_vector_env(num_envs: int = 1, autoreset_mode: str = "next_step", **kwargs: Any) -> SearchQAVectorEnv:
+    parts, env_kwargs = _split_kwargs(kwargs, _SYNTH_KEYS)
+    examples, retriever, tok = _synth_parts(**parts)
+    envs = [SearchQAEnv(examples, retriever, tok, **env_kwargs) for _ in range(num_envs)]
+    return SearchQAVectorEnv(num_envs, envs=envs, autoreset_mode=autoreset_mode)
+
+
+def make_dataset_env(name: str | None = None, **kwargs: Any) -> SearchQAEnv:
+    """``SearchQA-{name}-v0`` and ``SearchQA-v0``."""
+    parts, env_kwargs = _split_kwargs(kwargs, _DATA_KEYS)
+    examples, retriever, tok = _dataset_parts(name, **parts)
+    return SearchQAEnv(examples, retriever, tok, **env_kwargs)
+
+
+def make_dataset_vector_env(
+    name: str | None = None, num_envs: int = 1, autoreset_mode: str = "next_step", **kwargs: Any
+) -> SearchQAVectorEnv:
+    parts, env_kwargs = _split_kwargs(kwargs, _DATA_KEYS)
+    examples, retriever, tok = _dataset_parts(name, **parts)
+    envs = [SearchQAEnv(examples, retriever, tok, **env_kwargs) for _ in range(num_envs)]
+    return SearchQAVectorEnv(num_envs, envs=envs, autoreset_mode=autoreset_mode)
+
+
+ENV_IDS: tuple[str, ...] = (
+    "SearchQA-Synth-v0",
+    *(f"SearchQA-{n}-v0" for n in DATASET_NAMES),
+    "SearchQA-v0",
+)
+
+
+def register_envs() -> None:
+    """Register every id with Gymnasium (idempotent)."""
+    here = "search_env.registration"
+    specs: list[tuple[str, str, str, dict[str, Any]]] = [
+        ("SearchQA-Synth-v0", "make_synth_env", "make_synth_vector_env", {}),
+        ("SearchQA-v0", "make_dataset_env", "make_dataset_vector_env", {}),
+    ]
+    specs += [
+        (f"SearchQA-{n}-v0", "make_dataset_env", "make_dataset_vector_env", {"name": n})
+        for n in DATASET_NAMES
+    ]
+    for env_id, single, vector, kwargs in specs:
+        if env_id not in gym.registry:
+            gym.register(
+                id=env_id,
+                entry_point=f"{here}:{single}",
+                vector_entry_point=f"{here}:{vector}",
+                kwargs=kwargs,
+            )

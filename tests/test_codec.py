@@ -1,0 +1,53 @@
+"""Token byte tables and the incremental tag scanner."""
+
+import random
+
+from search_env.codec import TagScanner, get_codec, token_bytes_table
+
+
+def test_byte_table_matches_decode(tokenizer):
+    table = token_bytes_table(tokenizer)
+    assert len(table) == len(tokenizer)
+    text = "<search> Zürich 東京 🙂 </search>\n<answer>x</answer>"
+    ids = tokenizer.encode(text)
+    assert b"".join(table[i] for i in ids).decode("utf-8") == tokenizer.decode(ids)
+    assert table[tokenizer.eos_token_id] == b""
+
+
+def test_vocab_size_override_pads_table(tokenizer):
+    codec = get_codec(tokenizer, vocab_size=len(tokenizer) + 50)
+    assert codec.vocab_size == len(tokenizer) + 50 and codec.table[-1] == b""
+
+
+def test_codec_is_shared(tokenizer):
+    assert get_codec(tokenizer) is get_codec(tokenizer)
+
+
+def _first_end(patterns, data):
+    best = None
+    for p in patterns:
+        pos = data.find(p)
+        if pos >= 0 and (best is None or pos + len(p) < best):
+            best = pos + len(p)
+    return best
+
+
+def test_scanner_agrees_with_find_on_random_chunks():
+    patterns = (b"</search>", b"</answer>")
+    scanner = TagScanner(patterns)
+    rng = random.Random(0)
+    alphabet = [b"<", b"/", b"s", b"e", b"a", b"r", b"c", b"h", b">", b"n", b"w", b" ", b"</", b"</sea"]
+    for _ in range(2000):
+        data = b"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
+        cuts = sorted(rng.sample(range(1, len(data) + 1), k=min(len(data), rng.randint(1, 6))))
+        state, seen, found = 0, 0, None
+        prev = 0
+        for cut in cuts + [len(data)]:
+            chunk = data[prev:cut]
+            prev = cut
+            state, end = scanner.feed(state, chunk)
+            if end >= 0:
+                found = seen + end
+                break
+            seen += len(chunk)
+        assert found == _first_end(patterns, data), data
