@@ -1,0 +1,775 @@
+"""BM25 retrieval over a passage corpus, on top of bm25s.
+
+Defaults follow Pyserini's BM25 as Search-R1 uses it: Lucene scoring, ``k1=0.9``,
+``b=0.4``, English Snowball stemming (PyStemmer) and English stopwords.
+
+One bm25s `Tokenizer` does both sides: it builds the vocabulary while the corpus is
+indexed, and queries go through the same lower-casing, splitter, stopword list, stemmer
+and vocabulary (a query-side copy of bm25s' own logic that never grows the vocabulary,
+tested against ``Tokenizer.tokenize(update_vocab=False)``). This avoids the FlashRAG
+pitfall of indexing stemmed text and querying unstemmed text.
+
+An index directory holds::
+
+    data.csc.index.npy, indices.csc.index.npy, indptr.csc.index.npy,
+    vocab.index.json, params.index.json     bm25s' own files
+    vocab.tokenizer.json, stopwords.tokenizer.json
+    passages.jsonl, passages.offsets.npy    the passages, found by byte offset
+    manifest.json                           format version, parameters, sizes, hashes
+
+Files up to 64 MiB are hashed whole (sha256). Larger ones record the sha256 of their
+size plus their first and last 1 MiB: loading a 20 GB index stays fast, but a change in
+the middle of a large file is only caught by the size check or when it is read.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import logging
+import mmap as _mmap
+import os
+import shutil
+import sys
+import tempfile
+import weakref
+from array import array
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, Sized
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from search_env.data.corpus import corpus_fingerprint, iter_corpus
+from search_env.retrievers.base import CorruptIndexError, RetrievalError
+from search_env.types import Passage
+
+if TYPE_CHECKING:
+    import bm25s
+    from bm25s.tokenization import Tokenizer
+
+try:
+    import orjson
+
+    def _dumps_line(record: dict[str, str]) -> bytes:
+        return orjson.dumps(record) + b"\n"
+
+    _loads: Callable[[bytes], Any] = orjson.loads
+except ImportError:  # pragma: no cover - depends on the environment
+
+    def _dumps_line(record: dict[str, str]) -> bytes:
+        return json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+
+    _loads = json.loads
+
+__all__ = ["BM25Params", "BM25Retriever", "FORMAT_VERSION"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "search_env.bm25"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PASSAGES_NAME = "passages.jsonl"
+OFFSETS_NAME = "passages.offsets.npy"
+TOKENIZER_VOCAB_NAME = "vocab.tokenizer.json"
+TOKENIZER_STOPWORDS_NAME = "stopwords.tokenizer.json"
+BM25S_FILES = (
+    "data.csc.index.npy",
+    "indices.csc.index.npy",
+    "indptr.csc.index.npy",
+    "vocab.index.json",
+    "params.index.json",
+)
+REQUIRED_FILES = (
+    *BM25S_FILES,
+    TOKENIZER_VOCAB_NAME,
+    TOKENIZER_STOPWORDS_NAME,
+    PASSAGES_NAME,
+    OFFSETS_NAME,
+)
+FULL_HASH_MAX_BYTES = 64 << 20
+SAMPLE_BYTES = 1 << 20
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # bm25s' default: words of two or more characters
+METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
+BACKENDS = ("auto", "numba", "numpy")
+WORD_CACHE_SIZE = 1 << 20
+_UNSEEN: Any = object()
+
+
+@dataclass(frozen=True)
+class BM25Params:
+    """BM25 scoring and text-analysis parameters (Pyserini's defaults)."""
+
+    k1: float = 0.9
+    """Term-frequency saturation."""
+    b: float = 0.4
+    """Document-length normalization."""
+    method: str = "lucene"
+    """bm25s scoring variant: lucene, robertson, atire, bm25l or bm25+."""
+    stemmer: str | None = "english"
+    """PyStemmer (Snowball) language, or None for no stemming."""
+    stopwords: str | None = "en"
+    """bm25s stopword list name ("en", "de", ...), or None to keep every word."""
+
+    def __post_init__(self) -> None:
+        if self.k1 < 0:
+            raise ValueError(f"k1 must be >= 0, got {self.k1}")
+        if not 0 <= self.b <= 1:
+            raise ValueError(f"b must be in [0, 1], got {self.b}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+
+
+def _import_bm25s() -> Any:
+    try:
+        import bm25s
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("BM25Retriever needs bm25s: pip install bm25s PyStemmer") from e
+    return bm25s
+
+
+def _make_tokenizer(params: BM25Params) -> Tokenizer:
+    """The one tokenizer used for the corpus and for queries."""
+    bm25s = _import_bm25s()
+    stemmer = None
+    if params.stemmer is not None:
+        try:
+            import Stemmer
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("stemming needs PyStemmer: pip install PyStemmer") from e
+        stemmer = Stemmer.Stemmer(params.stemmer)
+    return bm25s.tokenization.Tokenizer(
+        lower=True, splitter=TOKEN_PATTERN, stopwords=params.stopwords, stemmer=stemmer
+    )
+
+
+AUTO_NUMBA_MIN_PASSAGES = 50_000
+"""``backend="auto"`` uses numba from this corpus size on: below it numpy answers in well
+under a millisecond a query, and numba's ~10 s first-call compile would not pay off."""
+
+
+def _resolve_backend(backend: str, num_passages: int | None = None) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if num_passages is not None and num_passages < AUTO_NUMBA_MIN_PASSAGES:
+            return "numpy"
+        try:
+            import numba  # noqa: F401
+        except ImportError:
+            return "numpy"
+        return "numba"
+    return backend
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _resolve_threads(n_threads: int, backend: str) -> int:
+    """Turns ``-1`` into all usable cores, capped by numba's thread pool size."""
+    if n_threads == -1:
+        n_threads = _available_cpus()
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1 or -1 (all cores), got {n_threads}")
+    if backend == "numba":
+        import numba
+
+        n_threads = min(n_threads, numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    return n_threads
+
+
+class _TokenIdColumns:
+    """All documents' token ids in one flat int32 array (4 bytes a token).
+
+    bm25s only needs ``len()`` and iteration over per-document sequences of ints; a list
+    of Python lists would cost about 10x more memory.
+    """
+
+    def __init__(self) -> None:
+        self._flat = array("i")
+        self._ends = array("q")
+
+    def append(self, ids: Sequence[int]) -> None:
+        self._flat.extend(ids)
+        self._ends.append(len(self._flat))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __iter__(self) -> Iterator[memoryview]:
+        view = memoryview(self._flat)
+        start = 0
+        for end in self._ends:
+            yield view[start:end]
+            start = end
+
+
+class _PassageStore:
+    """Passages stored as JSONL lines, found by byte offset (``offsets[i]:offsets[i+1]``)."""
+
+    def __init__(self, path: Path, offsets: np.ndarray, *, use_mmap: bool) -> None:
+        self.path = path
+        self.offsets = offsets
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if use_mmap and size > 0:
+                self._buf: bytes | _mmap.mmap = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
+            else:
+                self._buf = f.read()
+        if len(offsets) < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != size:
+            raise CorruptIndexError(
+                f"{path}: passage offsets do not match the file "
+                f"(file has {size} bytes, offsets end at {int(offsets[-1]) if len(offsets) else None})"
+            )
+        self._id_to_row: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def passage(self, row: int, score: float | None = None) -> Passage:
+        start, end = self.offsets[row : row + 2].tolist()
+        try:
+            record = _loads(self._buf[start:end])
+            return Passage(id=record["id"], contents=record["contents"], score=score)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptIndexError(f"{self.path}: passage {row} is unreadable: {e}") from e
+
+    def row_of(self, passage_id: str) -> int | None:
+        # wiki-18 ids are row numbers: try that before building the id map.
+        if passage_id.isdigit():
+            row = int(passage_id)
+            if row < len(self) and self.passage(row).id == passage_id:
+                return row
+        if self._id_to_row is None:
+            logger.info("building the passage id map for %d passages", len(self))
+            id_to_row: dict[str, int] = {}
+            for row in range(len(self)):
+                id_to_row.setdefault(self.passage(row).id, row)  # first of duplicate ids wins
+            self._id_to_row = id_to_row
+        return self._id_to_row.get(passage_id)
+
+
+class _PassageWriter:
+    """Spools passages to a JSONL file while the corpus streams by, recording offsets."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "wb", buffering=1 << 20)
+        self._ends = array("q", [0])
+
+    def add(self, passage: Passage) -> None:
+        line = _dumps_line({"id": passage.id, "contents": passage.contents})
+        self._file.write(line)
+        self._ends.append(self._ends[-1] + len(line))
+
+    def close(self) -> np.ndarray:
+        self._file.close()
+        return np.frombuffer(self._ends, dtype=np.int64).copy()
+
+
+def _sha256_file(path: Path, size: int) -> tuple[str, str]:
+    """Returns (mode, hex digest): whole file, or size + head + tail for large files."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_MAX_BYTES:
+            while chunk := f.read(SAMPLE_BYTES):
+                h.update(chunk)
+            return "full", h.hexdigest()
+        h.update(size.to_bytes(8, "little"))
+        h.update(f.read(SAMPLE_BYTES))
+        f.seek(size - SAMPLE_BYTES)
+        h.update(f.read(SAMPLE_BYTES))
+        return "head-tail-1MiB", h.hexdigest()
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    mode, digest = _sha256_file(path, size)
+    return {"size": size, "sha256": digest, "hash": mode}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _package_version() -> str | None:
+    try:
+        return importlib.metadata.version("search-env")
+    except importlib.metadata.PackageNotFoundError:  # running from a source checkout
+        return getattr(sys.modules.get("search_env"), "__version__", None)
+
+
+class BM25Retriever:
+    """A batched BM25 retriever over an in-memory or memory-mapped bm25s index.
+
+    Build one with `build` (from a corpus file or passages), `save` it, and `load` it
+    later; `search` answers a batch of queries in one bm25s call.
+
+    Search semantics: a passage is returned only if it scores above 0, i.e. shares at
+    least one indexed term with the query, as Lucene/Pyserini do. So a query that is
+    empty, whitespace, only stopwords or only unknown words gets ``[]``, and a query
+    with fewer than ``k`` matching passages gets fewer than ``k``. (With ``bm25l`` and
+    ``bm25+`` every passage has a positive baseline score, so up to ``k`` come back for
+    any query with a known term.) Results are sorted by score, best first, ties by
+    corpus order.
+    """
+
+    def __init__(
+        self,
+        model: bm25s.BM25,
+        tokenizer: Tokenizer,
+        store: _PassageStore,
+        *,
+        params: BM25Params,
+        backend: str,
+        n_threads: int = -1,
+        corpus_info: dict[str, str] | None = None,
+    ) -> None:
+        """Wraps already-built parts; use `build` or `load` instead."""
+        self._model = model
+        self._tokenizer = tokenizer
+        self._store = store
+        self._vocab: dict[str, int] = tokenizer.get_vocab_dict()
+        self._stopwords = frozenset(tokenizer.stopwords or ())
+        self._word_ids: dict[str, int | None] = {}  # query word -> id cache (stemming is the slow part)
+        self.params = params
+        self.backend = backend
+        self.n_threads = _resolve_threads(n_threads, backend)
+        self.corpus_info = corpus_info
+        self._spool_finalizer: weakref.finalize | None = None
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(
+        cls,
+        corpus: str | Path | Iterable[Passage],
+        *,
+        k1: float = 0.9,
+        b: float = 0.4,
+        method: str = "lucene",
+        stemmer: str | None = "english",
+        stopwords: str | None = "en",
+        show_progress: bool = True,
+        backend: str = "auto",
+        n_threads: int = -1,
+        tmp_dir: str | Path | None = None,
+    ) -> BM25Retriever:
+        """Indexes a corpus.
+
+        The corpus is streamed once: passages are spooled to a temporary JSONL file
+        and only the token ids (4 bytes a token) stay in memory until bm25s has built
+        its score matrix.
+
+        Args:
+            corpus: A JSONL(.gz) corpus file (its path and sha256 go in the manifest)
+                or an iterable of passages.
+            k1: BM25 term-frequency saturation.
+            b: BM25 length normalization.
+            method: bm25s scoring variant.
+            stemmer: PyStemmer language, or None.
+            stopwords: bm25s stopword list name, or None.
+            show_progress: Show tqdm progress bars.
+            backend: "numba", "numpy" or "auto" (numba when importable). Numba compiles
+                for several seconds on first use; "numpy" suits tiny corpora and tests.
+            n_threads: Threads for `search`; -1 means all usable cores.
+            tmp_dir: Where to spool the passages (default: the system temp dir).
+
+        Returns:
+            The retriever, ready to search.
+
+        Raises:
+            ValueError: If the corpus has no passages or a parameter is invalid.
+        """
+        bm25s = _import_bm25s()
+        params = BM25Params(k1=k1, b=b, method=method, stemmer=stemmer, stopwords=stopwords)
+        requested = backend
+        backend = _resolve_backend(backend, 0 if requested == "auto" else None)  # decided below
+        corpus_info = None
+        if isinstance(corpus, (str, Path)):
+            path = Path(corpus)
+            corpus_info = {"path": str(path.resolve()), "sha256": corpus_fingerprint(path)}
+            passages: Iterable[Passage] = iter_corpus(path)
+            total = None
+        else:
+            passages = corpus
+            total = len(corpus) if isinstance(corpus, Sized) else None
+
+        tokenizer = _make_tokenizer(params)
+        spool_dir = Path(tempfile.mkdtemp(prefix="search_env_bm25_", dir=tmp_dir))
+        writer = _PassageWriter(spool_dir / PASSAGES_NAME)
+        try:
+            columns = _TokenIdColumns()
+
+            def contents() -> Iterator[str]:
+                bar = tqdm(passages, desc="BM25 tokenize", unit="doc", total=total, disable=not show_progress)
+                for passage in bar:
+                    writer.add(passage)
+                    yield passage.contents
+
+            for ids in tokenizer.streaming_tokenize(contents(), update_vocab=True, allow_empty=True):
+                columns.append(ids)
+            offsets = writer.close()
+            if len(columns) == 0:
+                raise ValueError("cannot build a BM25 index from an empty corpus")
+
+            vocab = tokenizer.get_vocab_dict()
+            model = bm25s.BM25(k1=k1, b=b, method=method, backend=backend)
+            model.index(
+                bm25s.tokenization.Tokenized(ids=columns, vocab=vocab),  # type: ignore[arg-type]
+                show_progress=show_progress,
+            )
+            del columns
+            backend = _resolve_backend(requested, model.scores["num_docs"])
+            if backend != model.backend:
+                model.backend = backend
+                model.compile(activate_numba=True, warmup=False)
+            if params.stemmer is not None:
+                # Word -> stem caches; queries need only stem_to_sid (the vocabulary).
+                tokenizer.word_to_stem = {}
+                tokenizer.word_to_id = {}
+            store = _PassageStore(spool_dir / PASSAGES_NAME, offsets, use_mmap=True)
+            retriever = cls(
+                model,
+                tokenizer,
+                store,
+                params=params,
+                backend=backend,
+                n_threads=n_threads,
+                corpus_info=corpus_info,
+            )
+        except BaseException:
+            writer.close()
+            shutil.rmtree(spool_dir, ignore_errors=True)
+            raise
+        retriever._spool_finalizer = weakref.finalize(retriever, shutil.rmtree, spool_dir, True)
+        logger.info("indexed %d passages, vocabulary of %d terms", len(store), len(vocab))
+        return retriever
+
+    @classmethod
+    def from_passages(cls, passages: Iterable[Passage], **kwargs: Any) -> BM25Retriever:
+        """Indexes passages held in memory; ``kwargs`` are those of `build`."""
+        if isinstance(passages, (str, Path)):
+            raise TypeError("from_passages takes passages; pass a corpus path to build()")
+        return cls.build(passages, **kwargs)
+
+    # ------------------------------------------------------------------ saving
+    def save(self, index_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Writes the index to ``index_dir`` atomically.
+
+        Everything is written to a temporary sibling directory, fsynced, then renamed,
+        so ``index_dir`` never holds a half-written index. With ``overwrite``, an
+        existing ``index_dir`` is replaced (it is moved aside first, so a crash at that
+        moment leaves no index under the name rather than a broken one).
+
+        Returns:
+            The index directory.
+
+        Raises:
+            FileExistsError: If ``index_dir`` exists and ``overwrite`` is False.
+        """
+        bm25s = _import_bm25s()
+        final = Path(index_dir)
+        if final.exists() and not overwrite:
+            raise FileExistsError(f"{final} already exists (pass overwrite=True to replace it)")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            self._model.save(tmp, show_progress=False)
+            self._tokenizer.save_vocab(str(tmp), TOKENIZER_VOCAB_NAME)
+            self._tokenizer.save_stopwords(str(tmp), TOKENIZER_STOPWORDS_NAME)
+            shutil.copyfile(self._store.path, tmp / PASSAGES_NAME)
+            np.save(tmp / OFFSETS_NAME, np.asarray(self._store.offsets, dtype=np.int64))
+            files = {p.name: _file_record(p) for p in sorted(tmp.iterdir())}
+            manifest = {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "package": "search_env",
+                "package_version": _package_version(),
+                "bm25s_version": bm25s.__version__,
+                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "params": asdict(self.params),
+                "tokenizer": {"lower": True, "token_pattern": TOKEN_PATTERN},
+                "num_passages": len(self),
+                "vocab_size": len(self._vocab),
+                "corpus": self.corpus_info,
+                "files": files,
+                "hash_note": (
+                    f"files up to {FULL_HASH_MAX_BYTES >> 20} MiB: sha256 of the whole file; larger "
+                    "files: sha256 of the size (8 bytes little-endian) + first 1 MiB + last 1 MiB"
+                ),
+            }
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            for p in tmp.iterdir():
+                _fsync(p)
+            _fsync(tmp)
+            if final.exists():
+                trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+                os.replace(final, trash / final.name)
+                os.replace(tmp, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            _fsync(final.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("saved BM25 index of %d passages to %s", len(self), final)
+        return final
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        index_dir: str | Path,
+        *,
+        mmap: bool = True,
+        expected_corpus: str | Path | None = None,
+        backend: str = "auto",
+        n_threads: int = -1,
+    ) -> BM25Retriever:
+        """Loads and verifies an index written by `save`.
+
+        Args:
+            index_dir: The index directory.
+            mmap: Memory-map the score matrix and the passages instead of reading them.
+            expected_corpus: If given, the index must have been built from a file with
+                exactly these bytes (sha256).
+            backend: "numba", "numpy" or "auto".
+            n_threads: Threads for `search`; -1 means all usable cores.
+
+        Raises:
+            FileNotFoundError: If ``index_dir`` is not a directory.
+            CorruptIndexError: If the manifest is missing, unreadable or of another
+                format version; a file is missing or its size or hash differs; the
+                corpus fingerprint differs from ``expected_corpus``; or bm25s/numpy
+                fail to read a file. The message names the directory and the problem.
+        """
+        bm25s = _import_bm25s()
+        index_dir = Path(index_dir)
+        _resolve_backend(backend)  # validates the name
+        if not index_dir.is_dir():
+            raise FileNotFoundError(f"BM25 index directory not found: {index_dir}")
+        manifest = _verify_manifest(index_dir)
+        count = manifest.get("num_passages")
+        backend = _resolve_backend(backend, count if isinstance(count, int) else None)
+        if expected_corpus is not None:
+            _verify_corpus(index_dir, manifest, Path(expected_corpus))
+        try:
+            p = manifest["params"]
+            params = BM25Params(
+                k1=p["k1"], b=p["b"], method=p["method"], stemmer=p["stemmer"], stopwords=p["stopwords"]
+            )
+            model = bm25s.BM25.load(
+                str(index_dir), mmap=mmap, load_corpus=False, show_progress=False, backend=backend
+            )
+            tokenizer = _make_tokenizer(params)
+            tokenizer.load_stopwords(str(index_dir), TOKENIZER_STOPWORDS_NAME)
+            tokenizer.load_vocab(str(index_dir), TOKENIZER_VOCAB_NAME)
+            offsets = np.load(index_dir / OFFSETS_NAME, mmap_mode="r" if mmap else None, allow_pickle=False)
+            store = _PassageStore(index_dir / PASSAGES_NAME, offsets, use_mmap=mmap)
+            _check_consistency(index_dir, manifest, model, tokenizer, store)
+            if tokenizer.get_vocab_dict() == model.vocab_dict:
+                model.vocab_dict = tokenizer.get_vocab_dict()  # keep one copy in memory
+                model.unique_token_ids_set = set(model.vocab_dict.values())
+        except CorruptIndexError:
+            raise
+        except Exception as e:
+            raise CorruptIndexError(f"{index_dir}: cannot load index files: {type(e).__name__}: {e}") from e
+        logger.info("loaded BM25 index of %d passages from %s (mmap=%s)", len(store), index_dir, mmap)
+        return cls(
+            model,
+            tokenizer,
+            store,
+            params=params,
+            backend=backend,
+            n_threads=n_threads,
+            corpus_info=manifest.get("corpus"),
+        )
+
+    # ------------------------------------------------------------------ searching
+    def search(self, queries: Sequence[str], k: int, *, n_threads: int | None = None) -> list[list[Passage]]:
+        """Retrieves up to ``k`` passages for each query, in one bm25s call.
+
+        Args:
+            queries: The query strings.
+            k: Passages per query (at most; see the class docstring).
+            n_threads: Override the retriever's thread count for this call.
+
+        Returns:
+            One list per query, best first, each passage with ``score`` set.
+
+        Raises:
+            ValueError: If ``k < 1``.
+            TypeError: If ``queries`` is a single string or holds a non-string.
+        """
+        if isinstance(queries, (str, bytes)):
+            raise TypeError("queries must be a sequence of strings, not a single string")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        results: list[list[Passage]] = [[] for _ in queries]
+        encoded = [self._encode_query(q) for q in queries]
+        live = [i for i, ids in enumerate(encoded) if ids]
+        if not live:
+            return results
+        threads = self.n_threads if n_threads is None else _resolve_threads(n_threads, self.backend)
+        if self.backend == "numpy" and threads == 1:
+            threads = 0  # bm25s: 0 = no thread pool
+        try:
+            docs, scores = self._model.retrieve(
+                [encoded[i] for i in live],
+                k=min(int(k), len(self)),
+                show_progress=False,
+                n_threads=threads,
+                return_as="tuple",
+            )
+        except Exception as e:
+            raise RetrievalError(f"bm25s retrieve failed: {type(e).__name__}: {e}") from e
+        for row, i in enumerate(live):
+            hits = sorted(
+                ((s, d) for s, d in zip(scores[row].tolist(), docs[row].tolist()) if s > 0),
+                key=lambda t: (-t[0], t[1]),
+            )
+            results[i] = [self._store.passage(d, s) for s, d in hits]
+        return results
+
+    def _encode_query(self, query: str) -> list[int]:
+        """Token ids of ``query``: bm25s' ``streaming_tokenize`` without vocabulary growth."""
+        if not isinstance(query, str):
+            raise TypeError(f"each query must be a str, got {type(query).__name__}")
+        text = query.lower() if self._tokenizer.lower else query
+        cache = self._word_ids
+        ids = []
+        for word in self._tokenizer.splitter(text):
+            wid = cache.get(word, _UNSEEN)
+            if wid is _UNSEEN:
+                wid = self._word_id(word)
+                if len(cache) >= WORD_CACHE_SIZE:
+                    cache.clear()  # bounded, unlike bm25s' word_to_id, which grows with every query
+                cache[word] = wid
+            if wid is not None:
+                ids.append(wid)
+        return ids
+
+    def _word_id(self, word: str) -> int | None:
+        """The vocabulary id of one split word; None for stopwords and unknown words."""
+        if word in self._stopwords:
+            return None
+        stemmer = self._tokenizer.stemmer
+        return self._vocab.get(stemmer(word) if stemmer is not None else word)
+
+    # ------------------------------------------------------------------ lookup
+    def get(self, passage_id: str) -> Passage:
+        """Returns the passage with this id (``score=None``).
+
+        The first call for an id that is not its own row number builds an id -> row map
+        (one dict entry per passage). With duplicate ids, the first passage wins.
+
+        Raises:
+            KeyError: If no passage has this id.
+        """
+        row = self._store.row_of(str(passage_id))
+        if row is None:
+            raise KeyError(passage_id)
+        return self._store.passage(row)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __repr__(self) -> str:
+        return (
+            f"BM25Retriever(passages={len(self)}, vocab={len(self._vocab)}, "
+            f"params={self.params}, backend={self.backend!r}, n_threads={self.n_threads})"
+        )
+
+
+def _corrupt(index_dir: Path, problem: str) -> CorruptIndexError:
+    return CorruptIndexError(f"corrupt BM25 index {index_dir}: {problem}")
+
+
+def _verify_manifest(index_dir: Path) -> dict[str, Any]:
+    """Checks the manifest, then every file's presence, size and hash."""
+    path = index_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise _corrupt(index_dir, f"missing {MANIFEST_NAME} (not an index, or not written by save())")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise _corrupt(index_dir, f"unreadable {MANIFEST_NAME}: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise _corrupt(index_dir, f"{MANIFEST_NAME} is not a {FORMAT_NAME} manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise _corrupt(
+            index_dir,
+            f"unsupported format version {version!r} (this search_env reads version {FORMAT_VERSION})",
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise _corrupt(index_dir, f"{MANIFEST_NAME} has no file list")
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise _corrupt(index_dir, f"{MANIFEST_NAME} does not list required file {name}")
+    for name, rec in files.items():
+        file = index_dir / name
+        if not file.is_file():
+            raise _corrupt(index_dir, f"missing file {name}")
+        size = file.stat().st_size
+        try:
+            want_size, want_hash, want_mode = int(rec["size"]), rec["sha256"], rec["hash"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise _corrupt(index_dir, f"bad manifest entry for {name}: {e}") from e
+        if size != want_size:
+            raise _corrupt(index_dir, f"size mismatch for {name}: {size} bytes, manifest says {want_size}")
+        mode, digest = _sha256_file(file, size)
+        if mode != want_mode or digest != want_hash:
+            raise _corrupt(index_dir, f"sha256 mismatch for {name} (file was modified or damaged)")
+    extra = sorted(p.name for p in index_dir.iterdir() if p.name not in files and p.name != MANIFEST_NAME)
+    if extra:
+        logger.warning("%s: files not in the manifest are ignored: %s", index_dir, ", ".join(extra))
+    return manifest
+
+
+def _verify_corpus(index_dir: Path, manifest: dict[str, Any], expected: Path) -> None:
+    recorded = manifest.get("corpus") or {}
+    if "sha256" not in recorded:
+        raise _corrupt(
+            index_dir, f"no corpus fingerprint recorded (built from passages), cannot check {expected}"
+        )
+    actual = corpus_fingerprint(expected)
+    if actual != recorded["sha256"]:
+        raise _corrupt(
+            index_dir,
+            f"corpus fingerprint mismatch: index built from {recorded.get('path')} "
+            f"(sha256 {recorded['sha256'][:12]}...), expected corpus {expected} has sha256 {actual[:12]}...",
+        )
+
+
+def _check_consistency(
+    index_dir: Path, manifest: dict[str, Any], model: Any, tokenizer: Any, store: _PassageStore
+) -> None:
+    n = manifest.get("num_passages")
+    if model.scores["num_docs"] != n or len(store) != n:
+        raise _corrupt(
+            index_dir,
+            f"passage count mismatch: manifest {n}, bm25s {model.scores['num_docs']}, passages {len(store)}",
+        )
+    n_vocab = len(model.scores["indptr"]) - 1
+    if len(tokenizer.get_vocab_dict()) != n_vocab or len(model.vocab_dict) != n_vocab:
+        raise _corrupt(
+            index_dir,
+            f"vocabulary mismatch: score matrix has {n_vocab} terms, bm25s vocab "
+            f"{len(model.vocab_dict)}, tokenizer vocab {len(tokenizer.get_vocab_dict())}",
+        )
