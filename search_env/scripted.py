@@ -1,0 +1,153 @@
+"""Scripted text agents: baselines that play the Search-R1 protocol on strings.
+
+They know nothing of the environment: :meth:`TextAgent.act` receives the text the
+environment added last (the prompt at the start, then an ``<information>`` block or the
+invalid-action message) and returns the agent's next turn.
+
+- :class:`OracleAgent` knows the gold reasoning path of a SearchQA-Synth question
+  (``metadata["hops"]``) but must read each hop's answer from what the search returned,
+  so its exact match measures retrieval quality.
+- :class:`NoSearchAgent` answers at once with an invented guess: the floor.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Protocol, runtime_checkable
+
+from search_env.data.synth import extract_fact, invented_name
+from search_env.types import QAExample
+
+
+@runtime_checkable
+class TextAgent(Protocol):
+    """An agent that plays one question at a time, one turn per :meth:`act`."""
+
+    def reset(self, example: QAExample) -> None:
+        """Start a new episode on ``example``."""
+        ...
+
+    def act(self, observation: str) -> str:
+        """Return the next turn, given the text the environment added last."""
+        ...
+
+
+def _search_turn(thought: str, query: str) -> str:
+    return f"<think> {thought} </think>\n<search> {query} </search>"
+
+
+def _answer_turn(thought: str, answer: str) -> str:
+    return f"<think> {thought} </think>\n<answer> {answer} </answer>"
+
+
+class OracleAgent:
+    """Follows the gold hops, reading every bridge entity from the retrieved text.
+
+    For a single-hop or bridge question it searches hop by hop: the query of hop ``i`` is
+    the gold query with the gold subject replaced by the entity it read at hop ``i - 1``
+    (via :func:`~search_env.data.synth.extract_fact`). For a comparison it looks up each
+    entity's year and answers the earlier one. When a fact is not in the results it
+    retries once with the bare subject as query, then answers its best guess: the last
+    entity it found (for a comparison, the earliest year it found).
+
+    Args:
+        max_searches: searches it allows itself before it must answer (the protocol's
+            ``max_turns``).
+        retries: extra searches per hop when the fact was not found.
+    """
+
+    def __init__(self, max_searches: int = 4, retries: int = 1) -> None:
+        if max_searches < 0 or retries < 0:
+            raise ValueError("max_searches and retries must be >= 0")
+        self.max_searches = max_searches
+        self.retries = retries
+        self._hops: list[dict[str, str]] = []
+
+    def reset(self, example: QAExample) -> None:
+        hops = example.metadata.get("hops")
+        if not hops:
+            raise ValueError(f"question {example.id!r} has no metadata['hops']")
+        self._hops = list(hops)
+        self._comparison = example.metadata.get("type") == "comparison"
+        self._step = 0  # the hop being looked up
+        self._subject = self._hops[0]["subject"]
+        self._attempts = 0
+        self._searches = 0
+        self._pending = False  # True when the last turn was a search
+        self._found: dict[str, str] = {}  # comparison: subject -> year
+
+    def act(self, observation: str) -> str:
+        if self._pending:
+            self._read(observation)
+        if self._step >= len(self._hops):
+            return self._answer()
+        if self._attempts > self.retries or self._searches >= self.max_searches:
+            if not self._comparison or self._searches >= self.max_searches:
+                return self._answer()
+            self._step += 1  # give up on this entity, try the next one
+            self._attempts = 0
+            if self._step >= len(self._hops):
+                return self._answer()
+        hop = self._hops[self._step]
+        subject = hop["subject"] if self._comparison else self._subject
+        if self._attempts == 0:
+            query = hop["query"].replace(hop["subject"], subject)
+            if subject not in query:
+                query = f"{subject} {hop['relation'].replace('_', ' ')}"
+        else:
+            query = subject
+        self._pending = True
+        self._searches += 1
+        return _search_turn(f"I need the {hop['relation'].replace('_', ' ')} of {subject}.",
+                            query)
+
+    def _read(self, observation: str) -> None:
+        self._pending = False
+        hop = self._hops[self._step]
+        subject = hop["subject"] if self._comparison else self._subject
+        value = extract_fact(hop["relation"], subject, observation)
+        if value is None:
+            self._attempts += 1
+            return
+        if self._comparison:
+            self._found[subject] = value
+        else:
+            self._subject = value
+        self._step += 1
+        self._attempts = 0
+
+    def _answer(self) -> str:
+        if self._comparison:
+            years = {s: int(y) for s, y in self._found.items() if y.isdigit()}
+            answer = min(years, key=years.__getitem__) if years else self._hops[0]["subject"]
+            return _answer_turn(f"{answer} comes first.", answer)
+        done = self._step >= len(self._hops)
+        thought = "I found the answer." if done else "I could not find it; my best guess:"
+        return _answer_turn(thought, self._subject)
+
+
+class NoSearchAgent:
+    """Answers at once, without searching, with a plausible-looking invented guess.
+
+    A year for "In what year ..." questions, an invented name otherwise; seeded per
+    question, so runs are reproducible.
+
+    Args:
+        seed: seed of the guesses.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._question = ""
+
+    def reset(self, example: QAExample) -> None:
+        self._rng = random.Random(f"{self.seed}:{example.id}")
+        self._question = example.question
+
+    def act(self, observation: str) -> str:
+        if self._question.lower().startswith("in what year"):
+            guess = str(1800 + self._rng.randrange(220))
+        else:
+            guess = invented_name(self._rng)
+        return _answer_turn("I already know this.", guess)
