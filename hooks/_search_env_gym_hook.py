@@ -8,17 +8,18 @@ import hook (no import of Gymnasium or NumPy happens here).
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import sys
+from importlib.machinery import PathFinder  # already loaded at start-up: costs nothing
 
 
-class _AfterGymnasium(importlib.abc.MetaPathFinder):
+class _AfterGymnasium:
+    """A meta-path finder (duck-typed: importing importlib.abc would cost ~20 ms)."""
+
     def find_spec(self, name, path=None, target=None):  # type: ignore[no-untyped-def]
         if name != "gymnasium":
             return None
         sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        spec = PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
             return spec
         loader = spec.loader

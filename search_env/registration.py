@@ -87,12 +87,7 @@ def load_retriever(
     from search_env.data.corpus import corpus_fingerprint
 
     index_dir = cache_dir() / "bm25" / corpus_fingerprint(corpus)[:16]
-    if (index_dir / "manifest.json").exists():
-        return BM25Retriever.load(index_dir, expected_corpus=corpus, backend=backend)
-    logger.info("building a BM25 index of %s in %s", corpus, index_dir)
-    built = BM25Retriever.build(corpus, backend=backend)
-    built.save(index_dir)
-    return built
+    return _cached_bm25(Path(corpus), index_dir, backend, show_progress=True)
 
 
 def load_dataset_examples(name: str | None, dataset: Any, split: str | None) -> Sequence[QAExample]:
@@ -147,17 +142,21 @@ def _synth_parts(
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     examples = load_flashrag_jsonl(world_dir / f"{split}.jsonl")
     if retriever is None:
-        retriever = _cached_bm25(world_dir, retriever_backend)
+        retriever = _cached_bm25(world_dir / "corpus.jsonl", world_dir / "bm25", retriever_backend)
     return examples, load_retriever(retriever, backend=retriever_backend), load_tokenizer(tokenizer)
 
 
-def _cached_bm25(world_dir: Path, backend: str) -> Any:
+def _cached_bm25(corpus: Path, index_dir: Path, backend: str, show_progress: bool = False) -> Any:
+    """Load the BM25 index of ``corpus`` from ``index_dir``, building it on first use."""
     from search_env.retrievers.bm25 import BM25Retriever
 
-    corpus = world_dir / "corpus.jsonl"
-    index_dir = world_dir / "bm25"
     if not (index_dir / "manifest.json").exists():
-        BM25Retriever.build(corpus, backend=backend, show_progress=False).save(index_dir)
+        logger.info("building a BM25 index of %s in %s", corpus, index_dir)
+        built = BM25Retriever.build(corpus, backend=backend, show_progress=show_progress)
+        try:
+            built.save(index_dir)
+        except FileExistsError:  # another process saved it first: use theirs
+            pass
     return BM25Retriever.load(index_dir, expected_corpus=corpus, backend=backend)
 
 

@@ -22,7 +22,8 @@ class SearchQAVectorEnv(VectorEnv):
     matrix, faiss, a remote server) sees the whole batch at once.
 
     Actions: token mode, an int array of shape ``(num_envs,)``; chunk mode, a list of
-    ``num_envs`` token-id sequences (``None`` for sub-envs that are not running).
+    ``num_envs`` token-id sequences, where ``None`` lets a sub-env sit the step out
+    (reward 0, observation unchanged).
 
     Autoreset (``autoreset_mode``): ``"next_step"`` (Gymnasium's default: the step after
     an episode ends resets that sub-env and ignores its action), ``"same_step"`` (reset at
@@ -163,7 +164,7 @@ class SearchQAVectorEnv(VectorEnv):
                 self.active[i] = True
                 self._needs_reset[i] = False
                 infos = self._add_info(infos, info, i)
-            elif self.active[i]:
+            elif self.active[i] and not (self.action_mode == "chunk" and actions[i] is None):
                 stepping.append(i)
         # Phase 1: consume agent tokens; collect the queries.
         queries: list[str] = []

@@ -12,6 +12,10 @@ from search_env.types import Passage, QAExample
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if "SEARCH_ENV_CACHE" not in os.environ:  # keep built worlds and indexes out of ~/.cache
+    import tempfile
+
+    os.environ["SEARCH_ENV_CACHE"] = tempfile.mkdtemp(prefix="search-env-test-cache-")
 
 
 def _train_tokenizer():

@@ -1,0 +1,178 @@
+"""The ``search-env`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+SCRIPTED_AGENTS = ("oracle", "no-search", "random")
+
+
+def _agent_factory(name: str, vocab_size: int, seed: int) -> Callable[[], Any]:
+    from search_env.evaluate import RandomTokenAgent
+    from search_env.scripted import NoSearchAgent, OracleAgent
+
+    counter = iter(range(10**9))
+    if name == "oracle":
+        return OracleAgent
+    if name == "no-search":
+        return lambda: NoSearchAgent(seed=seed + next(counter))
+    if name == "random":
+        return lambda: RandomTokenAgent(vocab_size, seed=seed + next(counter))
+    raise ValueError(f"unknown agent {name!r}; choose from {', '.join(SCRIPTED_AGENTS)}")
+
+
+def _format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    header = "| " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    lines = [header, rule]
+    for row in rows:
+        lines.append("| " + " | ".join(format(row[key], fmt) for key, _, fmt in columns) + " |")
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+    import numpy as np
+    from tqdm import tqdm
+
+    import search_env  # noqa: F401  (registers the ids)
+    from search_env.evaluate import evaluate
+
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    for a in agents:
+        if a not in SCRIPTED_AGENTS:
+            print(f"error: unknown agent {a!r}; choose from {', '.join(SCRIPTED_AGENTS)}", file=sys.stderr)
+            return 2
+    kwargs: dict[str, Any] = {"split": args.split, "action_mode": "chunk"}
+    if args.env == "SearchQA-Synth-v0":
+        kwargs["size"] = args.size
+    elif "oracle" in agents:
+        print("error: the oracle agent needs the synthetic world's reasoning paths", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    vec = gym.make_vec(args.env, num_envs=args.num_envs, autoreset_mode="disabled", **kwargs)
+    setup = time.perf_counter() - t0
+    n = len(vec.dataset) if args.limit is None else min(args.limit, len(vec.dataset))
+    indices = list(range(n))
+    print(f"{args.env} [{args.split}]: {n} questions, {args.num_envs} envs, set up in {setup:.1f}s")
+    results = []
+    for name in agents:
+        make = _agent_factory(name, vec.envs[0].codec.vocab_size, args.seed)
+        with tqdm(total=n, desc=f"{name:>9}", unit="ep", disable=args.quiet) as bar:
+            res = evaluate(name, make, vec, indices, progress=bar.update)
+        results.append(res)
+    rows = [r.summary() for r in results]
+    print()
+    print(
+        _format_table(
+            rows,
+            [
+                ("agent", "agent", "s"),
+                ("episodes", "episodes", "d"),
+                ("em", "EM", ".3f"),
+                ("f1", "F1", ".3f"),
+                ("searches_per_episode", "searches/ep", ".2f"),
+                ("turns_per_episode", "turns/ep", ".2f"),
+                ("episodes_per_second", "episodes/s", ".1f"),
+                ("turns_per_second", "turns/s", ".1f"),
+                ("retrieval_seconds", "retrieval s", ".2f"),
+            ],
+        )
+    )
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "env": args.env,
+            "split": args.split,
+            "num_envs": args.num_envs,
+            "setup_seconds": setup,
+            "python": platform.python_version(),
+            "results": rows,
+        }
+        out.write_text(json.dumps(payload, indent=2))
+        print(f"\nwrote {out}")
+    vec.close()
+    return 0
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from search_env.registration import ENV_IDS
+
+    print("\n".join(ENV_IDS))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from search_env.registration import synth_world_dir
+
+    path = synth_world_dir(args.size, args.num_entities, args.seed)
+    print(path)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from search_env.retrievers.bm25 import BM25Retriever
+
+    if args.kind != "bm25":
+        print(f"error: index kind {args.kind!r} is not available in this version", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    retriever = BM25Retriever.build(args.corpus, backend=args.backend)
+    retriever.save(args.out)
+    print(f"indexed {len(retriever)} passages into {args.out} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="search-env", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="evaluate scripted agents on an env (default: the offline synthetic world)")
+    ev.add_argument("--env", default="SearchQA-Synth-v0", help="a registered SearchQA id")
+    ev.add_argument("--agents", default="oracle,no-search,random", help="comma-separated: oracle, no-search, random")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--size", default="small", help="synthetic world size: tiny, small, medium, large")
+    ev.add_argument("--num-envs", type=int, default=32, help="episodes run (and searches batched) together")
+    ev.add_argument("--limit", type=int, default=None, help="at most this many questions")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", default="runs/eval-scripted.json", help="JSON results path ('' to skip)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
+
+    envs = sub.add_parser("envs", help="list the registered env ids")
+    envs.set_defaults(func=cmd_envs)
+
+    synth = sub.add_parser("synth", help="build (or find) a cached synthetic world; prints its directory")
+    synth.add_argument("--size", default="small")
+    synth.add_argument("--num-entities", type=int, default=None)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_synth)
+
+    index = sub.add_parser("index", help="index a corpus")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    build = index_sub.add_parser("build", help="build an index directory from a wiki-18 style JSONL corpus")
+    build.add_argument("--corpus", required=True)
+    build.add_argument("--out", required=True)
+    build.add_argument("--kind", default="bm25", choices=["bm25"])
+    build.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"])
+    build.set_defaults(func=cmd_index)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The command line and the scripted-agent evaluation (the README's main job)."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from search_env.cli import main
+from search_env.evaluate import RandomTokenAgent, evaluate
+from search_env.scripted import NoSearchAgent, OracleAgent
+
+
+def test_eval_command_writes_results(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code = main(["eval", "--size", "tiny", "--num-envs", "8", "--quiet", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| oracle |" in printed and "searches/ep" in printed
+    results = {r["agent"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"oracle", "no-search", "random"}
+    assert results["oracle"]["em"] >= 0.9 and results["oracle"]["searches_per_episode"] >= 1
+    assert results["no-search"]["em"] <= 0.05 and results["no-search"]["searches_per_episode"] == 0
+    assert results["random"]["em"] == 0.0
+    assert all(r["episodes"] == results["oracle"]["episodes"] > 0 for r in results.values())
+
+
+def test_eval_command_rejects_unknown_agent(capsys):
+    assert main(["eval", "--agents", "genius", "--size", "tiny", "--quiet", "--out", ""]) == 2
+    assert "unknown agent" in capsys.readouterr().err
+
+
+def test_envs_command(capsys):
+    assert main(["envs"]) == 0
+    assert "SearchQA-NQ-v0" in capsys.readouterr().out
+
+
+def test_evaluate_batches_searches_and_counts_episodes():
+    vec = gym.make_vec("SearchQA-Synth-v0", num_envs=4, size="tiny", action_mode="chunk", autoreset_mode="disabled")
+    calls = []
+    original = vec.retriever.search
+
+    def spy(queries, k):
+        calls.append(len(queries))
+        return original(queries, k)
+
+    vec.retriever.search = spy
+    res = evaluate("oracle", OracleAgent, vec, list(range(10)))
+    assert res.episodes == 10 and res.em >= 0.9
+    assert max(calls) > 1  # several sub-envs' searches went out in one call
+    assert sorted(r["index"] for r in res.per_episode) == list(range(10))
+    res = evaluate("none", lambda: NoSearchAgent(seed=1), vec, list(range(7)))
+    assert res.episodes == 7 and res.searches_per_episode == 0
+
+
+def test_evaluate_needs_disabled_autoreset():
+    vec = gym.make_vec("SearchQA-Synth-v0", num_envs=2, size="tiny", action_mode="chunk")
+    with pytest.raises(ValueError, match="autoreset disabled"):
+        evaluate("x", OracleAgent, vec, [0])
+
+
+def test_random_agent_is_seeded():
+    a, b = RandomTokenAgent(100, seed=3), RandomTokenAgent(100, seed=3)
+    obs = np.zeros(1, np.int64)
+    assert [a.act_tokens(obs) for _ in range(3)] == [b.act_tokens(obs) for _ in range(3)]
+    with pytest.raises(ValueError):
+        RandomTokenAgent(0)

@@ -1,0 +1,129 @@
+"""Every registered id: make, make_vec, check_env, seeded determinism, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import search_env
+from search_env.registration import DATASET_NAMES, ENV_IDS, TokenizerUnavailableError
+from search_env.vector import SearchQAVectorEnv
+from tests.conftest import PASSAGES, QUESTIONS
+
+
+@pytest.fixture(scope="module")
+def local_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    qa = root / "test.jsonl"
+    qa.write_text("".join(
+        json.dumps({"id": q.id, "question": q.question, "golden_answers": list(q.golden_answers)}) + "\n"
+        for q in QUESTIONS
+    ))
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": p.id, "contents": p.contents}) + "\n" for p in PASSAGES))
+    return qa, corpus
+
+
+def kwargs_for(env_id, tokenizer, local_files):
+    if env_id == "SearchQA-Synth-v0":
+        return {"size": "tiny"}
+    qa, corpus = local_files
+    return {"dataset": str(qa), "corpus": str(corpus), "tokenizer": tokenizer, "retriever_backend": "numpy"}
+
+
+def test_all_ids_registered():
+    assert set(ENV_IDS) <= set(gym.registry)
+    assert {f"SearchQA-{n}-v0" for n in DATASET_NAMES} <= set(ENV_IDS)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("mode", ["token", "chunk"])
+def test_check_env_every_id(env_id, mode, tokenizer, local_files):
+    env = gym.make(env_id, action_mode=mode, **kwargs_for(env_id, tokenizer, local_files))
+    check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_seeded_rollouts_are_identical(env_id, tokenizer, local_files):
+    def rollout():
+        env = gym.make(env_id, action_mode="chunk", **kwargs_for(env_id, tokenizer, local_files))
+        env.action_space.seed(5)
+        obs, info = env.reset(seed=11)
+        trace = [info["index"]]
+        for _ in range(12):
+            obs, r, term, trunc, info = env.step(np.asarray(env.action_space.sample(), dtype=np.int64))
+            trace.append((obs["tokens"][: int(obs["length"][0])].tolist(), r, term, trunc))
+            if term or trunc:
+                obs, info = env.reset()
+                trace.append(info["index"])
+        return trace
+
+    assert rollout() == rollout()
+
+
+def test_make_vec_gives_batched_vector_env(tokenizer, local_files):
+    vec = gym.make_vec("SearchQA-Synth-v0", num_envs=3, size="tiny", action_mode="chunk")
+    assert isinstance(vec, SearchQAVectorEnv) and vec.num_envs == 3
+    obs, _ = vec.reset(seed=0)
+    assert obs["tokens"].shape[0] == 3
+    vec2 = gym.make_vec("SearchQA-NQ-v0", num_envs=2, **kwargs_for("SearchQA-NQ-v0", tokenizer, local_files))
+    assert vec2.envs[0].retriever is vec2.envs[1].retriever
+
+
+def test_namespaced_module_id(tokenizer, local_files):
+    env = gym.make("search_env:SearchQA-Synth-v0", size="tiny")
+    assert isinstance(env.unwrapped, search_env.SearchQAEnv)
+
+
+def test_hub_tokenizer_offline_error(local_files, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    qa, corpus = local_files
+    with pytest.raises(TokenizerUnavailableError, match="pass tokenizer="):
+        gym.make("SearchQA-NQ-v0", dataset=str(qa), corpus=str(corpus), tokenizer="Qwen/Qwen2.5-3B-not-cached")
+
+
+def test_missing_retriever_and_dataset_errors(tokenizer, local_files):
+    qa, corpus = local_files
+    with pytest.raises(ValueError, match="needs a retriever"):
+        gym.make("SearchQA-NQ-v0", dataset=str(qa), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="needs dataset="):
+        gym.make("SearchQA-v0", corpus=str(corpus), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="size"):
+        gym.make("SearchQA-Synth-v0", size="huge")
+
+
+def test_retriever_object_is_used_as_is(tokenizer):
+    from tests.conftest import MemoryRetriever
+
+    r = MemoryRetriever(PASSAGES)
+    env = gym.make("SearchQA-v0", dataset=QUESTIONS, retriever=r, tokenizer=tokenizer)
+    assert env.unwrapped.retriever is r
+
+
+def test_gymnasium_finds_ids_without_importing_the_package():
+    """The installed .pth hook registers the ids when Gymnasium is imported."""
+    try:
+        import _search_env_gym_hook  # noqa: F401
+    except ImportError:
+        pytest.skip("package not installed (pip install -e .): no start-up hook")
+    code = (
+        "import sys, gymnasium as gym; "
+        "print('SearchQA-NQ-v0' in gym.registry, 'SearchQA-Synth-v0' in gym.registry)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+
+
+def test_sb3_check_env_token_mode():
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = gym.make("SearchQA-Synth-v0", size="tiny", max_prompt_length=512, max_start_length=400)
+    sb3_check_env(env.unwrapped, warn=True)
