@@ -15,6 +15,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
@@ -126,8 +128,12 @@ class TokenCodec:
     eos_ids: frozenset[int]
     scanner: TagScanner
 
+    piece_cache_size: int = 50_000
+    """Environment text pieces (document lines, fixed strings) whose ids are kept."""
+
     def __post_init__(self) -> None:
         self._scan_cache: dict[int, tuple[int, int]] = {}
+        self._piece_cache: dict[str, np.ndarray] = {}
 
     def scan(self, state: int, token_id: int) -> tuple[int, int]:
         """Advance the tag scanner over one token; cached per (state, token)."""
@@ -146,6 +152,23 @@ class TokenCodec:
     def encode(self, text: str) -> list[int]:
         """Tokenize environment text (special-token strings in it are honoured)."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_pieces(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids (int64 arrays) of each text, tokenized on its own and cached.
+
+        Texts not seen before are tokenized in one batch call (parallel in fast
+        tokenizers). Retrieved documents recur often (popular passages, GRPO groups,
+        epochs), so the cache saves most of the cost of tokenizing information blocks.
+        """
+        cache = self._piece_cache
+        misses = list(dict.fromkeys(t for t in texts if t not in cache))
+        if misses:
+            if len(cache) + len(misses) > self.piece_cache_size:
+                cache.clear()
+            encoded = self.tokenizer(misses, add_special_tokens=False)["input_ids"]
+            for text, ids in zip(misses, encoded):
+                cache[text] = np.asarray(ids, dtype=np.int64)
+        return [cache[t] for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Decode agent tokens exactly as the byte table sees them."""

@@ -13,7 +13,7 @@ import numpy as np
 from gymnasium import spaces
 
 from search_env.codec import TokenCodec, get_codec
-from search_env.protocol import ProtocolConfig, format_documents, parse_turn, prompt_text
+from search_env.protocol import ProtocolConfig, document_lines, parse_turn, prompt_text
 from search_env.retrievers.base import Retriever
 from search_env.rewards import make_reward, score_all
 from search_env.types import Passage, QAExample
@@ -92,7 +92,7 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
     ## Info
     Every step: ``turn`` (turns completed), ``turn_ended``. When a turn ends, also
     ``action`` (``search``/``answer``/``invalid``), ``end_reason`` (``tag``, ``eos``,
-    ``budget``, ``chunk_end``, ``context``), ``searches``, ``queries``, ``query``,
+    ``budget``, ``chunk_end``, ``context``), ``searches``, ``query``,
     ``query_truncated``, ``tag_count``, ``retrieval_time``, ``ignored_tokens`` (chunk
     mode). When the episode ends, also ``answer``, ``golden_answers``, ``scores`` (every
     metric), ``question``, ``index``.
@@ -163,7 +163,6 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._invalid_ids = self.codec.encode(self.protocol.invalid_message)
         head, _, tail = self.protocol.information_format.partition("{docs}")
         self._info_head, self._info_tail = head, tail
-        self._info_tail_ids = self.codec.encode(tail)
         self._example: QAExample | None = None
         self._index = -1
         self._done = True
@@ -246,14 +245,10 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         if self._pending is not None:
             raise RuntimeError("begin_step() called twice without finish_step()")
         ids = self._check_action(action)
-        end_reason, consumed = None, 0
-        for tid in ids:
-            consumed += 1
-            end_reason = self._push(tid)
-            if end_reason is not None:
-                break
-        if end_reason is None and self.action_mode == "chunk":
-            end_reason = "chunk_end"
+        if self.action_mode == "chunk":
+            end_reason, consumed = self._push_chunk(ids)
+        else:
+            end_reason, consumed = self._push(int(ids[0])), 1
         info: dict[str, Any] = {"turn": self._turn_index, "turn_ended": end_reason is not None}
         if self.action_mode == "chunk":
             info["ignored_tokens"] = len(ids) - consumed
@@ -280,12 +275,12 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
                     self._done = True
                     raise results
                 info["retrieval_error"] = str(results)
-                docs = f"Retrieval failed: {results}\n"
+                lines = [f"Retrieval failed: {results}\n"]
             elif results is None:
                 raise ValueError("finish_step() needs the retrieval results of the pending query")
             else:
-                docs = format_documents(results, self.protocol)
-            self._append(self._information_ids(docs), agent=False)
+                lines = document_lines(results, self.protocol)
+            self._append(self._information_ids(lines), agent=False)
         reward = 0.0
         terminated = truncated = False
         if info.get("action") == "answer":
@@ -309,7 +304,7 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         return self._obs(), reward, terminated, truncated, info
 
     # ---------------------------------------------------------------- helpers
-    def _check_action(self, action: Any) -> Sequence[int]:
+    def _check_action(self, action: Any) -> Sequence[int] | np.ndarray:
         vocab = self.codec.vocab_size
         if self.action_mode == "token":
             if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
@@ -323,6 +318,8 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
                 raise ValueError(f"token id {action} out of range [0, {vocab})")
             return (int(action),)
         arr = np.asarray(action)
+        if arr.dtype == object:
+            raise TypeError("token ids must be integers")
         if arr.ndim != 1:
             raise ValueError(f"chunk mode takes a 1-D sequence of token ids, got shape {arr.shape}")
         if arr.size == 0:
@@ -333,7 +330,7 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         if lo < 0 or hi >= vocab:
             bad = lo if lo < 0 else hi
             raise ValueError(f"token id {bad} out of range [0, {vocab})")
-        return arr.tolist()
+        return arr.astype(np.int64, copy=False)
 
     def _push(self, tid: int) -> str | None:
         """Add one agent token; return why the turn ended, or None."""
@@ -358,6 +355,53 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         if self._len >= self.protocol.max_prompt_length:
             return "context"
         return None
+
+    def _push_chunk(self, ids: np.ndarray) -> tuple[str, int]:
+        """Add one whole turn at once: the same outcome as :meth:`_push` token by token.
+
+        A chunk is always a complete turn, so the scan starts fresh: find where the turn
+        ends (first closing tag, EOS, turn budget or context limit) with bytes.find and
+        numpy instead of a Python loop over tokens.
+        """
+        codec = self.codec
+        budget = self.protocol.max_response_length
+        room = self.protocol.max_prompt_length - self._len
+        limit = min(len(ids), budget, room)
+        head = ids[:limit].tolist()
+        ends: list[tuple[int, int, str]] = []  # (token index, priority, reason)
+        eos_at = [head.index(e) for e in codec.eos_ids if e in head]
+        if eos_at:
+            ends.append((min(eos_at), 0, "eos"))
+            head = head[: min(eos_at) + 1]
+        table = codec.table
+        pieces = [table[t] for t in head]
+        data = b"".join(pieces)
+        cut = -1
+        for tag in codec.scanner.patterns:
+            pos = data.find(tag)
+            if pos >= 0 and (cut < 0 or pos + len(tag) < cut):
+                cut = pos + len(tag)
+        if cut >= 0:
+            seen = 0
+            for index, piece in enumerate(pieces):
+                seen += len(piece)
+                if seen >= cut:
+                    break
+            ends.append((index, 0, "tag"))
+        if limit == budget:
+            ends.append((limit - 1, 1, "budget"))
+        if limit == room:
+            ends.append((limit - 1, 2, "context"))
+        index, _, reason = min(ends) if ends else (len(ids) - 1, 3, "chunk_end")
+        used = index + 1
+        self._tokens[self._len : self._len + used] = ids[:used]
+        self._mask[self._len : self._len + used] = 1
+        self._len += used
+        turn = self._turn
+        turn.tokens += used
+        turn.data += data if used == len(pieces) else b"".join(pieces[:used])
+        turn.cut = cut if reason == "tag" else -1
+        return reason, used
 
     def _end_turn(self, reason: str, info: dict[str, Any]) -> str | None:
         """Parse the finished turn, record it in ``info``; return a query to run."""
@@ -391,23 +435,25 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         elif not final_turn and reason != "context":
             self._append(self._invalid_ids, agent=False)
         info["searches"] = self._searches
-        info["queries"] = list(self._queries)
         self._turn = _Turn(start=self._len)
         return query
 
-    def _information_ids(self, docs: str) -> list[int]:
-        """Tokenize an information block, cut to ``max_obs_length`` with its closing tag kept."""
-        ids = self.codec.encode(self._info_head + docs + self._info_tail)
-        limit = self.protocol.max_obs_length
-        room = self.protocol.max_prompt_length - self._len
-        budget = min(limit, room)
-        if len(ids) <= budget:
-            return ids
-        tail = self._info_tail_ids
-        head = self.codec.encode(self._info_head + docs)
-        return head[: max(budget - len(tail), 0)] + tail[:budget]
+    def _information_ids(self, lines: Sequence[str]) -> np.ndarray:
+        """Token ids of an information block, cut to ``max_obs_length`` keeping its closing tag.
 
-    def _append(self, ids: Sequence[int], agent: bool) -> None:
+        The head, each document line and the tail are tokenized separately (and cached by
+        the codec), so the ids can differ from tokenizing the block as one string at the
+        seams; they are environment tokens, never re-tokenized, so only consistency matters.
+        """
+        head, *docs, tail = self.codec.encode_pieces([self._info_head, *lines, self._info_tail])
+        body = np.concatenate([head, *docs]) if docs else head
+        budget = min(self.protocol.max_obs_length, self.protocol.max_prompt_length - self._len)
+        if len(body) + len(tail) <= budget:
+            return np.concatenate([body, tail])
+        keep = max(budget - len(tail), 0)
+        return np.concatenate([body[:keep], tail[:budget]])
+
+    def _append(self, ids: Sequence[int] | np.ndarray, agent: bool) -> None:
         n = min(len(ids), self.protocol.max_prompt_length - self._len)
         self._tokens[self._len : self._len + n] = ids[:n]
         self._mask[self._len : self._len + n] = 1 if agent else 0
@@ -421,6 +467,24 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
                 "length": np.array([self._len], np.int64),
             }
         return {"tokens": self._tokens, "mask": self._mask, "length": np.array([self._len], np.int64)}
+
+    def bind_buffers(self, tokens: np.ndarray, mask: np.ndarray) -> None:
+        """Write the context into caller-owned arrays (the vector env's batch rows).
+
+        Observations then are views of those arrays, not copies.
+        """
+        length = self.protocol.max_prompt_length
+        if tokens.shape != (length,) or mask.shape != (length,):
+            raise ValueError(f"buffers must have shape ({length},)")
+        if tokens.dtype != np.int64 or mask.dtype != np.int8:
+            raise ValueError("buffers must be int64 (tokens) and int8 (mask)")
+        tokens[: self._len] = self._tokens[: self._len]
+        mask[: self._len] = self._mask[: self._len]
+        self._tokens, self._mask, self.copy_obs = tokens, mask, False
+
+    @property
+    def context_length(self) -> int:
+        return self._len
 
     # ------------------------------------------------------------- accessors
     @property

@@ -97,12 +97,15 @@ def prompt_text(question: str, config: ProtocolConfig, tokenizer: Any | None = N
     return content
 
 
-def format_documents(passages: Sequence[Passage], config: ProtocolConfig | None = None) -> str:
-    """Number passages from 1 as ``Doc {i}(Title: {title}) {text}`` lines."""
+def document_lines(passages: Sequence[Passage], config: ProtocolConfig | None = None) -> list[str]:
+    """One ``Doc {i}(Title: {title}) {text}\n`` entry per passage, numbered from 1."""
     fmt = (config or ProtocolConfig()).doc_format
-    return "".join(
-        fmt.format(i=i, title=p.title, text=p.text) for i, p in enumerate(passages, start=1)
-    )
+    return [fmt.format(i=i, title=p.title, text=p.text) for i, p in enumerate(passages, start=1)]
+
+
+def format_documents(passages: Sequence[Passage], config: ProtocolConfig | None = None) -> str:
+    """The documents part of an information block."""
+    return "".join(document_lines(passages, config))
 
 
 _TURN_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)

@@ -11,6 +11,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from search_env.env import SearchQAEnv
+from search_env.protocol import document_lines
 from search_env.types import Passage
 
 
@@ -83,7 +84,13 @@ class SearchQAVectorEnv(VectorEnv):
             self.action_space = spaces.Tuple([first.action_space] * num_envs)
         self.active = np.zeros(num_envs, dtype=bool)
         self._needs_reset = np.zeros(num_envs, dtype=bool)
-        self._last_obs: list[dict[str, np.ndarray] | None] = [None] * num_envs
+        self._started = False
+        # The sub-envs write straight into these rows: one copy per step, not two.
+        length = first.protocol.max_prompt_length
+        self._tokens = np.zeros((num_envs, length), np.int64)
+        self._mask = np.zeros((num_envs, length), np.int8)
+        for i, env in enumerate(self.envs):
+            env.bind_buffers(self._tokens[i], self._mask[i])
 
     @property
     def dataset(self) -> Sequence[Any]:
@@ -113,12 +120,12 @@ class SearchQAVectorEnv(VectorEnv):
             self._rng = np.random.default_rng()
         indices = self._question_indices(options, mask)
         infos: dict[str, Any] = {}
+        self._started = True
         for i in np.flatnonzero(mask):
             sub_opts = dict(options)
             if indices is not None:
                 sub_opts["index"] = int(indices[i])
-            obs, info = self.envs[i].reset(seed=seeds[i], options=sub_opts)
-            self._last_obs[i] = obs
+            _, info = self.envs[i].reset(seed=seeds[i], options=sub_opts)
             self.active[i] = True
             self._needs_reset[i] = False
             infos = self._add_info(infos, info, int(i))
@@ -146,6 +153,8 @@ class SearchQAVectorEnv(VectorEnv):
         self, actions: Any
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         n = self.num_envs
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
         if self.action_mode == "token":
             actions = np.asarray(actions)
             if actions.shape != (n,):
@@ -159,8 +168,7 @@ class SearchQAVectorEnv(VectorEnv):
         stepping: list[int] = []
         for i, env in enumerate(self.envs):
             if self._needs_reset[i] and self.autoreset_mode == AutoresetMode.NEXT_STEP:
-                obs, info = env.reset()
-                self._last_obs[i] = obs
+                _, info = env.reset()
                 self.active[i] = True
                 self._needs_reset[i] = False
                 infos = self._add_info(infos, info, i)
@@ -189,7 +197,15 @@ class SearchQAVectorEnv(VectorEnv):
             except Exception as exc:  # each env flags or re-raises it
                 results = {i: exc for i in asking}
             elapsed = time.perf_counter() - start
-        # Phase 3: finish every step.
+        # Phase 3: tokenize every new document in one batch call, then finish every step.
+        docs = [
+            line
+            for i in asking
+            if not isinstance(results.get(i), Exception)
+            for line in document_lines(results[i], self.envs[i].protocol)  # type: ignore[arg-type]
+        ]
+        if docs:
+            self.envs[0].codec.encode_pieces(docs)
         for i in stepping:
             env = self.envs[i]
             obs, reward, term, trunc, info = env.finish_step(results.get(i), elapsed)
@@ -197,13 +213,13 @@ class SearchQAVectorEnv(VectorEnv):
             if term or trunc:
                 self.active[i] = False
                 if self.autoreset_mode == AutoresetMode.SAME_STEP:
-                    final_obs, final_info = obs, info
-                    obs, info = env.reset()
+                    final_obs = {key: value.copy() for key, value in obs.items()}
+                    final_info = info
+                    _, info = env.reset()
                     info = dict(info, final_obs=final_obs, final_info=final_info)
                     self.active[i] = True
                 elif self.autoreset_mode == AutoresetMode.NEXT_STEP:
                     self._needs_reset[i] = True
-            self._last_obs[i] = obs
             infos = self._add_info(infos, info, i)
         if queries:
             infos["batch_queries"] = len(queries)
@@ -211,10 +227,8 @@ class SearchQAVectorEnv(VectorEnv):
         return self._batch_obs(), rewards, terminated, truncated, infos
 
     def _batch_obs(self) -> dict[str, np.ndarray]:
-        obs = self._last_obs
-        if any(o is None for o in obs):
-            raise RuntimeError("call reset() before step()")
-        return {key: np.stack([o[key] for o in obs]) for key in ("tokens", "mask", "length")}  # type: ignore[index]
+        lengths = np.fromiter((env.context_length for env in self.envs), np.int64, self.num_envs)
+        return {"tokens": self._tokens.copy(), "mask": self._mask.copy(), "length": lengths[:, None]}
 
     def close_extras(self, **kwargs: Any) -> None:
         for env in self.envs:

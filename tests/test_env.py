@@ -361,3 +361,44 @@ def test_render_ansi(make_env):
     env = make_env(render_mode="ansi")
     env.reset(options={"index": 0})
     assert "Question: What is the capital of Norway?" in env.render()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_chunk_turn_ends_match_token_mode_on_random_streams(make_env, tokenizer, seed):
+    """Chunk mode finds every turn end (tag, EOS, budget, context) where token mode does."""
+    rng = np.random.default_rng(seed)
+    answer = "<answer> Oslo </answer>" if seed % 2 else "<search> Paris </search>"  # even: run to the context limit
+    pieces = [
+        tokenizer.encode(t)
+        for t in ["<search> Oslo </search>", answer, "</sea", "rch>", "</", "answer>",
+                  "Zürich", "hello world", "<search>", " 東京 "]
+    ] + [[tokenizer.eos_token_id]] + [[int(t)] for t in rng.integers(2, len(tokenizer), 20)]
+    stream: list[int] = []
+    while len(stream) < 3000:
+        stream += pieces[int(rng.integers(len(pieces)))]
+    kw = dict(max_turns=10_000, max_response_length=int(rng.integers(5, 40)), max_prompt_length=900,
+              max_start_length=300, max_obs_length=60)
+    token_env, chunk_env = make_env(action_mode="token", **kw), make_env(action_mode="chunk", **kw)
+    token_env.reset(options={"index": 0})
+    chunk_env.reset(options={"index": 0})
+    pos = 0
+    reasons: set[str] = set()
+    while True:
+        start = pos
+        while True:
+            t_out = token_env.step(stream[pos])
+            pos += 1
+            if t_out[4]["turn_ended"] or t_out[2] or t_out[3]:
+                break
+        c_out = chunk_env.step(stream[start:])
+        assert c_out[4]["ignored_tokens"] == len(stream) - pos
+        for key in ("action", "end_reason", "query", "answer"):
+            assert t_out[4].get(key) == c_out[4].get(key), key
+        assert np.array_equal(t_out[0]["tokens"], c_out[0]["tokens"])
+        assert np.array_equal(t_out[0]["mask"], c_out[0]["mask"])
+        assert t_out[1:4] == c_out[1:4]
+        reasons.add(c_out[4]["end_reason"])
+        if t_out[2] or t_out[3]:
+            break
+    if seed % 2 == 0:  # no answers: the context limit ends it
+        assert t_out[3] and int(t_out[0]["length"][0]) == 900

@@ -96,3 +96,20 @@ def test_bad_vector_actions(make_vec):
         vec.step(np.array([1, 2, 3]))
     with pytest.raises(ValueError):
         make_vec(n=2, autoreset_mode="sometimes")
+
+
+def test_vector_observations_are_copies(make_vec, tokenizer):
+    vec, _ = make_vec(n=2)
+    obs, _ = vec.reset(seed=0, options={"index": np.array([0, 1])})
+    before = obs["tokens"].copy()
+    obs["tokens"][:] = 7
+    obs2, *_ = vec.step([tokenizer.encode("hi"), tokenizer.encode("hi")])
+    n = int(before[0].nonzero()[0].max()) + 1
+    assert np.array_equal(obs2["tokens"][0][:n], before[0][:n])
+    assert vec.envs[0].context_ids.tolist() == obs2["tokens"][0][: int(obs2["length"][0, 0])].tolist()
+
+
+def test_step_before_reset_raises(make_vec):
+    vec, _ = make_vec(n=2)
+    with pytest.raises(RuntimeError, match="reset"):
+        vec.step([[1], [1]])

@@ -241,7 +241,12 @@ def load_searchr1_parquet(path: str | Path) -> list[QAExample]:
     Raises:
         ValueError: If a row has no usable question or gold answers; names file and row.
     """
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ImportError(
+            "Reading Search-R1 parquet files needs pyarrow: pip install 'search-env[data]'"
+        ) from e
 
     path = Path(path)
     rows = pq.read_table(path).to_pylist()
@@ -314,7 +319,7 @@ def load_hub_dataset(
     except ImportError as e:
         raise ImportError(
             "Loading QA datasets from the hub needs the `datasets` package "
-            "(pip install datasets), or pass a local FlashRAG .jsonl file instead."
+            "(pip install 'search-env[data]'), or pass a local FlashRAG .jsonl file instead."
         ) from e
 
     logger.info("Loading %s/%s split %s from the hub", info.repo, info.config, split)
