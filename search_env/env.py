@@ -426,13 +426,13 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
             info["query_truncated"] = len(query) > self.protocol.max_query_chars
             query = query[: self.protocol.max_query_chars]
             info["query"] = query
-            if final_turn or reason == "context":
+            if final_turn or self._len >= self.protocol.max_prompt_length:
                 info["search_skipped"] = True
                 query = None
             else:
                 self._searches += 1
                 self._queries.append(query)
-        elif not final_turn and reason != "context":
+        elif not final_turn and self._len < self.protocol.max_prompt_length:
             self._append(self._invalid_ids, agent=False)
         info["searches"] = self._searches
         self._turn = _Turn(start=self._len)

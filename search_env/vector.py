@@ -15,6 +15,41 @@ from search_env.protocol import document_lines
 from search_env.types import Passage
 
 
+def merge_infos(infos: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """Gymnasium's vector info layout: ``info[key][i]`` plus a ``info["_key"]`` mask.
+
+    Same result as ``VectorEnv._add_info`` applied env by env, built one key at a time
+    (numbers and bools as numeric arrays, anything else as object arrays, dicts nested).
+    """
+    n = len(infos)
+    keys: dict[str, None] = {}
+    for info in infos:
+        if info:
+            keys.update(dict.fromkeys(info))
+    out: dict[str, Any] = {}
+    for key in keys:
+        present = np.fromiter((info is not None and key in info for info in infos), bool, n)
+        values = [info[key] if info is not None and key in info else None for info in infos]
+        given = [v for v, p in zip(values, present) if p]
+        if key == "final_obs":
+            array: Any = np.empty(n, dtype=object)
+            array[:] = values
+        elif all(isinstance(v, dict) for v in given):
+            array = merge_infos([v if p else None for v, p in zip(values, present)])
+        elif all(isinstance(v, (bool, np.bool_)) for v in given):
+            array = np.array([bool(v) if p else False for v, p in zip(values, present)])
+        elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in given):
+            array = np.array([v if p else 0 for v, p in zip(values, present)], dtype=np.int64)
+        elif all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in given):
+            array = np.array([v if p else 0.0 for v, p in zip(values, present)], dtype=np.float64)
+        else:
+            array = np.empty(n, dtype=object)
+            array[:] = values
+        out[key] = array
+        out[f"_{key}"] = present
+    return out
+
+
 class SearchQAVectorEnv(VectorEnv):
     """``num_envs`` :class:`SearchQAEnv` copies stepped together in one process.
 
@@ -119,17 +154,16 @@ class SearchQAVectorEnv(VectorEnv):
         elif not hasattr(self, "_rng"):
             self._rng = np.random.default_rng()
         indices = self._question_indices(options, mask)
-        infos: dict[str, Any] = {}
+        sub_infos: list[dict[str, Any] | None] = [None] * n
         self._started = True
         for i in np.flatnonzero(mask):
             sub_opts = dict(options)
             if indices is not None:
                 sub_opts["index"] = int(indices[i])
-            _, info = self.envs[i].reset(seed=seeds[i], options=sub_opts)
+            _, sub_infos[i] = self.envs[i].reset(seed=seeds[i], options=sub_opts)
             self.active[i] = True
             self._needs_reset[i] = False
-            infos = self._add_info(infos, info, int(i))
-        return self._batch_obs(), infos
+        return self._batch_obs(), merge_infos(sub_infos)
 
     def _question_indices(self, options: dict[str, Any], mask: np.ndarray) -> np.ndarray | None:
         n, size = self.num_envs, len(self.dataset)
@@ -164,14 +198,13 @@ class SearchQAVectorEnv(VectorEnv):
         rewards = np.zeros(n, dtype=np.float64)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
-        infos: dict[str, Any] = {}
+        sub_infos: list[dict[str, Any] | None] = [None] * n
         stepping: list[int] = []
         for i, env in enumerate(self.envs):
             if self._needs_reset[i] and self.autoreset_mode == AutoresetMode.NEXT_STEP:
-                _, info = env.reset()
+                _, sub_infos[i] = env.reset()
                 self.active[i] = True
                 self._needs_reset[i] = False
-                infos = self._add_info(infos, info, i)
             elif self.active[i] and not (self.action_mode == "chunk" and actions[i] is None):
                 stepping.append(i)
         # Phase 1: consume agent tokens; collect the queries.
@@ -220,7 +253,8 @@ class SearchQAVectorEnv(VectorEnv):
                     self.active[i] = True
                 elif self.autoreset_mode == AutoresetMode.NEXT_STEP:
                     self._needs_reset[i] = True
-            infos = self._add_info(infos, info, i)
+            sub_infos[i] = info
+        infos = merge_infos(sub_infos)
         if queries:
             infos["batch_queries"] = len(queries)
             infos["batch_retrieval_time"] = elapsed

@@ -402,3 +402,15 @@ def test_chunk_turn_ends_match_token_mode_on_random_streams(make_env, tokenizer,
             break
     if seed % 2 == 0:  # no answers: the context limit ends it
         assert t_out[3] and int(t_out[0]["length"][0]) == 900
+
+
+def test_search_closing_at_the_context_limit_is_not_run(make_env, tokenizer, retriever):
+    probe = make_env(action_mode="chunk")
+    obs, _ = probe.reset(options={"index": 0})
+    prompt = int(obs["length"][0])
+    ids = tokenizer.encode("<search> Oslo </search>")
+    env = make_env(action_mode="chunk", max_prompt_length=prompt + len(ids), max_start_length=prompt)
+    env.reset(options={"index": 0})
+    obs, r, term, trunc, info = env.step(ids)
+    assert info["end_reason"] == "tag" and info["search_skipped"] and trunc
+    assert retriever.calls == [] and int(obs["length"][0]) == prompt + len(ids)

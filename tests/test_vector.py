@@ -113,3 +113,30 @@ def test_step_before_reset_raises(make_vec):
     vec, _ = make_vec(n=2)
     with pytest.raises(RuntimeError, match="reset"):
         vec.step([[1], [1]])
+
+
+def test_merge_infos_matches_gymnasium_layout():
+    from gymnasium.vector import VectorEnv
+
+    from search_env.vector import merge_infos
+
+    infos = [
+        {"a": 1, "b": "x", "s": {"em": 1.0}, "flag": True},
+        None,
+        {"a": 3, "c": None, "s": {"em": 0.0}, "flag": False},
+    ]
+    ours = merge_infos(infos)
+    ref: dict = {}
+    helper = VectorEnv.__new__(VectorEnv)
+    helper.num_envs = 3
+    for i, info in enumerate(infos):
+        if info is not None:
+            ref = helper._add_info(ref, info, i)
+    assert set(ours) == set(ref)
+    for key in ref:
+        if isinstance(ref[key], dict):
+            for sub in ref[key]:
+                assert ours[key][sub].tolist() == ref[key][sub].tolist()
+        else:
+            assert ours[key].tolist() == ref[key].tolist(), key
+            assert ours[key].dtype == ref[key].dtype, key
