@@ -51,3 +51,38 @@ def test_scanner_agrees_with_find_on_random_chunks():
                 break
             seen += len(chunk)
         assert found == _first_end(patterns, data), data
+
+
+def test_sentencepiece_style_tokenizer_bytes():
+    """Llama-style vocabularies: '▁' for spaces and <0xNN> byte fallback."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "</s>": 1}
+    vocab.update({f"<0x{b:02X}>": 2 + b for b in range(256)})
+    for piece in ["▁", *"thesarchngiuol</>", "▁the", "▁search", "▁</", "search>"]:
+        vocab.setdefault(piece, len(vocab))
+    merges = [("▁", "t"), ("▁t", "h"), ("▁th", "e")]
+    tok = Tokenizer(models.BPE(vocab={**vocab, "▁t": len(vocab), "▁th": len(vocab) + 1},
+                               merges=merges, byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
+    table = token_bytes_table(hf)
+    text = "the search </search> Zürich"
+    ids = hf.encode(text, add_special_tokens=False)
+    joined = b"".join(table[i] for i in ids).decode("utf-8")
+    assert joined.strip() == hf.decode(ids).strip() == text
+    assert "</search>" in joined
+    assert sum(t.startswith("<0x") for t in hf.convert_ids_to_tokens(ids)) >= 3  # Z and the 2 bytes of ü
+
+
+def test_tokenizer_from_local_path(tmp_path, tokenizer):
+    from search_env.registration import load_tokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded.encode("<search> x </search>") == tokenizer.encode("<search> x </search>")
+    assert get_codec(loaded).table == get_codec(tokenizer).table
