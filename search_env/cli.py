@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_synth)
 
+    from search_env.download import add_download_arguments, run_download
+
+    download = sub.add_parser("download", help="download the wiki-18 corpus, its indexes and the QA datasets")
+    add_download_arguments(download)
+    download.set_defaults(func=run_download)
+
     index = sub.add_parser("index", help="index a corpus")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     build = index_sub.add_parser("build", help="build an index directory from a wiki-18 style JSONL corpus")
