@@ -39,7 +39,6 @@ def _format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, s
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import gymnasium as gym
-    import numpy as np
     from tqdm import tqdm
 
     import search_env  # noqa: F401  (registers the ids)
@@ -158,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=cmd_synth)
 
     from search_env.download import add_download_arguments, run_download
+    from search_env.server.launch import add_serve_arguments, run_serve
+
+    serve = sub.add_parser("serve", help="serve an index over HTTP (Search-R1's POST /retrieve)")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=run_serve)
 
     download = sub.add_parser("download", help="download the wiki-18 corpus, its indexes and the QA datasets")
     add_download_arguments(download)

@@ -62,11 +62,11 @@ def load_retriever(
 ) -> Any:
     """Resolve ``retriever=`` / ``corpus=`` into a :class:`~search_env.retrievers.Retriever`.
 
-    ``retriever`` may be an object with ``search``, or a BM25 index directory. ``corpus``
-    (a wiki-18 JSONL) builds a BM25 index once and caches it, keyed by the corpus hash.
+    ``retriever`` may be an object with ``search``, the URL of a retrieval server
+    (``http://127.0.0.1:8000``), or an index directory (BM25 or dense, by its manifest).
+    ``corpus`` (a wiki-18 JSONL) builds a BM25 index once and caches it, keyed by the
+    corpus hash.
     """
-    from search_env.retrievers.bm25 import BM25Retriever
-
     if retriever is not None and corpus is not None:
         raise ValueError("pass retriever= or corpus=, not both")
     if retriever is not None and not isinstance(retriever, (str, Path)):
@@ -74,15 +74,17 @@ def load_retriever(
     if retriever is not None:
         spec = str(retriever)
         if spec.startswith(("http://", "https://")):
-            raise ValueError(
-                f"remote retriever {spec!r}: HTTP retrieval is not available in this version; "
-                "pass a Retriever object, a BM25 index directory or corpus="
-            )
-        return BM25Retriever.load(spec, backend=backend)
+            from search_env.retrievers.remote import RemoteRetriever
+
+            return RemoteRetriever(spec)
+        from search_env.retrievers.loading import index_info, load_index
+
+        kind = index_info(spec)["kind"]
+        return load_index(spec, **({"backend": backend} if kind == "bm25" else {}))
     if corpus is None:
         raise ValueError(
-            "this env needs a retriever: pass retriever=<Retriever object or BM25 index dir> "
-            "or corpus=<wiki-18 style JSONL> (a BM25 index is built and cached)"
+            "this env needs a retriever: pass retriever=<Retriever object, index directory or "
+            "server URL> or corpus=<wiki-18 style JSONL> (a BM25 index is built and cached)"
         )
     from search_env.data.corpus import corpus_fingerprint
 

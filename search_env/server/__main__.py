@@ -1,0 +1,24 @@
+"""``python -m search_env.server --index DIR``: serve an index (same as ``search-env serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from search_env.server.launch import add_serve_arguments, run_serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses the serve arguments and serves until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m search_env.server", description=__doc__)
+    args = add_serve_arguments(parser).parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return run_serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
