@@ -1,1 +1,36 @@
-"""Agents that train on search-env (PPO, GRPO, RLlib, SB3)."""
+"""Agents that train on search-env (PPO, GRPO, RLlib, SB3).
+
+The names below are imported on first use, so ``import agents`` stays light (torch and
+transformers load only with the modules that need them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    # rollout: the one place that knows env and policy
+    "collect": "agents.rollout",
+    "to_batch": "agents.rollout",
+    "Trajectory": "agents.rollout",
+    "Batch": "agents.rollout",
+    "RolloutError": "agents.rollout",
+    # policies
+    "Policy": "agents.policy",
+    "Generation": "agents.policy",
+    "HFPolicy": "agents.policy",
+    "ScriptedPolicy": "agents.policy",
+    # tiny models for CPU runs
+    "make_tiny_qwen2": "agents.tiny_model",
+    "save_tiny_model": "agents.tiny_model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agents' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
