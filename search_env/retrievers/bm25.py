@@ -25,25 +25,26 @@ the middle of a large file is only caught by the size check or when it is read.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import importlib.metadata
 import json
 import logging
-import mmap as _mmap
 import os
 import shutil
-import sys
 import tempfile
 import weakref
 from array import array
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, Sized
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Sized
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from search_env.data.corpus import corpus_fingerprint, iter_corpus
+from search_env.retrievers import _index_files
+from search_env.retrievers._index_files import MANIFEST_NAME, OFFSETS_NAME, PASSAGES_NAME
+from search_env.retrievers._index_files import PassageStore as _PassageStore
+from search_env.retrievers._index_files import PassageWriter as _PassageWriter
+from search_env.retrievers._index_files import package_version as _package_version
 from search_env.retrievers.base import CorruptIndexError, RetrievalError
 from search_env.types import Passage
 
@@ -51,29 +52,12 @@ if TYPE_CHECKING:
     import bm25s
     from bm25s.tokenization import Tokenizer
 
-try:
-    import orjson
-
-    def _dumps_line(record: dict[str, str]) -> bytes:
-        return orjson.dumps(record) + b"\n"
-
-    _loads: Callable[[bytes], Any] = orjson.loads
-except ImportError:  # pragma: no cover - depends on the environment
-
-    def _dumps_line(record: dict[str, str]) -> bytes:
-        return json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
-
-    _loads = json.loads
-
 __all__ = ["BM25Params", "BM25Retriever", "FORMAT_VERSION"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "search_env.bm25"
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-PASSAGES_NAME = "passages.jsonl"
-OFFSETS_NAME = "passages.offsets.npy"
 TOKENIZER_VOCAB_NAME = "vocab.tokenizer.json"
 TOKENIZER_STOPWORDS_NAME = "stopwords.tokenizer.json"
 BM25S_FILES = (
@@ -90,8 +74,8 @@ REQUIRED_FILES = (
     PASSAGES_NAME,
     OFFSETS_NAME,
 )
-FULL_HASH_MAX_BYTES = 64 << 20
-SAMPLE_BYTES = 1 << 20
+FULL_HASH_MAX_BYTES = _index_files.FULL_HASH_MAX_BYTES
+SAMPLE_BYTES = _index_files.SAMPLE_BYTES
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # bm25s' default: words of two or more characters
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 BACKENDS = ("auto", "numba", "numpy")
@@ -211,103 +195,15 @@ class _TokenIdColumns:
             start = end
 
 
-class _PassageStore:
-    """Passages stored as JSONL lines, found by byte offset (``offsets[i]:offsets[i+1]``)."""
-
-    def __init__(self, path: Path, offsets: np.ndarray, *, use_mmap: bool) -> None:
-        self.path = path
-        self.offsets = offsets
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if use_mmap and size > 0:
-                self._buf: bytes | _mmap.mmap = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
-            else:
-                self._buf = f.read()
-        if len(offsets) < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != size:
-            raise CorruptIndexError(
-                f"{path}: passage offsets do not match the file "
-                f"(file has {size} bytes, offsets end at {int(offsets[-1]) if len(offsets) else None})"
-            )
-        self._id_to_row: dict[str, int] | None = None
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def passage(self, row: int, score: float | None = None) -> Passage:
-        start, end = self.offsets[row : row + 2].tolist()
-        try:
-            record = _loads(self._buf[start:end])
-            return Passage(id=record["id"], contents=record["contents"], score=score)
-        except (ValueError, KeyError, TypeError) as e:
-            raise CorruptIndexError(f"{self.path}: passage {row} is unreadable: {e}") from e
-
-    def row_of(self, passage_id: str) -> int | None:
-        # wiki-18 ids are row numbers: try that before building the id map.
-        if passage_id.isdigit():
-            row = int(passage_id)
-            if row < len(self) and self.passage(row).id == passage_id:
-                return row
-        if self._id_to_row is None:
-            logger.info("building the passage id map for %d passages", len(self))
-            id_to_row: dict[str, int] = {}
-            for row in range(len(self)):
-                id_to_row.setdefault(self.passage(row).id, row)  # first of duplicate ids wins
-            self._id_to_row = id_to_row
-        return self._id_to_row.get(passage_id)
-
-
-class _PassageWriter:
-    """Spools passages to a JSONL file while the corpus streams by, recording offsets."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file = open(path, "wb", buffering=1 << 20)
-        self._ends = array("q", [0])
-
-    def add(self, passage: Passage) -> None:
-        line = _dumps_line({"id": passage.id, "contents": passage.contents})
-        self._file.write(line)
-        self._ends.append(self._ends[-1] + len(line))
-
-    def close(self) -> np.ndarray:
-        self._file.close()
-        return np.frombuffer(self._ends, dtype=np.int64).copy()
-
-
 def _sha256_file(path: Path, size: int) -> tuple[str, str]:
-    """Returns (mode, hex digest): whole file, or size + head + tail for large files."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if size <= FULL_HASH_MAX_BYTES:
-            while chunk := f.read(SAMPLE_BYTES):
-                h.update(chunk)
-            return "full", h.hexdigest()
-        h.update(size.to_bytes(8, "little"))
-        h.update(f.read(SAMPLE_BYTES))
-        f.seek(size - SAMPLE_BYTES)
-        h.update(f.read(SAMPLE_BYTES))
-        return "head-tail-1MiB", h.hexdigest()
+    """`_index_files.sha256_file` with this module's (patchable) thresholds."""
+    return _index_files.sha256_file(
+        path, size, full_hash_max_bytes=FULL_HASH_MAX_BYTES, sample_bytes=SAMPLE_BYTES
+    )
 
 
 def _file_record(path: Path) -> dict[str, Any]:
-    size = path.stat().st_size
-    mode, digest = _sha256_file(path, size)
-    return {"size": size, "sha256": digest, "hash": mode}
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _package_version() -> str | None:
-    try:
-        return importlib.metadata.version("search-env")
-    except importlib.metadata.PackageNotFoundError:  # running from a source checkout
-        return getattr(sys.modules.get("search_env"), "__version__", None)
+    return _index_files.file_record(path, _sha256_file)
 
 
 class BM25Retriever:
@@ -510,17 +406,7 @@ class BM25Retriever:
                 ),
             }
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-            for p in tmp.iterdir():
-                _fsync(p)
-            _fsync(tmp)
-            if final.exists():
-                trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-                os.replace(final, trash / final.name)
-                os.replace(tmp, final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            _fsync(final.parent)
+            _index_files.publish_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -701,60 +587,18 @@ def _corrupt(index_dir: Path, problem: str) -> CorruptIndexError:
 
 def _verify_manifest(index_dir: Path) -> dict[str, Any]:
     """Checks the manifest, then every file's presence, size and hash."""
-    path = index_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise _corrupt(index_dir, f"missing {MANIFEST_NAME} (not an index, or not written by save())")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise _corrupt(index_dir, f"unreadable {MANIFEST_NAME}: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise _corrupt(index_dir, f"{MANIFEST_NAME} is not a {FORMAT_NAME} manifest")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise _corrupt(
-            index_dir,
-            f"unsupported format version {version!r} (this search_env reads version {FORMAT_VERSION})",
-        )
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise _corrupt(index_dir, f"{MANIFEST_NAME} has no file list")
-    for name in REQUIRED_FILES:
-        if name not in files:
-            raise _corrupt(index_dir, f"{MANIFEST_NAME} does not list required file {name}")
-    for name, rec in files.items():
-        file = index_dir / name
-        if not file.is_file():
-            raise _corrupt(index_dir, f"missing file {name}")
-        size = file.stat().st_size
-        try:
-            want_size, want_hash, want_mode = int(rec["size"]), rec["sha256"], rec["hash"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise _corrupt(index_dir, f"bad manifest entry for {name}: {e}") from e
-        if size != want_size:
-            raise _corrupt(index_dir, f"size mismatch for {name}: {size} bytes, manifest says {want_size}")
-        mode, digest = _sha256_file(file, size)
-        if mode != want_mode or digest != want_hash:
-            raise _corrupt(index_dir, f"sha256 mismatch for {name} (file was modified or damaged)")
-    extra = sorted(p.name for p in index_dir.iterdir() if p.name not in files and p.name != MANIFEST_NAME)
-    if extra:
-        logger.warning("%s: files not in the manifest are ignored: %s", index_dir, ", ".join(extra))
-    return manifest
+    return _index_files.read_manifest(
+        index_dir,
+        format_name=FORMAT_NAME,
+        format_version=FORMAT_VERSION,
+        required_files=REQUIRED_FILES,
+        corrupt=lambda problem: _corrupt(index_dir, problem),
+        hasher=_sha256_file,
+    )
 
 
 def _verify_corpus(index_dir: Path, manifest: dict[str, Any], expected: Path) -> None:
-    recorded = manifest.get("corpus") or {}
-    if "sha256" not in recorded:
-        raise _corrupt(
-            index_dir, f"no corpus fingerprint recorded (built from passages), cannot check {expected}"
-        )
-    actual = corpus_fingerprint(expected)
-    if actual != recorded["sha256"]:
-        raise _corrupt(
-            index_dir,
-            f"corpus fingerprint mismatch: index built from {recorded.get('path')} "
-            f"(sha256 {recorded['sha256'][:12]}...), expected corpus {expected} has sha256 {actual[:12]}...",
-        )
+    _index_files.verify_corpus(manifest, expected, lambda problem: _corrupt(index_dir, problem))
 
 
 def _check_consistency(
