@@ -81,6 +81,25 @@ def _direct_rates(retriever: Any, queries: list[str], k: int, seconds: float = 1
     return out
 
 
+def _dense_files(tmp: Path, n: int, dim: int = 384) -> tuple[str, str]:
+    """A corpus file and a faiss flat index of random unit vectors in the published layout."""
+    import faiss
+    import numpy as np
+
+    from search_env.data.corpus import write_corpus
+
+    corpus = tmp / "dense-corpus.jsonl"
+    write_corpus(synthetic_corpus(n, seed=7), corpus)
+    index = faiss.IndexFlatIP(dim)
+    rng = np.random.default_rng(0)
+    for lo in range(0, n, 100_000):
+        x = rng.standard_normal((min(100_000, n - lo), dim)).astype(np.float32)
+        index.add(x / np.linalg.norm(x, axis=1, keepdims=True))
+    path = tmp / "dense.index"
+    faiss.write_index(index, str(path))
+    return str(path), str(corpus)
+
+
 def _server_main(conn: Any, spec: dict[str, Any]) -> None:
     """Server process: load the retriever, warm it up, serve until told to stop."""
     from search_env.server import ServerThread, create_app
@@ -93,6 +112,13 @@ def _server_main(conn: Any, spec: dict[str, Any]) -> None:
             spec["index_dir"], backend=spec["backend"], n_threads=spec["threads"]
         )
         info = {"kind": "bm25", "backend": retriever.backend, "threads": retriever.n_threads}
+    elif spec["retriever"] == "dense":
+        from search_env.retrievers.dense import DenseRetriever
+
+        retriever = DenseRetriever.from_published(
+            spec["dense_index"], spec["dense_corpus"], encoder="offline", device="cpu", show_progress=False
+        )
+        info = {"kind": "dense (offline MiniLM queries, faiss flat, random passage vectors)"}
     else:
         retriever = FixedCostRetriever(spec["call_ms"], spec["per_query_us"])
         info = {"kind": "fixed-cost (simulated)", "call_ms": spec["call_ms"]}
@@ -229,6 +255,9 @@ def main() -> None:
         help="bm25 search threads in the server (-1: all cores). 1 by default: the server's "
              "event loop and the clients need the other core, and on a busy 2-core machine a "
              "2-thread numba call can wait a whole scheduler slice (~16 ms) for its second thread")  # fmt: skip
+    add("--dense-docs", type=int, default=0,
+        help="also serve a dense retriever over this many passages (real MiniLM query encoder, "
+             "faiss flat index of random unit vectors); 0 skips it")  # fmt: skip
     add("--call-ms", type=float, default=10.0, help="fixed-cost retriever: ms per call (0: skip)")
     add("--per-query-us", type=float, default=20.0, help="fixed-cost retriever: us per query")
     args = parser.parse_args()
@@ -245,7 +274,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     direct: dict[str, float] = {}
     load_before = os.getloadavg()[0]
-    kinds = ["bm25"] + (["fixed-cost"] if args.call_ms > 0 else [])
+    kinds = ["bm25"] + (["dense"] if args.dense_docs > 0 else []) + (["fixed-cost"] if args.call_ms > 0 else [])
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         print(f"indexing {args.docs:,} synthetic passages...", flush=True)
         start = time.perf_counter()
@@ -253,7 +282,9 @@ def main() -> None:
         index.save(Path(tmp) / "index")
         build_s = time.perf_counter() - start
         del index
+        dense_index, dense_corpus = _dense_files(Path(tmp), args.dense_docs) if args.dense_docs else ("", "")
         base = {
+            "dense_index": dense_index, "dense_corpus": dense_corpus,
             "queries": queries, "k": args.k, "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms, "index_dir": str(Path(tmp) / "index"),
             "backend": args.backend, "threads": args.threads,
