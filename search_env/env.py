@@ -262,8 +262,14 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         self,
         results: Sequence[Passage] | Exception | None,
         retrieval_time: float = 0.0,
+        *,
+        lines: Sequence[str] | None = None,
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        """Append the information block for a pending search and finish the step."""
+        """Append the information block for a pending search and finish the step.
+
+        ``lines``: the results already formatted by ``document_lines`` (the vector env
+        formats every sub-env's results at once to tokenize them in one batch).
+        """
         pending, self._pending = self._pending, None
         if pending is None:
             raise RuntimeError("finish_step() called without begin_step()")
@@ -278,7 +284,7 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
                 lines = [f"Retrieval failed: {results}\n"]
             elif results is None:
                 raise ValueError("finish_step() needs the retrieval results of the pending query")
-            else:
+            elif lines is None:
                 lines = document_lines(results, self.protocol)
             self._append(self._information_ids(lines), agent=False)
         reward = 0.0

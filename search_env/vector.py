@@ -231,17 +231,16 @@ class SearchQAVectorEnv(VectorEnv):
                 results = {i: exc for i in asking}
             elapsed = time.perf_counter() - start
         # Phase 3: tokenize every new document in one batch call, then finish every step.
-        docs = [
-            line
-            for i in asking
-            if not isinstance(results.get(i), Exception)
-            for line in document_lines(results[i], self.envs[i].protocol)  # type: ignore[arg-type]
-        ]
-        if docs:
-            self.envs[0].codec.encode_pieces(docs)
+        lines: dict[int, list[str]] = {
+            i: document_lines(res, self.envs[i].protocol)
+            for i, res in results.items()
+            if not isinstance(res, Exception)
+        }
+        if lines:
+            self.envs[0].codec.encode_pieces([line for group in lines.values() for line in group])
         for i in stepping:
             env = self.envs[i]
-            obs, reward, term, trunc, info = env.finish_step(results.get(i), elapsed)
+            obs, reward, term, trunc, info = env.finish_step(results.get(i), elapsed, lines=lines.get(i))
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
             if term or trunc:
                 self.active[i] = False
