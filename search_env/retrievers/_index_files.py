@@ -333,3 +333,11 @@ def default_cache_dir() -> Path:
     """``$SEARCH_ENV_CACHE`` or ``~/.cache/search_env``."""
     env = os.environ.get("SEARCH_ENV_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "search_env"
+
+
+def available_cpus() -> int:
+    """Cores this process may run on (its affinity mask), for 'all cores' thread counts."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import os
 import shutil
 import tempfile
 import weakref
@@ -41,7 +40,7 @@ from tqdm.auto import tqdm
 
 from search_env.data.corpus import corpus_fingerprint, iter_corpus
 from search_env.retrievers import _index_files
-from search_env.retrievers._index_files import MANIFEST_NAME, OFFSETS_NAME, PASSAGES_NAME
+from search_env.retrievers._index_files import MANIFEST_NAME, OFFSETS_NAME, PASSAGES_NAME, available_cpus
 from search_env.retrievers._index_files import PassageStore as _PassageStore
 from search_env.retrievers._index_files import PassageWriter as _PassageWriter
 from search_env.retrievers._index_files import package_version as _package_version
@@ -149,17 +148,10 @@ def _resolve_backend(backend: str, num_passages: int | None = None) -> str:
     return backend
 
 
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def _resolve_threads(n_threads: int, backend: str) -> int:
     """Turns ``-1`` into all usable cores, capped by numba's thread pool size."""
     if n_threads == -1:
-        n_threads = _available_cpus()
+        n_threads = available_cpus()
     if n_threads < 1:
         raise ValueError(f"n_threads must be >= 1 or -1 (all cores), got {n_threads}")
     if backend == "numba":

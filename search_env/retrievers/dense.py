@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from search_env.data.corpus import corpus_fingerprint, iter_corpus
 from search_env.retrievers._index_files import (
+    available_cpus,
     HASH_NOTE,
     MANIFEST_NAME,
     OFFSETS_NAME,
@@ -138,17 +139,10 @@ def _import_faiss() -> Any:
     return faiss
 
 
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def _set_faiss_threads(n_threads: int) -> int:
     """faiss' OpenMP pool is process-wide; -1 means every usable core."""
     faiss = _import_faiss()
-    n = _available_cpus() if n_threads == -1 else n_threads
+    n = available_cpus() if n_threads == -1 else n_threads
     if n < 1:
         raise ValueError(f"n_threads must be >= 1 or -1 (all cores), got {n_threads}")
     faiss.omp_set_num_threads(n)
