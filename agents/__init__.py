@@ -21,6 +21,16 @@ _EXPORTS = {
     "Generation": "agents.policy",
     "HFPolicy": "agents.policy",
     "ScriptedPolicy": "agents.policy",
+    # training: configs, loops, warm start, recipe
+    "TrainConfig": "agents.config",
+    "load_config": "agents.config",
+    "save_config": "agents.config",
+    "preset": "agents.config",
+    "train_grpo": "agents.grpo",
+    "train_ppo": "agents.ppo",
+    "train_sft": "agents.sft",
+    "oracle_trajectories": "agents.sft",
+    "run_recipe": "agents.recipe",
     # tiny models for CPU runs
     "make_tiny_qwen2": "agents.tiny_model",
     "save_tiny_model": "agents.tiny_model",

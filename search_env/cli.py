@@ -140,6 +140,19 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _needs_torch(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("error: training needs torch: pip install 'search-env[torch]' "
+                  "(on a CPU-only machine: pip install torch==2.13.0)", file=sys.stderr)
+            return 2
+        return func(args)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="search-env", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -176,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     download = sub.add_parser("download", help="download the wiki-18 corpus, its indexes and the QA datasets")
     add_download_arguments(download)
     download.set_defaults(func=run_download)
+
+    from agents.train import add_train_arguments, run_train
+
+    train = sub.add_parser("train", help="train an LLM policy with GRPO or PPO (agents package)")
+    add_train_arguments(train)
+    train.set_defaults(func=_needs_torch(run_train))
 
     index = sub.add_parser("index", help="index a corpus")
     index_sub = index.add_subparsers(dest="index_command", required=True)

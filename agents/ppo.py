@@ -1,0 +1,164 @@
+"""PPO on a search-env, one readable loop (the Search-R1 reference's PPO by default).
+
+The critic is a value head on the policy's last hidden state (one backbone, two heads;
+the value loss is weighted by ``vf_coef``, the head has its own learning rate). Each
+step: one episode per sub-env -> outcome reward on the last agent token, minus
+``kl_coef * KL`` on every token (reward-level KL) -> GAE with gamma = lambda = 1 over the
+agent tokens (environment tokens are not time steps) -> whitened advantages -> clipped
+policy loss, clipped value loss and entropy bonus per mini-batch.
+
+Masking: the actor side (policy loss, entropy, KL) always uses the retrieved-token mask
+unless ``mask_env_tokens=False``. GAE, value loss and whitening use it too
+(``mask_critic_and_whitening``); ``reference_masking=True`` runs them over every
+response token instead, as the Search-R1 reference does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.advantages import gae, kl_penalty, masked_whiten, terminal_rewards
+from agents.common import (
+    ValueHead,
+    forward_tokens,
+    question_indices,
+    response_mask,
+    rollout_stats,
+)
+from agents.config import PPOConfig, TrainConfig
+from agents.grpo import minibatches, warmup_schedule
+from agents.losses import aggregate, kl_loss, policy_loss_clipped, value_loss_clipped
+from agents.rollout import Batch, collect, to_batch
+from agents.run import setup_run
+
+
+def ppo_loss(
+    model: nn.Module,
+    value_head: ValueHead,
+    batch: Batch,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    actor_mask: torch.Tensor,
+    critic_mask: torch.Tensor,
+    cfg: PPOConfig,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The PPO objective of one mini-batch (all tensors ``# (B, T)``).
+
+    ``loss = policy loss - entropy_coef * entropy + vf_coef * value loss``
+    (``+ kl_coef * KL`` when the KL is a loss term rather than part of the reward).
+    """
+    out = forward_tokens(model, batch.input_ids, batch.attention_mask, temperature=temperature,
+                         entropy=True, entropy_grad=cfg.entropy_coef != 0, value_head=value_head,
+                         only=actor_mask)
+    dev = out.logprobs.device
+    actor_mask, critic_mask = actor_mask.to(dev), critic_mask.to(dev)
+    pg, stats = policy_loss_clipped(out.logprobs, old_logp.to(dev), advantages.to(dev),
+                                    actor_mask, cfg.clip, agg=cfg.loss_agg)
+    vf, vf_stats = value_loss_clipped(out.values, old_values.to(dev), returns.to(dev),
+                                      critic_mask, cfg.value_clip, agg=cfg.loss_agg)
+    entropy = aggregate(out.entropy, actor_mask, cfg.loss_agg)
+    loss = pg - cfg.entropy_coef * entropy + cfg.vf_coef * vf
+    if not cfg.kl_in_reward:
+        kl, kl_stats = kl_loss(out.logprobs, ref_logp.to(dev), actor_mask, cfg.kl_kind,
+                               agg=cfg.loss_agg)
+        loss = loss + cfg.kl_coef * kl
+        stats.update(kl_stats)
+    return loss, {**stats, **vf_stats, "entropy": float(entropy.detach()),
+                  "loss": float(loss.detach())}
+
+
+def train_ppo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train with PPO; returns the run summary (also in ``{out_dir}/summary.json``)."""
+    p, r = cfg.ppo, cfg.rollout
+    run = setup_run(cfg, resume)
+    model, ref_model, policy = run.model, run.ref_model, run.policy
+    hidden = model.get_output_embeddings().weight.shape[1]
+    value_head = ValueHead(hidden).to(next(model.parameters()).device)
+    optimizer = torch.optim.AdamW(
+        [{"params": model.parameters(), "lr": p.lr},
+         {"params": value_head.parameters(), "lr": p.critic_lr}],
+        weight_decay=p.weight_decay,
+    )
+    scheduler = warmup_schedule(optimizer, p.warmup_ratio, cfg.steps)
+    state = {"model": model, "value_head": value_head, "optimizer": optimizer,
+             "scheduler": scheduler}
+    start = run.restore(state)
+    if start == 0:
+        run.metrics.log({"step": 0, **run.evaluate()})
+    prompts = r.num_envs // r.group_size
+    params = list(model.parameters()) + list(value_head.parameters())
+
+    for step in run.steps(start):
+        t0 = time.perf_counter()
+        # 1. Rollout: one episode per sub-env (group_size > 1 repeats each question).
+        indices = question_indices(len(run.train_env.dataset), prompts, cfg.seed, step)
+        policy.generator.manual_seed(run.step_seed(step, 0))
+        trajectories = collect(run.train_env, policy, indices=indices, group_size=r.group_size,
+                               temperature=r.temperature, max_new_tokens=r.max_new_tokens)
+        batch = to_batch(trajectories, run.pad_id)
+        t1 = time.perf_counter()
+
+        # 2. Rewards, values and GAE advantages.
+        actor_mask = batch.loss_mask if p.mask_env_tokens else response_mask(batch)  # (B, T)
+        critic_mask = batch.loss_mask if p.critic_masked else response_mask(batch)  # (B, T)
+        scored = torch.maximum(actor_mask, critic_mask)  # tokens whose log-probs are used
+        with torch.no_grad():
+            out = forward_tokens(model, batch.input_ids, batch.attention_mask,
+                                 temperature=r.temperature, value_head=value_head, only=scored)
+            old_logp, old_values = out.logprobs.cpu(), out.values.cpu()
+            ref_logp = forward_tokens(ref_model, batch.input_ids, batch.attention_mask,
+                                      temperature=r.temperature, only=scored).logprobs.cpu()
+        kl = kl_penalty(old_logp, ref_logp, p.kl_kind) * critic_mask  # (B, T)
+        rewards = terminal_rewards(batch.rewards, critic_mask)  # (B, T)
+        if p.kl_in_reward:
+            rewards = rewards - p.kl_coef * kl
+        advantages, returns = gae(rewards, old_values, critic_mask, p.gamma, p.lam)
+        advantages = masked_whiten(advantages, critic_mask)
+
+        # 3. Clipped actor and critic updates over mini-batches.
+        model.train()
+        stats: dict[str, list[float]] = defaultdict(list)
+        shuffle = torch.Generator().manual_seed(run.step_seed(step, 1))
+        for _ in range(p.epochs):
+            for rows in minibatches(len(batch), p.minibatch_size, shuffle):
+                loss, mb_stats = ppo_loss(
+                    model, value_head, batch.select(rows), old_logp[rows], ref_logp[rows],
+                    old_values[rows], advantages[rows], returns[rows], actor_mask[rows],
+                    critic_mask[rows], p, r.temperature,
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
+                optimizer.step()
+                for k, v in {**mb_stats, "grad_norm": float(grad_norm)}.items():
+                    stats[k].append(v)
+        scheduler.step()
+        model.eval()
+
+        # 4. Log, evaluate, checkpoint.
+        mask_bool = critic_mask != 0
+        record: dict[str, Any] = {
+            "step": step,
+            **rollout_stats(trajectories),
+            **{k: float(np.mean(v)) for k, v in stats.items()},
+            "kl": float(kl[mask_bool].mean()) if bool(mask_bool.any()) else 0.0,
+            "lr": scheduler.get_last_lr()[0],
+            "rollout_time": t1 - t0,
+            "update_time": time.perf_counter() - t1,
+        }
+        if run.should_evaluate(step):
+            record.update(run.evaluate())
+        record["step_time"] = time.perf_counter() - t0
+        run.metrics.log(record)
+        run.maybe_checkpoint(step, state)
+    return run.finish()

@@ -1,0 +1,195 @@
+"""Set-up and bookkeeping shared by the GRPO and PPO loops (not the loops themselves).
+
+:func:`setup_run` builds envs, model, tokenizer, the SFT warm start, the frozen
+reference policy and the run directory; :class:`Run` then evaluates, logs, checkpoints
+and plots, so that ``grpo.py`` and ``ppo.py`` hold only the algorithm.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from agents.common import (
+    evaluate_greedy,
+    frozen_copy,
+    load_model,
+    make_env,
+    seed_everything,
+)
+from agents.config import TrainConfig, save_config
+from agents.metrics import MetricsLogger, plot_curves
+
+logger = logging.getLogger(__name__)
+
+INIT_WEIGHTS = "init_model.pt"
+"""The model after the SFT warm start (the KL reference), kept in the run directory."""
+
+
+@dataclass
+class Run:
+    """Everything a training loop needs besides its algorithm."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    model: nn.Module
+    ref_model: nn.Module
+    tokenizer: Any
+    policy: Any
+    train_env: Any
+    eval_env: Any
+    eval_indices: list[int]
+    pad_id: int
+    metrics: MetricsLogger
+    resume: bool = False
+    sft_summary: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    # ----------------------------------------------------------------- seeding
+    def step_seed(self, step: int, stream: int) -> int:
+        """A seed that depends only on (run seed, step, stream): resume-safe randomness."""
+        return int(np.random.default_rng([self.cfg.seed, step, stream]).integers(2**62))
+
+    # ------------------------------------------------------------- checkpoints
+    def restore(self, modules: dict[str, Any]) -> int:
+        """Load the latest checkpoint into ``modules`` when resuming; the step to start at."""
+        path = latest_checkpoint(self.run_dir) if self.resume else None
+        if path is None:
+            return 0
+        step, _ = load_checkpoint(path, modules)
+        logger.info("resumed from %s (step %d)", path, step)
+        return step
+
+    def maybe_checkpoint(self, step: int, modules: dict[str, Any]) -> None:
+        """Checkpoint every ``checkpoint_every`` steps and after the last one."""
+        every = self.cfg.checkpoint_every
+        if every and (step % every == 0 or step == self.cfg.steps):
+            save_checkpoint(self.run_dir, step, self.cfg, modules, keep=self.cfg.keep_checkpoints)
+
+    # -------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, float]:
+        """Greedy decoding on the held-out questions."""
+        start = time.perf_counter()
+        stats = evaluate_greedy(self.policy, self.eval_env, self.eval_indices,
+                                self.cfg.rollout.max_new_tokens)
+        stats["eval_time"] = time.perf_counter() - start
+        return stats
+
+    def should_evaluate(self, step: int) -> bool:
+        every = self.cfg.eval_every
+        return step == self.cfg.steps or bool(every and step % every == 0)
+
+    def steps(self, start: int) -> Iterator[int]:
+        """Steps ``start + 1 .. cfg.steps`` (1-based: step N is the N-th update) with a bar."""
+        from tqdm.auto import tqdm
+
+        return iter(tqdm(range(start + 1, self.cfg.steps + 1), initial=start,
+                         total=self.cfg.steps, desc=self.cfg.algo, dynamic_ncols=True))
+
+    # ----------------------------------------------------------------- the end
+    def finish(self) -> dict[str, Any]:
+        """Write ``summary.json`` and the curve PNG; return the summary."""
+        records = self.metrics.records
+        evals = [r for r in records if "eval_em" in r]
+        summary: dict[str, Any] = {
+            "algo": self.cfg.algo,
+            "steps": self.cfg.steps,
+            "run_dir": str(self.run_dir),
+            "wall_seconds": time.perf_counter() - self.started,
+            **self.sft_summary,
+        }
+        if evals:
+            first, last = evals[0], evals[-1]
+            summary.update({
+                "eval_em_start": first["eval_em"],
+                "eval_em_end": last["eval_em"],
+                "eval_em_best": max(r["eval_em"] for r in evals),
+                "eval_searches_start": first["eval_searches"],
+                "eval_searches_end": last["eval_searches"],
+                "eval_questions": len(self.eval_indices),
+            })
+        png = plot_curves(records, self.run_dir / "curves.png",
+                          keys=("reward", "eval_em"), title=f"{self.cfg.algo} {self.run_dir.name}")
+        summary["curves_png"] = str(png) if png else None
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
+    """Build envs, model, warm start, reference policy and run directory.
+
+    Args:
+        cfg: the resolved config (saved as ``config.json`` in ``cfg.out_dir``).
+        resume: continue from the latest checkpoint in ``cfg.out_dir`` (the SFT warm start
+            is then not rerun: its result is loaded from ``init_model.pt``).
+    """
+    from agents.policy import HFPolicy
+    from agents.sft import name_token_ids, oracle_trajectories, train_sft
+
+    started = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    run_dir = Path(cfg.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.json")
+
+    env_tokenizer = None
+    if cfg.model.path != "tiny":
+        from transformers import AutoTokenizer
+
+        env_tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    r = cfg.rollout
+    train_env = make_env(r, "train", r.num_envs, env_tokenizer)
+    eval_env = make_env(r, r.eval_split, r.eval_num_envs, env_tokenizer)
+    tok = train_env.envs[0].tokenizer
+    model, tokenizer = load_model(cfg.model, tok)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    init_path = run_dir / INIT_WEIGHTS
+    sft_summary: dict[str, float] = {}
+    last = latest_checkpoint(run_dir) if resume else None
+    can_resume = last is not None
+    # On resume, keep the metrics of the steps up to the checkpoint, drop any later ones.
+    metrics = MetricsLogger(run_dir, resume_step=int(last.name.split("_")[-1]) if last else None)
+    if cfg.sft.steps > 0:
+        if can_resume and init_path.exists():
+            model.load_state_dict(torch.load(init_path, map_location="cpu"))
+        else:
+            start = time.perf_counter()
+            n = len(train_env.dataset) if cfg.sft.questions is None else cfg.sft.questions
+            data = oracle_trajectories(train_env, range(min(n, len(train_env.dataset))))
+            classes = (name_token_ids(tokenizer, [train_env.dataset[t.index] for t in data])
+                       if cfg.sft.swap_names else None)
+            records = train_sft(model, data, cfg.sft, pad_id, seed=cfg.seed, progress=True,
+                                name_classes=classes)
+            torch.save(model.state_dict(), init_path)
+            sft_summary = {
+                "sft_steps": cfg.sft.steps,
+                "sft_trajectories": len(data),
+                "sft_oracle_em": float(np.mean([t.reward for t in data])),
+                "sft_final_loss": records[-1]["sft_loss"],
+                "sft_seconds": time.perf_counter() - start,
+            }
+            with (run_dir / "sft_metrics.jsonl").open("w") as f:
+                for rec in records:
+                    f.write(json.dumps(rec) + "\n")
+    ref_model = frozen_copy(model)
+    policy = HFPolicy(model, tokenizer, device=next(model.parameters()).device, seed=cfg.seed)
+    n_eval = len(eval_env.dataset) if r.eval_questions is None else r.eval_questions
+    return Run(
+        cfg=cfg, run_dir=run_dir, model=model, ref_model=ref_model, tokenizer=tokenizer,
+        policy=policy, train_env=train_env, eval_env=eval_env,
+        eval_indices=list(range(min(n_eval, len(eval_env.dataset)))), pad_id=int(pad_id),
+        metrics=metrics, resume=can_resume,
+        sft_summary=sft_summary, started=started,
+    )

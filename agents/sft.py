@@ -1,0 +1,212 @@
+"""Supervised warm start: teach a model the protocol from the text oracle's episodes.
+
+The scripted :class:`~search_env.scripted.OracleAgent` plays train-split questions
+through the real env (chunk mode; its turns are encoded with the env's tokenizer), which
+gives token trajectories with the env's own loss mask. The causal LM is then trained with
+cross-entropy on mask-1 tokens only: the prompt and information blocks are context, never
+targets. Kept deliberately short in the ``tiny-cpu`` recipe, so RL has room to improve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.advantages import masked_mean
+from agents.common import forward_tokens
+from agents.config import SFTConfig
+from agents.rollout import Trajectory, to_batch
+
+logger = logging.getLogger(__name__)
+
+
+def oracle_trajectories(
+    vec_env: Any, indices: Sequence[int], max_searches: int | None = None
+) -> list[Trajectory]:
+    """Play the text oracle on ``indices`` and return its episodes as token trajectories.
+
+    Args:
+        vec_env: chunk-mode vector env with autoreset disabled, on a SearchQA-Synth world
+            (the oracle needs ``metadata["hops"]``).
+        indices: dataset indices of the questions.
+        max_searches: the oracle's search budget; defaults to the env's ``max_turns``.
+
+    Returns:
+        One :class:`~agents.rollout.Trajectory` per question (``logprobs`` all 0).
+    """
+    from search_env.scripted import OracleAgent
+
+    env0 = vec_env.envs[0]
+    codec = env0.codec
+    budget = env0.protocol.max_turns if max_searches is None else max_searches
+    eos = sorted(codec.eos_ids)[:1]
+    n = vec_env.num_envs
+    out: list[Trajectory] = []
+    for lo in range(0, len(indices), n):
+        chunk = [int(i) for i in indices[lo : lo + n]]
+        live = len(chunk)
+        padded = np.asarray(chunk + [chunk[0]] * (n - live))
+        reset_mask = np.zeros(n, bool)
+        reset_mask[:live] = True
+        obs, _ = vec_env.reset(options={"index": padded, "reset_mask": reset_mask})
+        agents = [OracleAgent(max_searches=budget) for _ in range(live)]
+        seen = obs["length"][:, 0].copy()
+        prompt_lengths = seen.copy()
+        text = [codec.tokenizer.decode(obs["tokens"][i, : seen[i]].tolist()) for i in range(live)]
+        for i in range(live):
+            agents[i].reset(vec_env.dataset[chunk[i]])
+        running = reset_mask.copy()
+        finals: dict[int, tuple[float, dict[str, float], int, int, Any, bool]] = {}
+        while running.any():
+            actions: list[np.ndarray | None] = [None] * n
+            for i in np.flatnonzero(running):
+                ids = codec.encode(agents[i].act(text[i])) or eos
+                actions[i] = np.asarray(ids, dtype=np.int64)
+            obs, rewards, term, trunc, info = vec_env.step(actions)
+            for i in np.flatnonzero(running):
+                used = len(actions[i]) - int(info["ignored_tokens"][i])
+                length = int(obs["length"][i, 0])
+                text[i] = codec.tokenizer.decode(obs["tokens"][i, seen[i] + used : length].tolist())
+                seen[i] = length
+                if term[i] or trunc[i]:
+                    running[i] = False
+                    finals[int(i)] = (
+                        float(rewards[i]),
+                        {k: float(v[i]) for k, v in info["scores"].items() if not k.startswith("_")},
+                        int(info["searches"][i]),
+                        int(info["turn"][i]),
+                        info["answer"][i],
+                        bool(term[i]),
+                    )
+        for i in range(live):
+            reward, scores, searches, turns, answer, terminated = finals[i]
+            length = int(seen[i])
+            out.append(
+                Trajectory(
+                    tokens=obs["tokens"][i, :length].copy(),
+                    loss_mask=obs["mask"][i, :length].copy(),
+                    logprobs=np.zeros(length, np.float32),
+                    prompt_length=int(prompt_lengths[i]),
+                    reward=reward, scores=scores, searches=searches, turns=turns,
+                    answer=answer, index=chunk[i], terminated=terminated,
+                )
+            )
+    return out
+
+
+def name_token_ids(tokenizer: Any, examples: Sequence[Any]) -> list[np.ndarray]:
+    """Whole-word tokens of entity names and answers, in two classes: words and numbers.
+
+    Taken from the questions' gold hops and answers (``metadata["hops"]`` of
+    SearchQA-Synth). Only space-prefixed tokens of at least 3 characters that start with
+    a capital letter (or are all digits) qualify, so protocol and template words never
+    do.
+    """
+    words: set[int] = set()
+    numbers: set[int] = set()
+    for e in examples:
+        texts = [*e.golden_answers, *(h.get("subject", "") for h in e.metadata.get("hops", []))]
+        for text in texts:
+            ids = tokenizer.encode(" " + text, add_special_tokens=False)
+            for tid, piece in zip(ids, tokenizer.convert_ids_to_tokens(ids)):
+                word = piece[1:] if piece.startswith("\u0120") else ""
+                if len(word) >= 3 and word.isdigit():
+                    numbers.add(tid)
+                elif len(word) >= 3 and word[0].isupper() and word.isalpha():
+                    words.add(tid)
+    return [np.asarray(sorted(c), dtype=np.int64) for c in (words, numbers) if len(c) > 1]
+
+
+def swap_names(tokens: np.ndarray, classes: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Re-draw the name tokens of one trajectory with a random permutation per class.
+
+    The same permutation is applied to question, agent turns and information blocks, so
+    the episode stays consistent ("who founded A?" ... "A was founded by B" ... "B")
+    while its names are new: the model cannot memorise answers and must learn to copy
+    names from the question and the retrieved text.
+    """
+    table = np.arange(int(max(tokens.max(), max(c.max() for c in classes))) + 1)
+    for ids in classes:
+        table[ids] = rng.permutation(ids)
+    return table[tokens]
+
+
+def sft_loss(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean negative log-likelihood of the mask-1 tokens (``# (B, T)`` inputs)."""
+    logp = forward_tokens(model, input_ids, attention_mask, only=loss_mask).logprobs
+    return masked_mean(-logp, loss_mask.to(logp.device))
+
+
+def train_sft(
+    model: nn.Module,
+    trajectories: Sequence[Trajectory],
+    cfg: SFTConfig,
+    pad_id: int,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+    name_classes: Sequence[np.ndarray] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place on the agent tokens of ``trajectories``.
+
+    Batches are drawn without replacement, epoch by epoch, from a seeded permutation.
+    The learning rate warms up linearly, then follows a cosine to 10% of ``cfg.lr``.
+    With ``name_classes`` (see :func:`name_token_ids`) every trajectory's names are
+    re-drawn each time it is used (:func:`swap_names`).
+
+    Returns:
+        Per-step records ``{"sft_step", "sft_loss", "sft_lr", "sft_time"}``.
+    """
+    if not trajectories:
+        raise ValueError("no trajectories to train on")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    records = []
+    model.train()
+    steps = range(cfg.steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="sft", leave=False)
+    for step in steps:
+        start = time.perf_counter()
+        if len(order) < cfg.batch_size:
+            order += rng.permutation(len(trajectories)).tolist()
+        rows, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        chosen = [trajectories[i] for i in rows]
+        if name_classes:
+            chosen = [dataclasses.replace(t, tokens=swap_names(t.tokens, name_classes, rng))
+                      for t in chosen]
+        batch = to_batch(chosen, pad_id)
+        loss = sft_loss(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        records.append({
+            "sft_step": step + 1,
+            "sft_loss": float(loss.detach()),
+            "sft_lr": optimizer.param_groups[0]["lr"],
+            "sft_time": time.perf_counter() - start,
+        })
+    model.eval()
+    return records

@@ -1,0 +1,97 @@
+"""``search-env train`` / ``python -m agents.train``: GRPO or PPO from a preset or config file.
+
+Examples::
+
+    python -m agents.train --preset tiny-cpu --algo grpo --out runs/grpo
+    python -m agents.train --preset tiny-cpu --algo grpo --no-mask --out runs/grpo-nomask
+    python -m agents.train --config runs/grpo/config.json --resume
+    python -m agents.train --preset tiny-cpu --set grpo.lr=1e-3 --set rollout.num_envs=16
+
+Precedence: preset (or ``--config``), then ``--set`` overrides, then the dedicated flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from agents.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``train`` options to ``parser`` (for the ``search-env`` CLI to reuse)."""
+    parser.add_argument("--algo", choices=("grpo", "ppo"), help="RL algorithm")
+    parser.add_argument("--env", help="env id (e.g. SearchQA-Synth-v0)")
+    parser.add_argument("--model", help="'tiny' (random-init Qwen2) or a hub id / local path")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="named config (default: tiny-cpu unless --config is given)")
+    parser.add_argument("--config", help="a config.json written by an earlier run")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in the run directory")
+    parser.add_argument("--out", help="run directory")
+    parser.add_argument("--steps", type=int, help="RL steps")
+    parser.add_argument("--seed", type=int, help="run seed")
+    parser.add_argument("--no-mask", action="store_true",
+                        help="train on environment tokens too (the masking ablation)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config field, e.g. grpo.lr=1e-4 (VALUE parsed as JSON)")
+    return parser
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The resolved config of a ``train`` command line."""
+    if args.config and args.preset:
+        raise ValueError("pass --preset or --config, not both")
+    cfg = load_config(args.config) if args.config else preset(args.preset or "tiny-cpu")
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = _parse_value(value)
+    for flag, key in (("algo", "algo"), ("env", "rollout.env_id"), ("model", "model.path"),
+                      ("out", "out_dir"), ("steps", "steps"), ("seed", "seed")):
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.no_mask:
+        overrides["grpo.mask_env_tokens"] = False
+        overrides["ppo.mask_env_tokens"] = False
+    return apply_overrides(cfg, overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run the ``train`` command; returns the exit status."""
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.algo == "grpo":
+        from agents.grpo import train_grpo as train
+    else:
+        from agents.ppo import train_ppo as train
+    summary = train(cfg, resume=bool(args.resume))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agents.train``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = add_train_arguments(argparse.ArgumentParser(prog="python -m agents.train",
+                                                         description=__doc__.splitlines()[0]))
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""GRPO / PPO / SFT training loops on a tiny model: updates, masking, resume, config, recipe."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import search_env  # noqa: F401  (registers the env ids)
+
+from agents.common import forward_tokens, load_model, make_env, response_mask
+from agents.config import (
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    load_config,
+    preset,
+    save_config,
+    to_dict,
+    tiny_cpu,
+)
+from agents.grpo import grpo_loss, train_grpo
+from agents.ppo import ppo_loss, train_ppo
+from agents.common import ValueHead
+from agents.rollout import to_batch
+from agents.sft import oracle_trajectories, sft_loss
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread on a busy 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_config(tmp_path, algo: str = "grpo", **overrides) -> TrainConfig:
+    """The tiny-cpu preset shrunk to seconds: tiny world, 32-wide model, 8 episodes a step."""
+    cfg = apply_overrides(tiny_cpu(), {
+        "algo": algo,
+        "steps": 2,
+        "eval_every": 0,
+        "checkpoint_every": 0,
+        "out_dir": str(tmp_path / algo),
+        "threads": 1,
+        "model.hidden_size": 32,
+        "model.intermediate": 64,
+        "model.layers": 1,
+        "rollout.env_kwargs.size": "tiny",
+        "rollout.env_kwargs.max_response_length": 16,
+        "rollout.num_envs": 8,
+        "rollout.group_size": 4,
+        "rollout.eval_questions": 4,
+        "rollout.eval_num_envs": 4,
+        "grpo.minibatch_size": 4,
+        "grpo.lr": 1e-2,
+        "ppo.minibatch_size": 4,
+        "ppo.lr": 1e-2,
+        "sft.steps": 0,
+        **overrides,
+    })
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def oracle_batch():
+    """Oracle trajectories on the tiny world (env tokens inside) as a Batch, and a model."""
+    cfg = tiny_cpu()
+    cfg = apply_overrides(cfg, {"rollout.env_kwargs.size": "tiny", "model.hidden_size": 32,
+                                "model.intermediate": 64, "model.layers": 1})
+    env = make_env(cfg.rollout, "train", 4)
+    trajectories = oracle_trajectories(env, range(4))
+    model, tok = load_model(cfg.model, env.envs[0].tokenizer)
+    batch = to_batch(trajectories, tok.pad_token_id)
+    assert all(t.searches >= 1 for t in trajectories)  # information blocks are in there
+    return model, batch
+
+
+def params_of(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def grads_of(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+# ------------------------------------------------------------------ updates
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_two_updates_change_parameters(tmp_path, algo):
+    cfg = small_config(tmp_path, algo)
+    summary = (train_grpo if algo == "grpo" else train_ppo)(cfg)
+    records = [json.loads(line) for line in (tmp_path / algo / "metrics.jsonl").open()]
+    steps = [r for r in records if r["step"] > 0]
+    assert [r["step"] for r in steps] == [1, 2]
+    for r in steps:
+        assert all(v == v and abs(v) != float("inf") for v in r.values() if isinstance(v, float))
+        assert r["grad_norm"] > 0 or r["pg_loss"] == 0.0
+    assert "eval_em" in records[0] and "eval_em" in records[-1]
+    assert (tmp_path / algo / "metrics.csv").read_text().startswith("step,")
+    assert load_config(tmp_path / algo / "config.json") == cfg
+    assert summary["eval_questions"] == 4
+
+
+def test_grpo_update_moves_the_policy(oracle_batch, tmp_path):
+    """With nonzero advantages one optimizer step changes the weights."""
+    model, batch = oracle_batch
+    model = copy.deepcopy(model)
+    cfg = small_config(tmp_path).grpo
+    mask = batch.loss_mask
+    with torch.no_grad():
+        old = forward_tokens(model, batch.input_ids, batch.attention_mask, only=mask).logprobs
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * mask
+    before = params_of(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    loss, stats = grpo_loss(model, batch, old, old, adv, mask, cfg)
+    assert torch.isfinite(loss)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    changed = [not torch.equal(a, b) for a, b in zip(before, model.parameters())]
+    assert all(changed)
+
+
+# ------------------------------------------------------------------ masking
+def _perturb_env_positions(x: torch.Tensor, mask: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x.shape, generator=g) * 5
+    return torch.where(mask != 0, x, x + noise)
+
+
+def test_forward_only_matches_full(oracle_batch):
+    model, batch = oracle_batch
+    full = forward_tokens(model, batch.input_ids, batch.attention_mask, entropy=True)
+    part = forward_tokens(model, batch.input_ids, batch.attention_mask, entropy=True,
+                          only=batch.loss_mask)
+    keep = batch.loss_mask != 0
+    torch.testing.assert_close(part.logprobs[keep], full.logprobs[keep])
+    torch.testing.assert_close(part.entropy[keep], full.entropy[keep])
+    assert (part.logprobs[~keep] == 0).all()
+
+
+def test_grpo_env_tokens_do_not_affect_the_update(oracle_batch, tmp_path):
+    """Garbage at env-token positions (old/ref log-probs, advantages) leaves the gradient
+    unchanged with masking on, and changes it with masking off."""
+    model, batch = oracle_batch
+    cfg = small_config(tmp_path).grpo
+    with torch.no_grad():
+        logp = forward_tokens(model, batch.input_ids, batch.attention_mask).logprobs
+    adv_seq = torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None]
+    for masked in (True, False):
+        mask = batch.loss_mask if masked else response_mask(batch)
+        adv = adv_seq.expand_as(mask).clone()
+        clean = grads_of(model, grpo_loss(model, batch, logp, logp * 0.9, adv * mask, mask, cfg)[0])
+        noisy_old = _perturb_env_positions(logp, batch.loss_mask, 1)
+        noisy_ref = _perturb_env_positions(logp * 0.9, batch.loss_mask, 2)
+        noisy_adv = _perturb_env_positions(adv, batch.loss_mask, 3)
+        noisy = grads_of(model, grpo_loss(model, batch, noisy_old, noisy_ref, noisy_adv * mask,
+                                          mask, cfg)[0])
+        same = all(torch.equal(a, b) for a, b in zip(clean, noisy))
+        assert same == masked
+
+
+def test_ppo_critic_masking_switch(oracle_batch, tmp_path):
+    """Masked critic: garbage returns / values at env positions do not matter; with
+    ``reference_masking`` (Search-R1) the critic trains on them."""
+    model, batch = oracle_batch
+    head = ValueHead(model.config.hidden_size)
+    torch.nn.init.normal_(head.linear.weight, std=0.1)
+    with torch.no_grad():
+        out = forward_tokens(model, batch.input_ids, batch.attention_mask, value_head=head)
+    adv = torch.randn(batch.input_ids.shape, generator=torch.Generator().manual_seed(0))
+    returns = torch.ones_like(adv)
+    for reference in (False, True):
+        cfg = small_config(tmp_path, "ppo", **{"ppo.reference_masking": reference}).ppo
+        actor = batch.loss_mask
+        critic = batch.loss_mask if cfg.critic_masked else response_mask(batch)
+
+        def loss_with(ret):
+            return ppo_loss(model, head, batch, out.logprobs, out.logprobs, out.values,
+                            adv * actor, ret * critic, actor, critic, cfg)[0]
+
+        clean = grads_of(head, loss_with(returns))
+        noisy = grads_of(head, loss_with(_perturb_env_positions(returns, batch.loss_mask, 4)))
+        same = all(torch.equal(a, b) for a, b in zip(clean, noisy))
+        assert same == (not reference)
+
+
+def test_sft_loss_ignores_env_tokens(oracle_batch):
+    model, batch = oracle_batch
+    loss = sft_loss(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+    # The same, by hand, from the full logits: mean NLL of agent tokens only.
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(
+        -1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    keep = batch.loss_mask[:, 1:] != 0
+    torch.testing.assert_close(loss, -logp[keep].mean(), rtol=1e-4, atol=1e-5)
+    # Env tokens appended after the episode (mask 0) change nothing.
+    extra = torch.randint(0, 100, (len(batch), 7))
+    ids = torch.cat([batch.input_ids, extra], 1)
+    att = torch.cat([batch.attention_mask, torch.ones_like(extra)], 1)
+    lm = torch.cat([batch.loss_mask, torch.zeros(extra.shape)], 1)
+    torch.testing.assert_close(sft_loss(model, ids, att, lm), loss, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ resume
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_resume_matches_uninterrupted_run(tmp_path, algo):
+    train = train_grpo if algo == "grpo" else train_ppo
+    common = {"steps": 3, "checkpoint_every": 1, "sft.steps": 2, "sft.batch_size": 4}
+    full = small_config(tmp_path / "full", algo, **common)
+    train(full)
+    # Interrupted after step 2, then resumed to 3 in the same directory.
+    part = small_config(tmp_path / "part", algo, **{**common, "steps": 2})
+    train(part)
+    resumed = apply_overrides(part, {"steps": 3})
+    train(resumed, resume=True)
+
+    def final_state(cfg):
+        from agents.checkpoint import latest_checkpoint
+
+        path = latest_checkpoint(cfg.out_dir)
+        assert path.name == "step_00000003"
+        return torch.load(path / "state.pt", weights_only=False)
+
+    a, b = final_state(full), final_state(resumed)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
+    rows = lambda cfg: [json.loads(l) for l in open(f"{cfg.out_dir}/metrics.jsonl")]  # noqa: E731
+    ra, rb = rows(full), rows(resumed)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [0, 1, 2, 3]
+    assert ra[-1]["reward"] == rb[-1]["reward"]
+    assert ra[-1]["loss"] == pytest.approx(rb[-1]["loss"], rel=1e-4, abs=1e-6)
+
+
+# ------------------------------------------------------------------ config
+def test_config_round_trip(tmp_path):
+    for name in ("tiny-cpu", "search-r1-3b"):
+        cfg = preset(name)
+        assert from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
+        assert load_config(save_config(cfg, tmp_path / f"{name}.json")) == cfg
+    cfg = apply_overrides(preset("tiny-cpu"), {"grpo.lr": 0.5, "rollout.env_kwargs.topk": 2})
+    assert cfg.grpo.lr == 0.5 and cfg.rollout.env_kwargs["topk"] == 2
+    with pytest.raises(ValueError):
+        apply_overrides(cfg, {"grpo.no_such_field": 1})
+    with pytest.raises(ValueError):
+        from_dict({"algo": "a2c"})
+    r1 = preset("search-r1-3b")
+    assert (r1.ppo.lr, r1.ppo.critic_lr, r1.ppo.kl_coef, r1.ppo.entropy_coef) == (1e-6, 1e-5, 1e-3, 1e-3)
+    assert r1.ppo.reference_masking is False and r1.ppo.critic_masked
+
+
+def test_train_cli_parses(tmp_path):
+    import argparse
+
+    from agents.train import add_train_arguments, config_from_args
+
+    parser = add_train_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--algo", "ppo", "--no-mask", "--steps", "5", "--out", str(tmp_path),
+                              "--set", "ppo.lr=0.001", "--set", "rollout.env_kwargs.size=\"tiny\""])
+    cfg = config_from_args(args)
+    assert cfg.algo == "ppo" and cfg.steps == 5 and cfg.out_dir == str(tmp_path)
+    assert not cfg.ppo.mask_env_tokens and not cfg.grpo.mask_env_tokens
+    assert cfg.ppo.lr == 0.001 and cfg.rollout.env_kwargs["size"] == "tiny"
+
+
+# ------------------------------------------------------------------ recipe
+def test_tiny_cpu_recipe_runs_end_to_end_quick(tmp_path):
+    from agents.recipe import QUICK, RUNS, run_recipe
+
+    results = run_recipe(tmp_path / "recipe", {**QUICK, "threads": 1},
+                         results_path=tmp_path / "results.json")
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    assert 0.0 <= results["sft"]["test_em"] <= 1.0
+    assert set(results["runs"]) == set(RUNS)
+    for name, run in results["runs"].items():
+        assert run["test_em_start"] == pytest.approx(results["sft"]["test_em"])
+        assert 0.0 <= run["test_em_end"] <= 1.0
+        assert (tmp_path / "recipe" / name / "metrics.jsonl").exists()
+    assert load_config(tmp_path / "recipe" / "grpo_no_mask" / "config.json").grpo.mask_env_tokens is False
+
+
+def test_swap_names_is_a_consistent_permutation(oracle_batch):
+    import numpy as np
+
+    from agents.sft import name_token_ids, swap_names
+
+    cfg = apply_overrides(tiny_cpu(), {"rollout.env_kwargs.size": "tiny"})
+    env = make_env(cfg.rollout, "train", 2)
+    trajectories = oracle_trajectories(env, range(2))
+    classes = name_token_ids(env.envs[0].tokenizer, [env.dataset[t.index] for t in trajectories])
+    assert classes and all(len(c) > 1 for c in classes)
+    names = np.concatenate(classes)
+    tokens = trajectories[0].tokens
+    swapped = swap_names(tokens, classes, np.random.default_rng(0))
+    is_name = np.isin(tokens, names)
+    assert is_name.any() and (swapped[~is_name] == tokens[~is_name]).all()
+    assert np.isin(swapped[is_name], names).all()
+    # One mapping for the whole episode: equal tokens stay equal, different stay different.
+    pairs = {}
+    for a, b in zip(tokens[is_name], swapped[is_name]):
+        assert pairs.setdefault(int(a), int(b)) == int(b)
+    assert len(set(pairs.values())) == len(pairs)
+
+
+def test_grpo_steps_raise_the_likelihood_of_rewarded_episodes(oracle_batch, tmp_path):
+    """The sign is right: positive advantage -> more likely, negative -> less likely."""
+    model, batch = oracle_batch
+    model = copy.deepcopy(model)
+    cfg = small_config(tmp_path).grpo
+    mask = batch.loss_mask
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])[:, None] * mask
+
+    def seq_logp() -> torch.Tensor:
+        with torch.no_grad():
+            lp = forward_tokens(model, batch.input_ids, batch.attention_mask, only=mask).logprobs
+        return (lp * mask).sum(-1)
+
+    before = seq_logp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        with torch.no_grad():
+            old = forward_tokens(model, batch.input_ids, batch.attention_mask, only=mask).logprobs
+        loss, _ = grpo_loss(model, batch, old, old, adv, mask, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    delta = seq_logp() - before
+    assert (delta[[0, 2]] > 0).all() and (delta[[1, 3]] < 0).all()
