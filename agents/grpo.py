@@ -133,9 +133,5 @@ def train_grpo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             "rollout_time": t1 - t0,
             "update_time": time.perf_counter() - t1,
         }
-        if run.should_evaluate(step):
-            record.update(run.evaluate())
-        record["step_time"] = time.perf_counter() - t0
-        run.metrics.log(record)
-        run.maybe_checkpoint(step, state)
+        run.end_step(step, record, state, t0)
     return run.finish()

@@ -75,6 +75,14 @@ class Run:
         if every and (step % every == 0 or step == self.cfg.steps):
             save_checkpoint(self.run_dir, step, self.cfg, modules, keep=self.cfg.keep_checkpoints)
 
+    def end_step(self, step: int, record: dict[str, Any], modules: dict[str, Any], started: float) -> None:
+        """Evaluate when due, log the step's record and checkpoint when due."""
+        if self.should_evaluate(step):
+            record.update(self.evaluate())
+        record["step_time"] = time.perf_counter() - started
+        self.metrics.log(record)
+        self.maybe_checkpoint(step, modules)
+
     # -------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
         """Greedy decoding on the held-out questions."""
