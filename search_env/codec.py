@@ -108,7 +108,6 @@ class TagScanner:
                     s = s[1:]
                 row.append(self._index[s])
             self._delta.append(row)
-        self.num_states = len(prefixes)
 
     def feed(self, state: int, data: bytes) -> tuple[int, int]:
         delta, accepting = self._delta, self.accepting
@@ -152,6 +151,15 @@ class TokenCodec:
     def encode(self, text: str) -> list[int]:
         """Tokenize environment text (special-token strings in it are honoured)."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def turn_ids(self, text: str) -> list[int]:
+        """Token ids of an agent turn given as text; an empty turn is a bare EOS."""
+        ids = self.encode(text)
+        if ids:
+            return ids
+        if not self.eos_ids:
+            raise ValueError("empty turn text, and the tokenizer has no EOS token to stand for it")
+        return [min(self.eos_ids)]
 
     def encode_pieces(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids (int64 arrays) of each text, tokenized on its own and cached.

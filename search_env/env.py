@@ -31,7 +31,6 @@ class EpisodeOverError(RuntimeError):
 class _Turn:
     """Bookkeeping of the turn in progress."""
 
-    start: int  # index in the context where the turn's first agent token sits
     tokens: int = 0
     scan_state: int = 0
     data: bytearray = field(default_factory=bytearray)
@@ -207,7 +206,7 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._searches = 0
         self._queries: list[str] = []
         self._answer: str | None = None
-        self._turn = _Turn(start=self._len)
+        self._turn = _Turn()
         self._done = False
         self._pending = None
         self._prompt_len = len(prompt_ids)
@@ -441,7 +440,7 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         elif not final_turn and self._len < self.protocol.max_prompt_length:
             self._append(self._invalid_ids, agent=False)
         info["searches"] = self._searches
-        self._turn = _Turn(start=self._len)
+        self._turn = _Turn()
         return query
 
     def _information_ids(self, lines: Sequence[str]) -> np.ndarray:

@@ -114,7 +114,7 @@ def evaluate(
                 if isinstance(agent, TokenAgent):
                     ids = list(agent.act_tokens(new_ids[i]))
                 else:
-                    ids = codec.encode(agent.act(new_text[i])) or sorted(codec.eos_ids)[:1]
+                    ids = codec.turn_ids(agent.act(new_text[i]))
                 actions.append(np.asarray(ids, dtype=np.int64))
             obs, rewards, term, trunc, info = vec.step(actions)
             retrieval += float(info.get("batch_retrieval_time", 0.0))

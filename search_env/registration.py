@@ -132,16 +132,11 @@ def _synth_parts(
     retriever: Any = None,
     retriever_backend: str = "auto",
 ) -> tuple[Sequence[QAExample], Any, Any]:
-    from search_env.data.synth import SynthConfig, build_cached
-
-    if size not in SYNTH_SIZES:
-        raise ValueError(f"size must be one of {sorted(SYNTH_SIZES)}, got {size!r}")
-    config = SynthConfig(seed=seed, num_entities=num_entities or SYNTH_SIZES[size])
-    world_dir = build_cached(config, cache_dir() / "synth")
     from search_env.data.qa import load_flashrag_jsonl
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    world_dir = synth_world_dir(size, num_entities, seed)
     examples = load_flashrag_jsonl(world_dir / f"{split}.jsonl")
     if retriever is None:
         retriever = _cached_bm25(world_dir / "corpus.jsonl", world_dir / "bm25", retriever_backend)
@@ -166,6 +161,8 @@ def synth_world_dir(size: str = "small", num_entities: int | None = None, seed: 
     """The cached directory of a synthetic world (built on first use)."""
     from search_env.data.synth import SynthConfig, build_cached
 
+    if size not in SYNTH_SIZES:
+        raise ValueError(f"size must be one of {sorted(SYNTH_SIZES)}, got {size!r}")
     config = SynthConfig(seed=seed, num_entities=num_entities or SYNTH_SIZES[size])
     return build_cached(config, cache_dir() / "synth")
 

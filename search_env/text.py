@@ -59,12 +59,7 @@ class SearchQATextEnv(gym.Wrapper[str, str, dict[str, np.ndarray], Any]):
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if not isinstance(action, str):
             raise TypeError(f"SearchQATextEnv takes a str action, got {type(action).__name__}")
-        ids = self._base.codec.encode(action)
-        if not ids:
-            # An empty turn is still a turn: the model stopped at once (EOS).
-            if not self._base.codec.eos_ids:
-                raise ValueError("empty turn text, and the tokenizer has no EOS token to stand for it")
-            ids = [min(self._base.codec.eos_ids)]
+        ids = self._base.codec.turn_ids(action)
         before = int(self._base._len)
         obs, reward, terminated, truncated, info = self.env.step(np.asarray(ids, dtype=np.int64))
         length = int(obs["length"][0])

@@ -135,6 +135,13 @@ class PassageStore:
             self._id_to_row = id_to_row
         return self._id_to_row.get(passage_id)
 
+    def get(self, passage_id: str) -> Passage:
+        """The first passage with this id (``score=None``); KeyError if there is none."""
+        row = self.row_of(str(passage_id))
+        if row is None:
+            raise KeyError(passage_id)
+        return self.passage(row)
+
 
 class PassageWriter:
     """Spools passages to a JSONL file while the corpus streams by, recording offsets."""

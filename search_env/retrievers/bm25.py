@@ -558,10 +558,7 @@ class BM25Retriever:
         Raises:
             KeyError: If no passage has this id.
         """
-        row = self._store.row_of(str(passage_id))
-        if row is None:
-            raise KeyError(passage_id)
-        return self._store.passage(row)
+        return self._store.get(passage_id)
 
     def __len__(self) -> int:
         return len(self._store)

@@ -1118,10 +1118,7 @@ class DenseRetriever:
         Raises:
             KeyError: If no passage has this id.
         """
-        row = self._store.row_of(str(passage_id))
-        if row is None:
-            raise KeyError(passage_id)
-        return self._store.passage(row)
+        return self._store.get(passage_id)
 
     @property
     def dim(self) -> int:
