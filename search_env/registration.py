@@ -131,6 +131,7 @@ def _synth_parts(
     tokenizer: Any = "synth",
     retriever: Any = None,
     retriever_backend: str = "auto",
+    question_types: Sequence[str] | None = None,
 ) -> tuple[Sequence[QAExample], Any, Any]:
     from search_env.data.qa import load_flashrag_jsonl
 
@@ -138,9 +139,29 @@ def _synth_parts(
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     world_dir = synth_world_dir(size, num_entities, seed)
     examples = load_flashrag_jsonl(world_dir / f"{split}.jsonl")
+    if question_types is not None:
+        examples = _of_types(examples, question_types)
     if retriever is None:
         retriever = _cached_bm25(world_dir / "corpus.jsonl", world_dir / "bm25", retriever_backend)
     return examples, load_retriever(retriever, backend=retriever_backend), load_tokenizer(tokenizer)
+
+
+SYNTH_QUESTION_TYPES = ("single", "bridge", "comparison")
+
+
+def _of_types(examples: Sequence[QAExample], types: Sequence[str]) -> list[QAExample]:
+    """The synthetic questions whose ``metadata["type"]`` is one of ``types``."""
+    if isinstance(types, str):
+        types = [types]
+    bad = sorted(set(types) - set(SYNTH_QUESTION_TYPES))
+    if bad or not types:
+        raise ValueError(
+            f"question_types must be a non-empty subset of {SYNTH_QUESTION_TYPES}, got {list(types)!r}"
+        )
+    kept = [ex for ex in examples if ex.metadata.get("type") in types]
+    if not kept:
+        raise ValueError(f"no synthetic question of type {list(types)} in this split")
+    return kept
 
 
 def _cached_bm25(corpus: Path, index_dir: Path, backend: str, show_progress: bool = False) -> Any:
@@ -167,7 +188,10 @@ def synth_world_dir(size: str = "small", num_entities: int | None = None, seed: 
     return build_cached(config, cache_dir() / "synth")
 
 
-_SYNTH_KEYS = ("split", "size", "num_entities", "seed", "tokenizer", "retriever", "retriever_backend")
+_SYNTH_KEYS = (
+    "split", "size", "num_entities", "seed", "tokenizer", "retriever", "retriever_backend",
+    "question_types",
+)
 _DATA_KEYS = ("dataset", "split", "corpus", "retriever", "tokenizer", "retriever_backend")
 
 

@@ -138,7 +138,7 @@ def retriever(saved_index, offline_encoder):
 def test_is_a_retriever(retriever):
     assert isinstance(retriever, Retriever)
     assert len(retriever) == len(PASSAGES) and retriever.dim == 384
-    assert retriever.placement == "cpu"
+    assert retriever.placement == "cpu-torch"  # flat index on the CPU: matmul search
 
 
 @pytest.mark.parametrize("query, expected", QUERIES)
@@ -722,6 +722,40 @@ def test_torch_flat_search_matches_faiss(dtype):
     else:
         assert np.array_equal(ids[:, 0], want_ids[:, 0])
         np.testing.assert_allclose(scores, want_scores, atol=0.05)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_cpu_matmul_search_equals_faiss_search(tmp_path, mmap):
+    enc = TableEncoder(dim=32)
+    passages = _many_passages(700)
+    _build(passages, tmp_path / "idx", encoder=enc)
+    by_torch = DenseRetriever.load(tmp_path / "idx", encoder=enc, device="cpu", mmap=mmap)
+    by_faiss = DenseRetriever.load(
+        tmp_path / "idx", encoder=enc, device="cpu", mmap=mmap, cpu_search="faiss"
+    )
+    assert (by_torch.placement, by_faiss.placement) == ("cpu-torch", "cpu")
+    queries = np.random.default_rng(1).standard_normal((37, 32)).astype(np.float32)
+    for k in (1, 5, 700, 900):
+        s_t, r_t = by_torch.search_vectors(queries, k)
+        s_f, r_f = by_faiss.search_vectors(queries, k)
+        assert r_t.shape == r_f.shape == (37, min(k, 700))
+        np.testing.assert_allclose(s_t, s_f, rtol=1e-5, atol=1e-5)
+        # Same ranking wherever scores are not tied.
+        assert (r_t[:, 0] == r_f[:, 0]).mean() == 1.0
+    text = by_torch.search(["synthetic passage number 12"], k=3)[0]
+    assert [p.id for p in text] == [p.id for p in by_faiss.search(["synthetic passage number 12"], k=3)[0]]
+
+
+def test_cpu_search_option_is_validated(tmp_path):
+    enc = TableEncoder(dim=16)
+    _build(_many_passages(50), tmp_path / "flat", encoder=enc)
+    with pytest.raises(ValueError, match="cpu_search"):
+        DenseRetriever.load(tmp_path / "flat", encoder=enc, device="cpu", cpu_search="numpy")
+    _build(_many_passages(50), tmp_path / "hnsw", encoder=enc, index_type="hnsw")
+    hnsw = DenseRetriever.load(tmp_path / "hnsw", encoder=enc, device="cpu")
+    assert hnsw.placement == "cpu"  # auto: HNSW keeps faiss' search
+    with pytest.raises(ValueError, match="flat inner-product"):
+        DenseRetriever.load(tmp_path / "hnsw", encoder=enc, device="cpu", cpu_search="torch")
 
 
 def test_device_validation():

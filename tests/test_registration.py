@@ -127,3 +127,20 @@ def test_sb3_check_env_token_mode():
 
     env = gym.make("SearchQA-Synth-v0", size="tiny", max_prompt_length=512, max_start_length=400)
     sb3_check_env(env.unwrapped, warn=True)
+
+
+def test_synth_question_type_filter():
+    every = gym.make("SearchQA-Synth-v0", size="tiny", split="train").unwrapped.dataset
+    types = {ex.metadata["type"] for ex in every}
+    assert types == {"single", "bridge", "comparison"}
+    for kind in types:
+        kept = gym.make(
+            "SearchQA-Synth-v0", size="tiny", split="train", question_types=[kind]
+        ).unwrapped.dataset
+        assert [ex.id for ex in kept] == [ex.id for ex in every if ex.metadata["type"] == kind]
+    vec = gym.make_vec("SearchQA-Synth-v0", num_envs=2, size="tiny", question_types=["single"])
+    assert all(ex.metadata["type"] == "single" for ex in vec.envs[0].dataset)
+    with pytest.raises(ValueError, match="question_types"):
+        gym.make("SearchQA-Synth-v0", size="tiny", question_types=["single", "riddle"])
+    with pytest.raises(ValueError, match="question_types"):
+        gym.make("SearchQA-Synth-v0", size="tiny", question_types=[])
