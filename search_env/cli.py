@@ -37,30 +37,46 @@ def _format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, s
     return "\n".join(lines)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _parse_env_args(items: Sequence[str]) -> dict[str, Any]:
+    """``["topk=5", "SearchQA-NQ-v0:dataset=nq.jsonl"]`` -> kwargs (values parsed as JSON)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--env-arg needs [ENV_ID:]KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _eval_scripted(args: argparse.Namespace, env_id: str, agents: Sequence[str],
+                   env_args: dict[str, Any]) -> dict[str, Any] | None:
+    """Scripted agents on one env: prints the table; returns the JSON payload (None: error)."""
     import gymnasium as gym
     from tqdm import tqdm
 
     import search_env  # noqa: F401  (registers the ids)
     from search_env.evaluate import evaluate
 
-    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
-    for a in agents:
-        if a not in SCRIPTED_AGENTS:
-            print(f"error: unknown agent {a!r}; choose from {', '.join(SCRIPTED_AGENTS)}", file=sys.stderr)
-            return 2
-    kwargs: dict[str, Any] = {"split": args.split, "action_mode": "chunk"}
-    if args.env == "SearchQA-Synth-v0":
-        kwargs["size"] = args.size
+    split = args.split or "test"
+    kwargs: dict[str, Any] = {"split": split, "action_mode": "chunk"}
+    if env_id == "SearchQA-Synth-v0":
+        kwargs["size"] = args.size or "small"
     elif "oracle" in agents:
         print("error: the oracle agent needs the synthetic world's reasoning paths", file=sys.stderr)
-        return 2
+        return None
+    for key, value in env_args.items():  # "ENV_ID:key" applies to that env only
+        target, scoped, name = key.rpartition(":")
+        if not scoped or target == env_id:
+            kwargs[name] = value
     t0 = time.perf_counter()
-    vec = gym.make_vec(args.env, num_envs=args.num_envs, autoreset_mode="disabled", **kwargs)
+    vec = gym.make_vec(env_id, num_envs=args.num_envs, autoreset_mode="disabled", **kwargs)
     setup = time.perf_counter() - t0
     n = len(vec.dataset) if args.limit is None else min(args.limit, len(vec.dataset))
     indices = list(range(n))
-    print(f"{args.env} [{args.split}]: {n} questions, {args.num_envs} envs, set up in {setup:.1f}s")
+    print(f"{env_id} [{split}]: {n} questions, {args.num_envs} envs, set up in {setup:.1f}s")
     results = []
     for name in agents:
         make = _agent_factory(name, vec.envs[0].codec.vocab_size, args.seed)
@@ -85,20 +101,95 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ],
         )
     )
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "env": args.env,
-            "split": args.split,
-            "num_envs": args.num_envs,
-            "setup_seconds": setup,
-            "python": platform.python_version(),
-            "results": rows,
-        }
-        out.write_text(json.dumps(payload, indent=2))
-        print(f"\nwrote {out}")
     vec.close()
+    return {
+        "env": env_id,
+        "split": split,
+        "num_envs": args.num_envs,
+        "setup_seconds": setup,
+        "python": platform.python_version(),
+        "results": rows,
+    }
+
+
+def _eval_model(args: argparse.Namespace, env_ids: Sequence[str], env_args: dict[str, Any]) -> int:
+    """``eval --model``: the model on the search protocol plus the requested baselines."""
+    try:
+        import torch
+    except ImportError:
+        print("error: evaluating a model needs torch: pip install 'search-env[torch]'",
+              file=sys.stderr)
+        return 2
+    from agents.evaluation import EvalSetupError, evaluate_model, parse_methods
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        baselines = parse_methods(args.baselines)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = evaluate_model(
+            args.model, env_ids, baselines=baselines, limit=args.limit, num_envs=args.num_envs,
+            split=args.split, size=args.size, qa_dir=args.qa_dir, retriever=args.retriever,
+            env_kwargs=env_args, max_new_tokens=args.max_new_tokens, device=args.device,
+            dtype=args.dtype, progress=not args.quiet,
+        )
+    except (EvalSetupError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print(report.markdown_table("em"))
+    print(report.avg_note())
+    out = "runs/eval-model.json" if args.out is None else args.out
+    markdown = args.markdown
+    if markdown is None:
+        markdown = str(Path(out).with_suffix(".md")) if out else ""
+    report.save(out or None, markdown or None)
+    for path in (out, markdown):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    env_ids = [e.strip() for e in args.env.split(",") if e.strip()]
+    if not env_ids or len(set(env_ids)) != len(env_ids):
+        print(f"error: --env must name each env id once, got {args.env!r}", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print(f"error: --limit must be >= 1, got {args.limit}", file=sys.stderr)
+        return 2
+    try:
+        env_args = _parse_env_args(args.env_arg)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.model:
+        return _eval_model(args, env_ids, env_args)
+    if args.baselines:
+        print("error: --baselines needs --model (scripted agents: --agents)", file=sys.stderr)
+        return 2
+
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    for a in agents:
+        if a not in SCRIPTED_AGENTS:
+            print(f"error: unknown agent {a!r}; choose from {', '.join(SCRIPTED_AGENTS)}", file=sys.stderr)
+            return 2
+    payloads = []
+    for env_id in env_ids:
+        payload = _eval_scripted(args, env_id, agents, env_args)
+        if payload is None:
+            return 2
+        payloads.append(payload)
+    out = "runs/eval-scripted.json" if args.out is None else args.out
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = payloads[0] if len(payloads) == 1 else {"envs": payloads}
+        path.write_text(json.dumps(text, indent=2))
+        print(f"\nwrote {path}")
     return 0
 
 
@@ -158,16 +249,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("eval", help="evaluate scripted agents on an env (default: the offline synthetic world)")
-    ev.add_argument("--env", default="SearchQA-Synth-v0", help="a registered SearchQA id")
-    ev.add_argument("--agents", default="oracle,no-search,random", help="comma-separated: oracle, no-search, random")
-    ev.add_argument("--split", default="test")
-    ev.add_argument("--size", default="small", help="synthetic world size: tiny, small, medium, large")
-    ev.add_argument("--num-envs", type=int, default=32, help="episodes run (and searches batched) together")
-    ev.add_argument("--limit", type=int, default=None, help="at most this many questions")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--out", default="runs/eval-scripted.json", help="JSON results path ('' to skip)")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev = sub.add_parser(
+        "eval", help="evaluate scripted agents, or a model (--model) and baselines, on SearchQA envs"
+    )
+    arg = ev.add_argument
+    arg("--env", default="SearchQA-Synth-v0", help="registered SearchQA ids, comma-separated")
+    arg("--agents", default="oracle,no-search,random",
+        help="scripted agents (without --model), comma-separated: oracle, no-search, random")
+    arg("--model", default=None,
+        help="a Hugging Face model directory, a `search-env train` run directory or one of its "
+             "checkpoints: greedy evaluation on the search protocol (needs torch)")
+    arg("--baselines", default="",
+        help="with --model, also run these, comma-separated: direct (no search), "
+             "rag (retrieve on the question), oracle (scripted; Synth only)")
+    arg("--split", default=None,
+        help="dataset split (default: test for Synth, the Search-R1 eval split otherwise)")
+    arg("--size", default=None, help="synthetic world size: tiny, small (default), medium, large")
+    arg("--qa-dir", default=None,
+        help="FlashRAG directory of the seven datasets ({dir}/{config}/{split}.jsonl)")
+    arg("--retriever", default=None,
+        help="for every env but Synth: index directory, server URL or .jsonl corpus")
+    arg("--env-arg", action="append", default=[], metavar="[ENV_ID:]KEY=VALUE",
+        help="env kwarg (VALUE parsed as JSON): topk=5, SearchQA-NQ-v0:dataset=nq.jsonl")
+    arg("--num-envs", type=int, default=32, help="episodes run (and searches batched) together")
+    arg("--limit", type=int, default=None, help="at most this many questions per env")
+    arg("--max-new-tokens", type=int, default=None,
+        help="--model: one turn's token budget (default: the run's, else the protocol's)")
+    arg("--device", default="auto", help="--model: auto, cpu or cuda")
+    arg("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+        help="--model: parameter dtype (auto: bfloat16 on CUDA, else float32)")
+    arg("--threads", type=int, default=0, help="--model: torch threads (0: torch's default)")
+    arg("--seed", type=int, default=0)
+    arg("--out", default=None,
+        help="JSON results path (default runs/eval-scripted.json, with --model "
+             "runs/eval-model.json; '' to skip)")
+    arg("--markdown", default=None,
+        help="--model: markdown tables path (default: the JSON path with .md; '' to skip)")
+    arg("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 
     envs = sub.add_parser("envs", help="list the registered env ids")
