@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train an LLM policy with GRPO or PPO (agents package)")
     add_train_arguments(train)
+    train.add_argument("--backend", choices=["native", *TRAIN_BACKENDS], default="native",
+                       help="native: this package's GRPO/PPO; rllib / sb3: every other option goes "
+                            "to `python -m agents.rllib.train` / `agents.sb3.train` (see their --help)")
     train.set_defaults(func=_needs_torch(run_train))
 
     index = sub.add_parser("index", help="index a corpus")
@@ -331,7 +334,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRAIN_BACKENDS = {"rllib": "agents.rllib.train", "sb3": "agents.sb3.train"}
+"""``search-env train --backend NAME``: the module whose ``main(argv)`` trains."""
+
+
+def _train_backend(argv: Sequence[str]) -> tuple[str, list[str]] | None:
+    """``(module, other args)`` when ``argv`` is ``train ... --backend rllib|sb3 ...``."""
+    if not argv or argv[0] != "train":
+        return None
+    rest = list(argv[1:])
+    for i, arg in enumerate(rest):
+        if arg == "--backend" and i + 1 < len(rest):
+            name, drop = rest[i + 1], 2
+        elif arg.startswith("--backend="):
+            name, drop = arg.partition("=")[2], 1
+        else:
+            continue
+        if name in TRAIN_BACKENDS:
+            return TRAIN_BACKENDS[name], rest[:i] + rest[i + drop :]
+        return None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    delegated = _train_backend(argv)
+    if delegated is not None:
+        import importlib
+
+        module, rest = delegated
+        return int(importlib.import_module(module).main(rest))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     return int(args.func(args))

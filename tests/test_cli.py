@@ -101,3 +101,27 @@ def test_index_build_dense(tmp_path, capsys):
 
     retriever = load_index(out, device="cpu")
     assert retriever.search(["Which city is Norway's capital?"], 1)[0][0].id == "1"
+
+
+def test_train_backend_hands_the_other_options_to_rllib_or_sb3(capsys, monkeypatch):
+    import importlib
+
+    seen = {}
+
+    class FakeModule:
+        @staticmethod
+        def main(argv):
+            seen["argv"] = argv
+            return 7
+
+    real_import = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name: FakeModule if name == "agents.rllib.train" else real_import(name))
+    assert main(["train", "--preset", "laptop", "--backend", "rllib", "--iterations", "2"]) == 7
+    assert seen["argv"] == ["--preset", "laptop", "--iterations", "2"]
+    assert main(["train", "--backend=rllib", "--out", "x"]) == 7
+    assert seen["argv"] == ["--out", "x"]
+    pytest.importorskip("stable_baselines3")
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--backend", "sb3", "--help"])
+    assert e.value.code == 0 and "agents.sb3.train" in capsys.readouterr().out

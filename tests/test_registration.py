@@ -121,14 +121,6 @@ def test_gymnasium_finds_ids_without_importing_the_package():
     assert out.stdout.split() == ["True", "True"]
 
 
-def test_sb3_check_env_token_mode():
-    pytest.importorskip("stable_baselines3")
-    from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
-    env = gym.make("SearchQA-Synth-v0", size="tiny", max_prompt_length=512, max_start_length=400)
-    sb3_check_env(env.unwrapped, warn=True)
-
-
 def test_synth_question_type_filter():
     every = gym.make("SearchQA-Synth-v0", size="tiny", split="train").unwrapped.dataset
     types = {ex.metadata["type"] for ex in every}
