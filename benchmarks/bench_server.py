@@ -118,7 +118,8 @@ def _server_main(conn: Any, spec: dict[str, Any]) -> None:
         retriever = DenseRetriever.from_published(
             spec["dense_index"], spec["dense_corpus"], encoder="offline", device="cpu", show_progress=False
         )
-        info = {"kind": "dense (offline MiniLM queries, faiss flat, random passage vectors)"}
+        info = {"kind": "dense (offline MiniLM queries, flat index, random passage vectors)",
+                "placement": retriever.placement}
     else:
         retriever = FixedCostRetriever(spec["call_ms"], spec["per_query_us"])
         info = {"kind": "fixed-cost (simulated)", "call_ms": spec["call_ms"]}
