@@ -7,7 +7,25 @@ transformers load only with the modules that need them).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
+
+
+def lazy_getattr(package: str, exports: dict[str, str],
+                 before_import: Callable[[str], None] | None = None) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) for ``package``: ``exports`` maps each name to the
+    module it is imported from on first use; ``before_import(module)`` runs first (e.g. to
+    raise an ImportError naming a missing extra)."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        if before_import is not None:
+            before_import(module)
+        return getattr(importlib.import_module(module), name)
+
+    return __getattr__
+
 
 _EXPORTS = {
     # rollout: the one place that knows env and policy
@@ -37,10 +55,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agents' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

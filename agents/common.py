@@ -73,10 +73,12 @@ def load_model(cfg: ModelConfig, env_tokenizer: Any) -> tuple[nn.Module, Any]:
         )
         tokenizer = env_tokenizer
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from search_env.registration import load_tokenizer
 
         model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.path)
+        tokenizer = load_tokenizer(cfg.path)
     model = model.to(dtype=dtype, device=resolve_device(cfg.device))
     if cfg.gradient_checkpointing:
         if resolve_device(cfg.device).type != "cuda":

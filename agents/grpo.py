@@ -78,6 +78,7 @@ def train_grpo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     scheduler = warmup_schedule(optimizer, g.warmup_ratio, cfg.steps)
     state = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     start = run.restore(state)
+    policy.update_weights(model.state_dict())  # a resumed model reaches the sampler
     if start == 0:
         run.metrics.log({"step": 0, **run.evaluate()})
     prompts = r.num_envs // r.group_size
@@ -121,6 +122,7 @@ def train_grpo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                     stats[k].append(v)
         scheduler.step()
         model.eval()
+        policy.update_weights(model.state_dict())  # vLLM samples from a copy
 
         # 4. Log, evaluate, checkpoint.
         record: dict[str, Any] = {

@@ -93,6 +93,7 @@ def train_ppo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     state = {"model": model, "value_head": value_head, "optimizer": optimizer,
              "scheduler": scheduler}
     start = run.restore(state)
+    policy.update_weights(model.state_dict())  # a resumed model reaches the sampler
     if start == 0:
         run.metrics.log({"step": 0, **run.evaluate()})
     prompts = r.num_envs // r.group_size
@@ -144,6 +145,7 @@ def train_ppo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                     stats[k].append(v)
         scheduler.step()
         model.eval()
+        policy.update_weights(model.state_dict())  # vLLM samples from a copy
 
         # 4. Log, evaluate, checkpoint.
         mask_bool = critic_mask != 0

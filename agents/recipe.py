@@ -57,7 +57,7 @@ def warm_start(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
     model, _ = load_model(cfg.model, tok)
     n = len(train_env.dataset) if cfg.sft.questions is None else cfg.sft.questions
     data = oracle_trajectories(train_env, range(min(n, len(train_env.dataset))))
-    classes = (name_token_ids(tok, [train_env.dataset[t.index] for t in data])
+    classes = (name_token_ids(tok, [train_env.dataset[t.index] for t in data], data)
                if cfg.sft.swap_names else None)
     records = train_sft(model, data, cfg.sft, tok.pad_token_id, seed=cfg.seed, progress=True,
                         name_classes=classes)

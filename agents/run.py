@@ -153,9 +153,9 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
 
     env_tokenizer = None
     if cfg.model.path != "tiny":
-        from transformers import AutoTokenizer
+        from search_env.registration import load_tokenizer
 
-        env_tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+        env_tokenizer = load_tokenizer(cfg.model.path)
     r = cfg.rollout
     train_env = make_env(r, "train", r.num_envs, env_tokenizer)
     eval_env = make_env(r, r.eval_split, r.eval_num_envs, env_tokenizer)
@@ -176,7 +176,7 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
             start = time.perf_counter()
             n = len(train_env.dataset) if cfg.sft.questions is None else cfg.sft.questions
             data = oracle_trajectories(train_env, range(min(n, len(train_env.dataset))))
-            classes = (name_token_ids(tokenizer, [train_env.dataset[t.index] for t in data])
+            classes = (name_token_ids(tokenizer, [train_env.dataset[t.index] for t in data], data)
                        if cfg.sft.swap_names else None)
             records = train_sft(model, data, cfg.sft, pad_id, seed=cfg.seed, progress=True,
                                 name_classes=classes)
@@ -192,7 +192,21 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
                 for rec in records:
                     f.write(json.dumps(rec) + "\n")
     ref_model = frozen_copy(model)
-    policy = HFPolicy(model, tokenizer, device=next(model.parameters()).device, seed=cfg.seed)
+    if r.backend == "vllm":
+        from agents.policy import VLLMPolicy
+
+        # A copy of the weights in a vLLM engine; the loops push them after every update.
+        policy = VLLMPolicy.from_model(
+            model, tokenizer, seed=cfg.seed,
+            max_model_len=train_env.envs[0].protocol.max_prompt_length,
+            gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+            kv_cache_bytes=None if r.vllm_kv_cache_gb is None else int(r.vllm_kv_cache_gb * 2**30),
+            enforce_eager=r.vllm_enforce_eager,
+        )
+    elif r.backend == "hf":
+        policy = HFPolicy(model, tokenizer, device=next(model.parameters()).device, seed=cfg.seed)
+    else:
+        raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
     n_eval = len(eval_env.dataset) if r.eval_questions is None else r.eval_questions
     return Run(
         cfg=cfg, run_dir=run_dir, model=model, ref_model=ref_model, tokenizer=tokenizer,

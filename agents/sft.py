@@ -101,40 +101,78 @@ def oracle_trajectories(
     return out
 
 
-def name_token_ids(tokenizer: Any, examples: Sequence[Any]) -> list[np.ndarray]:
-    """Whole-word tokens of entity names and answers, in two classes: words and numbers.
+@dataclasses.dataclass(frozen=True)
+class NameClass:
+    """Name tokens of the training data and the vocabulary tokens they may become."""
 
-    Taken from the questions' gold hops and answers (``metadata["hops"]`` of
-    SearchQA-Synth). Only space-prefixed tokens of at least 3 characters that start with
-    a capital letter (or are all digits) qualify, so protocol and template words never
-    do.
+    names: np.ndarray
+    """Token ids used as entity names / answers in the training episodes."""
+    pool: np.ndarray
+    """Replacement ids: every vocabulary token of the same shape (capitalised word, or
+    number) that the training episodes do not use for anything but names."""
+
+
+def _name_shape(piece: str) -> int | None:
+    """0 for a space-prefixed capitalised word of >= 3 letters, 1 for >= 3 digits, else None."""
+    word = piece[1:] if piece.startswith("\u0120") else ""
+    if len(word) >= 3 and word.isdigit():
+        return 1
+    if len(word) >= 3 and word[0].isupper() and word.isalpha():
+        return 0
+    return None
+
+
+def name_token_ids(
+    tokenizer: Any, examples: Sequence[Any], trajectories: Sequence[Trajectory] = ()
+) -> list[NameClass]:
+    """The name tokens of ``examples`` and their replacement pools, words and numbers.
+
+    Names come from the questions' gold hops and answers (``metadata["hops"]`` of
+    SearchQA-Synth); only whole-word tokens qualify (see :func:`_name_shape`), so protocol
+    and template words never do. The pools are drawn from the tokenizer's whole
+    vocabulary, not from the training names: names of held-out test entities are
+    tokens too, and a model that never saw a token in a name position cannot learn to
+    copy it. Tokens that the ``trajectories`` use outside names (template words,
+    distractor names) are left out of the pools, so a swap never rewrites them.
     """
-    words: set[int] = set()
-    numbers: set[int] = set()
+    names: list[set[int]] = [set(), set()]
     for e in examples:
         texts = [*e.golden_answers, *(h.get("subject", "") for h in e.metadata.get("hops", []))]
         for text in texts:
             ids = tokenizer.encode(" " + text, add_special_tokens=False)
             for tid, piece in zip(ids, tokenizer.convert_ids_to_tokens(ids)):
-                word = piece[1:] if piece.startswith("\u0120") else ""
-                if len(word) >= 3 and word.isdigit():
-                    numbers.add(tid)
-                elif len(word) >= 3 and word[0].isupper() and word.isalpha():
-                    words.add(tid)
-    return [np.asarray(sorted(c), dtype=np.int64) for c in (words, numbers) if len(c) > 1]
+                shape = _name_shape(piece)
+                if shape is not None:
+                    names[shape].add(tid)
+    every_name = names[0] | names[1]
+    used = set()
+    for t in trajectories:
+        used.update(int(x) for x in np.unique(t.tokens))
+    used -= every_name
+    pools: list[set[int]] = [set(), set()]
+    for piece, tid in tokenizer.get_vocab().items():
+        shape = _name_shape(piece)
+        if shape is not None and tid not in used:
+            pools[shape].add(tid)
+    return [
+        NameClass(np.asarray(sorted(n), dtype=np.int64), np.asarray(sorted(p | n), dtype=np.int64))
+        for n, p in zip(names, pools)
+        if len(n) > 1
+    ]
 
 
-def swap_names(tokens: np.ndarray, classes: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """Re-draw the name tokens of one trajectory with a random permutation per class.
+def swap_names(tokens: np.ndarray, classes: Sequence[NameClass], rng: np.random.Generator) -> np.ndarray:
+    """Re-draw the name tokens of one trajectory: a random one-to-one map per class.
 
-    The same permutation is applied to question, agent turns and information blocks, so
-    the episode stays consistent ("who founded A?" ... "A was founded by B" ... "B")
-    while its names are new: the model cannot memorise answers and must learn to copy
-    names from the question and the retrieved text.
+    The same map is applied to question, agent turns and information blocks, so the
+    episode stays consistent ("who founded A?" ... "A was founded by B" ... "B") while
+    its names are new: the model cannot memorise answers and must learn to copy names
+    from the question and the retrieved text.
     """
-    table = np.arange(int(max(tokens.max(), max(c.max() for c in classes))) + 1)
-    for ids in classes:
-        table[ids] = rng.permutation(ids)
+    top = max(int(tokens.max()), *(int(c.pool.max()) for c in classes))
+    table = np.arange(top + 1)
+    for c in classes:
+        table[c.names] = rng.choice(c.pool, size=len(c.names), replace=False)
     return table[tokens]
 
 
@@ -154,7 +192,7 @@ def train_sft(
     *,
     seed: int = 0,
     progress: bool = False,
-    name_classes: Sequence[np.ndarray] | None = None,
+    name_classes: Sequence[NameClass] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on the agent tokens of ``trajectories``.
 
@@ -196,7 +234,11 @@ def train_sft(
             chosen = [dataclasses.replace(t, tokens=swap_names(t.tokens, name_classes, rng))
                       for t in chosen]
         batch = to_batch(chosen, pad_id)
-        loss = sft_loss(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        targets = batch.loss_mask
+        if step < cfg.lm_steps:  # language-model pre-training: every real token but the first
+            targets = batch.attention_mask.to(batch.loss_mask.dtype).clone()
+            targets[:, 0] = 0
+        loss = sft_loss(model, batch.input_ids, batch.attention_mask, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -2,7 +2,9 @@
 
 A model made here and saved with :func:`save_tiny_model` is an ordinary local model
 directory: ``AutoModelForCausalLM.from_pretrained(path)`` and
-``AutoTokenizer.from_pretrained(path)`` load it offline, and so can a vLLM back end.
+``search_env.registration.load_tokenizer(path)`` load it offline (plain ``AutoTokenizer``
+would pick ``Qwen2Tokenizer`` by model type, which splits text differently), and so can a
+vLLM back end.
 """
 
 from __future__ import annotations

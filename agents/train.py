@@ -16,8 +16,8 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
 
+from agents.cli_args import add_config_arguments, add_set_argument, base_config, overrides_from_args
 from agents.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
 
 
@@ -26,9 +26,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--algo", choices=("grpo", "ppo"), help="RL algorithm")
     parser.add_argument("--env", help="env id (e.g. SearchQA-Synth-v0)")
     parser.add_argument("--model", help="'tiny' (random-init Qwen2) or a hub id / local path")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="named config (default: tiny-cpu unless --config is given)")
-    parser.add_argument("--config", help="a config.json written by an earlier run")
+    add_config_arguments(parser, PRESETS, default="tiny-cpu")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in the run directory")
     parser.add_argument("--out", help="run directory")
@@ -36,33 +34,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--seed", type=int, help="run seed")
     parser.add_argument("--no-mask", action="store_true",
                         help="train on environment tokens too (the masking ablation)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field, e.g. grpo.lr=1e-4 (VALUE parsed as JSON)")
+    add_set_argument(parser, "grpo.lr=1e-4")
     return parser
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The resolved config of a ``train`` command line."""
-    if args.config and args.preset:
-        raise ValueError("pass --preset or --config, not both")
-    cfg = load_config(args.config) if args.config else preset(args.preset or "tiny-cpu")
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = _parse_value(value)
-    for flag, key in (("algo", "algo"), ("env", "rollout.env_id"), ("model", "model.path"),
-                      ("out", "out_dir"), ("steps", "steps"), ("seed", "seed")):
-        if getattr(args, flag, None) is not None:
-            overrides[key] = getattr(args, flag)
+    cfg = base_config(args, load_config, preset, default="tiny-cpu")
+    overrides = overrides_from_args(args, (
+        ("algo", "algo"), ("env", "rollout.env_id"), ("model", "model.path"),
+        ("out", "out_dir"), ("steps", "steps"), ("seed", "seed"),
+    ))
     if args.no_mask:
         overrides["grpo.mask_env_tokens"] = False
         overrides["ppo.mask_env_tokens"] = False

@@ -9,6 +9,8 @@ dataset (hub or ``dataset=`` local file) and need a retriever (``retriever=`` or
 
 from __future__ import annotations
 
+import json
+
 import logging
 import os
 from pathlib import Path
@@ -36,6 +38,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SEARCH_ENV_CACHE") or Path.home() / ".cache" / "search_env")
 
 
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _from_pretrained(name: str) -> Any:
+    """``AutoTokenizer``, except for a local directory saved from a generic fast tokenizer.
+
+    transformers 5 loads a directory's tokenizer by the *model* type in ``config.json``:
+    a tiny Qwen2 saved with the synthetic BPE would come back as ``Qwen2Tokenizer``,
+    whose pre-tokenizer splits text differently. The class the tokenizer was saved as
+    wins here.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(name) / "tokenizer_config.json"
+    if config.is_file() and (Path(name) / "tokenizer.json").is_file():
+        if json.loads(config.read_text()).get("tokenizer_class") in _GENERIC_TOKENIZERS:
+            return PreTrainedTokenizerFast.from_pretrained(name)
+    return AutoTokenizer.from_pretrained(name)
+
+
 def load_tokenizer(spec: Any) -> Any:
     """A tokenizer object as is; ``"synth"`` for the built-in one; else a hub id or local path."""
     if not isinstance(spec, (str, Path)):
@@ -44,10 +66,8 @@ def load_tokenizer(spec: Any) -> Any:
         from search_env.data.tokenizer import load_synth_tokenizer
 
         return load_synth_tokenizer()
-    from transformers import AutoTokenizer
-
     try:
-        return AutoTokenizer.from_pretrained(str(spec))
+        return _from_pretrained(str(spec))
     except Exception as exc:  # offline, missing repo, corrupt files
         raise TokenizerUnavailableError(
             f"could not load tokenizer {str(spec)!r} ({type(exc).__name__}: {exc}). "

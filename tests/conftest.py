@@ -98,3 +98,22 @@ def make_env(tokenizer, retriever):
         return SearchQAEnv(QUESTIONS, kwargs.pop("retriever", retriever), tokenizer, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures(
+    "one_thread")``): tiny models gain nothing from intra-op threads, and on a busy 2-core
+    box the spin-waiting of a second thread makes every small op ~1000x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok(vec):
+    """The tokenizer of the module's ``vec`` fixture (a search-env vector env)."""
+    return vec.envs[0].tokenizer

@@ -33,14 +33,7 @@ SYNTH = "SearchQA-Synth-v0"
 HEADER = "| Method | NQ | TriviaQA | PopQA | HotpotQA | 2wiki | Musique | Bamboogle | Synth | Avg |"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core box its
-    spin-waiting makes every small op very slow (see tests/test_agents_rollout.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +41,6 @@ def vec():
     env = open_env(SYNTH, 4, env_kwargs_for(SYNTH, size="tiny"))
     yield env
     env.close()
-
-
-@pytest.fixture(scope="module")
-def tok(vec):
-    return vec.envs[0].tokenizer
 
 
 @pytest.fixture(scope="module")

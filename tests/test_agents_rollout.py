@@ -24,14 +24,7 @@ from agents.tiny_model import make_tiny_qwen2, save_tiny_model
 PROMPT = "Question: who founded Velmora?\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box the
-    spin-waiting of a second thread makes every small op ~1000x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +34,6 @@ def vec():
     )
     yield env
     env.close()
-
-
-@pytest.fixture(scope="module")
-def tok(vec):
-    return vec.envs[0].tokenizer
 
 
 @pytest.fixture(scope="module")

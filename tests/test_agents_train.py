@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 
 import pytest
@@ -12,6 +13,7 @@ import search_env  # noqa: F401  (registers the env ids)
 
 from agents.common import forward_tokens, load_model, make_env, response_mask
 from agents.config import (
+    ModelConfig,
     TrainConfig,
     apply_overrides,
     from_dict,
@@ -281,6 +283,10 @@ def test_tiny_cpu_recipe_runs_end_to_end_quick(tmp_path):
         assert run["test_em_start"] == pytest.approx(results["sft"]["test_em"])
         assert 0.0 <= run["test_em_end"] <= 1.0
         assert (tmp_path / "recipe" / name / "metrics.jsonl").exists()
+        if importlib.util.find_spec("matplotlib"):
+            png = tmp_path / "recipe" / name / "curves.png"
+            assert run["curves_png"] == str(png)
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_config(tmp_path / "recipe" / "grpo_no_mask" / "config.json").grpo.mask_env_tokens is False
 
 
@@ -292,14 +298,22 @@ def test_swap_names_is_a_consistent_permutation(oracle_batch):
     cfg = apply_overrides(tiny_cpu(), {"rollout.env_kwargs.size": "tiny"})
     env = make_env(cfg.rollout, "train", 2)
     trajectories = oracle_trajectories(env, range(2))
-    classes = name_token_ids(env.envs[0].tokenizer, [env.dataset[t.index] for t in trajectories])
-    assert classes and all(len(c) > 1 for c in classes)
-    names = np.concatenate(classes)
+    tok = env.envs[0].tokenizer
+    classes = name_token_ids(tok, [env.dataset[t.index] for t in trajectories], trajectories)
+    assert classes and all(len(c.names) > 1 for c in classes)
+    names = np.concatenate([c.names for c in classes])
+    pool = np.concatenate([c.pool for c in classes])
+    # The pools reach beyond the training names (held-out names are vocabulary tokens too)
+    # but never include a token the episodes use for anything else.
+    assert len(pool) > 10 * len(names) and np.isin(names, pool).all()
     tokens = trajectories[0].tokens
+    other = np.setdiff1d(np.unique(np.concatenate([t.tokens for t in trajectories])), names)
+    assert not np.isin(other, pool).any()
     swapped = swap_names(tokens, classes, np.random.default_rng(0))
     is_name = np.isin(tokens, names)
     assert is_name.any() and (swapped[~is_name] == tokens[~is_name]).all()
-    assert np.isin(swapped[is_name], names).all()
+    assert np.isin(swapped[is_name], pool).all() and not np.isin(swapped[is_name], other).any()
+    assert not np.isin(swapped[is_name], names).all()  # names from outside the training set
     # One mapping for the whole episode: equal tokens stay equal, different stay different.
     pairs = {}
     for a, b in zip(tokens[is_name], swapped[is_name]):
@@ -331,3 +345,18 @@ def test_grpo_steps_raise_the_likelihood_of_rewarded_episodes(oracle_batch, tmp_
         opt.step()
     delta = seq_logp() - before
     assert (delta[[0, 2]] > 0).all() and (delta[[1, 3]] < 0).all()
+
+
+def test_saved_tiny_model_tokenizes_like_the_env(tmp_path):
+    """A saved tiny Qwen2's tokenizer must come back as the synthetic BPE, not Qwen2Tokenizer."""
+    from agents.tiny_model import make_tiny_qwen2, save_tiny_model
+    from search_env.registration import load_tokenizer
+
+    synth = load_tokenizer("synth")
+    path = save_tiny_model(make_tiny_qwen2(synth, hidden_size=32, layers=1, heads=2, kv_heads=1,
+                                           intermediate=32), synth, tmp_path / "m")
+    text = 'Question: Who?\n\n<information>Doc 1(Title: "X") X was born in 1987.</information>\n'
+    loaded = load_tokenizer(path)
+    assert loaded.encode(text, add_special_tokens=False) == synth.encode(text, add_special_tokens=False)
+    model, tok = load_model(ModelConfig(path=str(path), device="cpu"), None)
+    assert tok.encode(text, add_special_tokens=False) == synth.encode(text, add_special_tokens=False)

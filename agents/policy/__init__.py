@@ -1,6 +1,7 @@
 """Policies that write the agent's turns: the protocol and its back ends.
 
-``HFPolicy`` needs torch and transformers and is imported on first use.
+``HFPolicy`` needs torch and transformers, ``VLLMPolicy`` vllm too (the ``[vllm]`` extra);
+both are imported on first use.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "Policy",
     "ScriptedPolicy",
     "StopChecker",
+    "VLLMPolicy",
 ]
 
 
@@ -27,4 +29,8 @@ def __getattr__(name: str) -> Any:
         from agents.policy.hf import HFPolicy
 
         return HFPolicy
+    if name == "VLLMPolicy":
+        from agents.policy.vllm import VLLMPolicy
+
+        return VLLMPolicy
     raise AttributeError(f"module 'agents.policy' has no attribute {name!r}")

@@ -15,9 +15,7 @@ that needs Ray without it raises an ImportError naming the ``[rllib]`` extra.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from agents import lazy_getattr
 from agents.rllib.deps import require_ray
 
 _EXPORTS = {
@@ -41,10 +39,9 @@ _NEEDS_RAY = {"agents.rllib.env", "agents.rllib.module", "agents.rllib.learner",
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agents.rllib' has no attribute {name!r}")
+def _require(module: str) -> None:
     if module in _NEEDS_RAY:
         require_ray()
-    return getattr(importlib.import_module(module), name)
+
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS, _require)

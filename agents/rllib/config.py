@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from agents.config import apply_overrides as _apply_overrides
+from agents.config import build_config, save_config, to_dict  # noqa: F401  (re-exported)
 from agents.rllib.task import TASK_ENV_CONFIG, TASK_ENV_ID, TASK_WORDS, env_tokenizer, token_ids
 
 
@@ -44,7 +46,9 @@ class ModuleConfig:
 
 @dataclass
 class RunnerConfig:
-    """Sampling: env runners (Ray actors) and the envs each one steps."""
+    """Sampling: env runners (Ray actors) and the envs each one steps.
+
+    The fields are keywords of ``PPOConfig.env_runners`` (passed by name)."""
 
     num_env_runners: int = 1
     """Remote env runners (0: sample in the driver)."""
@@ -60,7 +64,7 @@ class RunnerConfig:
 
 @dataclass
 class LearnerConfig:
-    """Where the update runs."""
+    """Where the update runs (the fields are keywords of ``PPOConfig.learners``)."""
 
     num_learners: int = 0
     """Remote learner actors (0: one learner in the driver)."""
@@ -70,7 +74,10 @@ class LearnerConfig:
 
 @dataclass
 class PPOSettings:
-    """RLlib PPO's hyperparameters (each RLlib step is one agent token)."""
+    """RLlib PPO's hyperparameters (each RLlib step is one agent token).
+
+    The fields are keywords of ``PPOConfig.training`` (passed by name), except
+    :attr:`train_batch_size`, passed as ``train_batch_size_per_learner``."""
 
     lr: float = 3e-4
     """Adam learning rate."""
@@ -141,39 +148,10 @@ class RLlibRunConfig:
 
 
 # ----------------------------------------------------------------- serialisation
-def to_dict(config: RLlibRunConfig) -> dict[str, Any]:
-    """A JSON-able dict of the config."""
-    return dataclasses.asdict(config)
-
-
-def _build(cls: type, data: dict[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    kwargs = {}
-    for name, value in data.items():
-        sub = _NESTED.get(name) if cls is RLlibRunConfig else None
-        kwargs[name] = _build(sub, value) if sub is not None and isinstance(value, dict) else value
-    return cls(**kwargs)
-
-
-_NESTED: dict[str, type] = {
-    "module": ModuleConfig, "runners": RunnerConfig, "learners": LearnerConfig, "ppo": PPOSettings,
-}
-
-
+# The generic helpers of :mod:`agents.config` (``to_dict`` and ``save_config`` as they are).
 def from_dict(data: dict[str, Any]) -> RLlibRunConfig:
     """Inverse of :func:`to_dict`; missing fields take their defaults, unknown ones raise."""
-    return _build(RLlibRunConfig, data)
-
-
-def save_config(config: RLlibRunConfig, path: str | Path) -> Path:
-    """Write the config as indented JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    return build_config(RLlibRunConfig, data)
 
 
 def load_config(path: str | Path) -> RLlibRunConfig:
@@ -183,18 +161,7 @@ def load_config(path: str | Path) -> RLlibRunConfig:
 
 def apply_overrides(config: RLlibRunConfig, overrides: dict[str, Any]) -> RLlibRunConfig:
     """A copy with dotted keys replaced, e.g. ``{"ppo.lr": 1e-4, "env_config.size": "small"}``."""
-    data = to_dict(config)
-    for key, value in overrides.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise ValueError(f"unknown config key {key!r}")
-            node = node[part]
-        if leaf not in node and not (parents and parents[0] == "env_config"):
-            raise ValueError(f"unknown config key {key!r}")
-        node[leaf] = value
-    return from_dict(data)
+    return _apply_overrides(config, overrides, open_dicts=("env_config",))
 
 
 # ----------------------------------------------------------------------- presets
@@ -266,6 +233,13 @@ def preset(name: str) -> RLlibRunConfig:
 
 
 # ------------------------------------------------------------------- PPOConfig
+def _keywords(settings: Any, **rename: str) -> dict[str, Any]:
+    """The fields of a flat settings dataclass as keyword arguments, by field name or
+    ``rename[field name]``."""
+    return {rename.get(f.name, f.name): getattr(settings, f.name)
+            for f in dataclasses.fields(settings)}
+
+
 def allowed_token_ids(config: RLlibRunConfig) -> list[int] | None:
     """``module.allowed_words`` as ids of the env's tokenizer (None: no restriction)."""
     words = config.module.allowed_words
@@ -298,34 +272,11 @@ def build_ppo_config(config: RLlibRunConfig) -> Any:
         PPOConfig()
         .framework("torch")
         .environment(env=config.env_id, env_config=dict(config.env_config))
-        .env_runners(
-            num_env_runners=r.num_env_runners,
-            num_envs_per_env_runner=r.num_envs_per_env_runner,
-            num_cpus_per_env_runner=r.num_cpus_per_env_runner,
-            rollout_fragment_length=r.rollout_fragment_length,
-            sample_timeout_s=r.sample_timeout_s,
-        )
-        .learners(
-            num_learners=lr.num_learners,
-            num_gpus_per_learner=lr.num_gpus_per_learner,
-            learner_class=TokenPPOTorchLearner,
-        )
+        .env_runners(**_keywords(r))
+        .learners(**_keywords(lr), learner_class=TokenPPOTorchLearner)
         .rl_module(rl_module_spec=RLModuleSpec(module_class=TokenPolicyModule,
                                                model_config=model_config))
-        .training(
-            lr=p.lr,
-            gamma=p.gamma,
-            lambda_=p.lambda_,
-            train_batch_size_per_learner=p.train_batch_size,
-            minibatch_size=p.minibatch_size,
-            num_epochs=p.num_epochs,
-            clip_param=p.clip_param,
-            vf_loss_coeff=p.vf_loss_coeff,
-            vf_clip_param=p.vf_clip_param,
-            entropy_coeff=p.entropy_coeff,
-            grad_clip=p.grad_clip,
-            use_kl_loss=p.use_kl_loss,
-        )
+        .training(**_keywords(p, train_batch_size="train_batch_size_per_learner"))
         .callbacks(SearchEpisodeMetrics)
         .debugging(seed=config.seed)
     )

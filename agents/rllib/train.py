@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agents.cli_args import add_config_arguments, add_set_argument, base_config, overrides_from_args
 from agents.rllib.config import (
     PRESETS,
     RLlibRunConfig,
@@ -176,9 +177,7 @@ def _finish(cfg: RLlibRunConfig, run_dir: Path, records: list[dict[str, Any]], s
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``train --backend rllib`` options (for the ``search-env`` CLI to reuse)."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="named config (default: laptop unless --config is given)")
-    parser.add_argument("--config", help="a config.json written by an earlier run")
+    add_config_arguments(parser, PRESETS, default="laptop")
     parser.add_argument("--env", help="env id (e.g. SearchQA-Synth-v0)")
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--iterations", type=int, help="training iterations")
@@ -187,35 +186,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--address", help="Ray address to join ('auto' on a cluster node)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a local Ray")
     parser.add_argument("--ray-temp-dir", help="Ray's session directory (keep it short)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field, e.g. ppo.lr=1e-4 (VALUE parsed as JSON)")
+    add_set_argument(parser, "ppo.lr=1e-4")
     return parser
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def config_from_args(args: argparse.Namespace) -> RLlibRunConfig:
     """The resolved config of a command line."""
-    if args.config and args.preset:
-        raise ValueError("pass --preset or --config, not both")
-    cfg = load_config(args.config) if args.config else preset(args.preset or "laptop")
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = _parse_value(value)
-    for flag, key in (("env", "env_id"), ("out", "out_dir"), ("iterations", "iterations"),
-                      ("time_budget", "time_budget_s"), ("seed", "seed"),
-                      ("address", "ray_address"), ("num_cpus", "num_cpus")):
-        if getattr(args, flag, None) is not None:
-            overrides[key] = getattr(args, flag)
-    return apply_overrides(cfg, overrides)
+    cfg = base_config(args, load_config, preset, default="laptop")
+    return apply_overrides(cfg, overrides_from_args(args, (
+        ("env", "env_id"), ("out", "out_dir"), ("iterations", "iterations"),
+        ("time_budget", "time_budget_s"), ("seed", "seed"),
+        ("address", "ray_address"), ("num_cpus", "num_cpus"),
+    )))
 
 
 def run(args: argparse.Namespace) -> int:

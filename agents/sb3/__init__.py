@@ -12,9 +12,7 @@ Names are imported on first use; without SB3 they raise an ImportError naming ``
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from agents import lazy_getattr
 from agents.sb3.deps import require_sb3
 
 _EXPORTS = {
@@ -28,10 +26,9 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agents.sb3' has no attribute {name!r}")
+def _require(module: str) -> None:
     if module != "agents.sb3.wrappers":
         require_sb3()
-    return getattr(importlib.import_module(module), name)
+
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS, _require)

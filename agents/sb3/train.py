@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.cli_args import add_set_argument, overrides_from_args
+from agents.config import apply_overrides
 from agents.rllib.task import TASK_ENV_CONFIG, TASK_ENV_ID, TASK_WORDS
 from agents.sb3.deps import require_sb3
 
@@ -177,31 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--timesteps", type=int, help="agent tokens to train on")
     parser.add_argument("--seed", type=int, help="seed")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field, e.g. lr=3e-4 or env_config.size=small (JSON values)")
+    add_set_argument(parser, "lr=3e-4 or env_config.size=small")
     args = parser.parse_args(argv)
     try:
         require_sb3()
-        data = dataclasses.asdict(SB3RunConfig())
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
-            try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError:
-                parsed = value
-            head, _, leaf = key.strip().partition(".")
-            if head not in data or (leaf and head != "env_config"):
-                raise ValueError(f"unknown config key {key!r}")
-            if leaf:
-                data["env_config"][leaf] = parsed
-            else:
-                data[head] = parsed
-        for flag, key in (("out", "out_dir"), ("timesteps", "timesteps"), ("seed", "seed")):
-            if getattr(args, flag) is not None:
-                data[key] = getattr(args, flag)
-        cfg = SB3RunConfig(**data)
+        overrides = overrides_from_args(args, (("out", "out_dir"), ("timesteps", "timesteps"),
+                                               ("seed", "seed")))
+        cfg = apply_overrides(SB3RunConfig(), overrides, open_dicts=("env_config",))
     except (ImportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

