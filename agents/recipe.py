@@ -39,6 +39,7 @@ QUICK = {
     "grpo.minibatch_size": 8,
     "ppo.minibatch_size": 8,
     "sft.steps": 2,
+    "sft.lm_steps": 1,
 }
 """Overrides that turn the recipe into a seconds-long smoke test."""
 
