@@ -30,13 +30,7 @@ from agents.rollout import to_batch
 from agents.sft import oracle_trajectories, sft_loss
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_config(tmp_path, algo: str = "grpo", **overrides) -> TrainConfig:
