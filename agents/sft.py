@@ -161,7 +161,9 @@ def name_token_ids(
     ]
 
 
-def swap_names(tokens: np.ndarray, classes: Sequence[NameClass], rng: np.random.Generator) -> np.ndarray:
+def swap_names(
+    tokens: np.ndarray, classes: Sequence[NameClass], rng: np.random.Generator
+) -> np.ndarray:
     """Re-draw the name tokens of one trajectory: a random one-to-one map per class.
 
     The same map is applied to question, agent turns and information blocks, so the

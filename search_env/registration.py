@@ -176,7 +176,8 @@ def _of_types(examples: Sequence[QAExample], types: Sequence[str]) -> list[QAExa
     bad = sorted(set(types) - set(SYNTH_QUESTION_TYPES))
     if bad or not types:
         raise ValueError(
-            f"question_types must be a non-empty subset of {SYNTH_QUESTION_TYPES}, got {list(types)!r}"
+            f"question_types must be a non-empty subset of {SYNTH_QUESTION_TYPES}, "
+            f"got {list(types)!r}"
         )
     kept = [ex for ex in examples if ex.metadata.get("type") in types]
     if not kept:

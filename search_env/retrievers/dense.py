@@ -326,11 +326,15 @@ def _cpu_flat_search(index: Any, mode: str) -> tuple[Any, str]:
         import torch
     except ImportError as e:
         if mode == "torch":
-            raise ImportError("cpu_search='torch' needs torch: pip install 'search-env[dense]'") from e
+            raise ImportError(
+                "cpu_search='torch' needs torch: pip install 'search-env[dense]'"
+            ) from e
         return index, "cpu"
     n, d = int(index.ntotal), int(index.d)
     # A view of the index's own (possibly memory-mapped) vectors: nothing is copied.
-    rows = faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
+    rows = np.zeros((0, d), np.float32)
+    if n:
+        rows = faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d)
     wrapped = _TorchFlat([torch.from_numpy(rows)])
     wrapped.owner = index  # keeps the faiss index, and so the memory, alive
     return wrapped, "cpu-torch"
