@@ -340,9 +340,12 @@ TRAIN_BACKENDS = {"rllib": "agents.rllib.train", "sb3": "agents.sb3.train"}
 
 def _train_backend(argv: Sequence[str]) -> tuple[str, list[str]] | None:
     """``(module, other args)`` when ``argv`` is ``train ... --backend rllib|sb3 ...``."""
+    argv = list(argv)
+    while argv and argv[0] in ("-v", "--verbose"):  # the global flag may come first
+        argv = argv[1:]
     if not argv or argv[0] != "train":
         return None
-    rest = list(argv[1:])
+    rest = argv[1:]
     for i, arg in enumerate(rest):
         if arg == "--backend" and i + 1 < len(rest):
             name, drop = rest[i + 1], 2

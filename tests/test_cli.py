@@ -119,7 +119,7 @@ def test_train_backend_hands_the_other_options_to_rllib_or_sb3(capsys, monkeypat
                         lambda name: FakeModule if name == "agents.rllib.train" else real_import(name))
     assert main(["train", "--preset", "laptop", "--backend", "rllib", "--iterations", "2"]) == 7
     assert seen["argv"] == ["--preset", "laptop", "--iterations", "2"]
-    assert main(["train", "--backend=rllib", "--out", "x"]) == 7
+    assert main(["-v", "train", "--backend=rllib", "--out", "x"]) == 7
     assert seen["argv"] == ["--out", "x"]
     pytest.importorskip("stable_baselines3")
     with pytest.raises(SystemExit) as e:
