@@ -77,10 +77,7 @@ def train_grpo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=g.lr, weight_decay=g.weight_decay)
     scheduler = warmup_schedule(optimizer, g.warmup_ratio, cfg.steps)
     state = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-    start = run.restore(state)
-    policy.update_weights(model.state_dict())  # a resumed model reaches the sampler
-    if start == 0:
-        run.metrics.log({"step": 0, **run.evaluate()})
+    start = run.begin(state)
     prompts = r.num_envs // r.group_size
 
     for step in run.steps(start):

@@ -92,10 +92,7 @@ def train_ppo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     scheduler = warmup_schedule(optimizer, p.warmup_ratio, cfg.steps)
     state = {"model": model, "value_head": value_head, "optimizer": optimizer,
              "scheduler": scheduler}
-    start = run.restore(state)
-    policy.update_weights(model.state_dict())  # a resumed model reaches the sampler
-    if start == 0:
-        run.metrics.log({"step": 0, **run.evaluate()})
+    start = run.begin(state)
     prompts = r.num_envs // r.group_size
     params = list(model.parameters()) + list(value_head.parameters())
 

@@ -60,13 +60,21 @@ class Run:
         return int(np.random.default_rng([self.cfg.seed, step, stream]).integers(2**62))
 
     # ------------------------------------------------------------- checkpoints
-    def restore(self, modules: dict[str, Any]) -> int:
-        """Load the latest checkpoint into ``modules`` when resuming; the step to start at."""
+    def begin(self, modules: dict[str, Any]) -> int:
+        """Start the loop: the step to start at.
+
+        Loads the latest checkpoint into ``modules`` when resuming, hands the model's
+        weights to the sampler (a vLLM engine holds a copy), and on a fresh start logs
+        the step-0 evaluation.
+        """
         path = latest_checkpoint(self.run_dir) if self.resume else None
-        if path is None:
-            return 0
-        step, _ = load_checkpoint(path, modules)
-        logger.info("resumed from %s (step %d)", path, step)
+        step = 0
+        if path is not None:
+            step, _ = load_checkpoint(path, modules)
+            logger.info("resumed from %s (step %d)", path, step)
+        self.policy.update_weights(self.model.state_dict())
+        if step == 0:
+            self.metrics.log({"step": 0, **self.evaluate()})
         return step
 
     def maybe_checkpoint(self, step: int, modules: dict[str, Any]) -> None:

@@ -312,6 +312,16 @@ class _TorchFlat:
         return s.numpy(), i.numpy()
 
 
+def _place(index: Any, use_gpu: bool, gpu_backend: str, cpu_search: str) -> tuple[Any, str]:
+    """The GPU copy of ``index`` when wanted and possible, else its CPU search; (index, where)."""
+    placement = "cpu"
+    if use_gpu:
+        index, placement = _to_gpu(index, gpu_backend)
+    if placement == "cpu":
+        index, placement = _cpu_flat_search(index, cpu_search)
+    return index, placement
+
+
 def _cpu_flat_search(index: Any, mode: str) -> tuple[Any, str]:
     """Wraps a CPU flat inner-product index for matmul search; returns (index, placement)."""
     if mode not in CPU_FLAT_SEARCH:
@@ -974,11 +984,7 @@ class DenseRetriever:
         except Exception as e:
             raise _corrupt(index_dir, f"cannot load index files: {type(e).__name__}: {e}") from e
         enc = _query_encoder(encoder, enc_info, device)
-        placement = "cpu"
-        if use_gpu:
-            index, placement = _to_gpu(index, gpu_backend)
-        if placement == "cpu":
-            index, placement = _cpu_flat_search(index, cpu_search)
+        index, placement = _place(index, use_gpu, gpu_backend, cpu_search)
         logger.info(
             "loaded dense index of %d passages from %s (mmap=%s, %s)",
             len(store),
@@ -1060,11 +1066,7 @@ class DenseRetriever:
         enc = load_encoder(encoder, device=device)
         kind = _index_type_of(index)
         spec = IndexSpec(kind) if kind in INDEX_TYPES else None
-        placement = "cpu"
-        if use_gpu:
-            index, placement = _to_gpu(index, gpu_backend)
-        if placement == "cpu":
-            index, placement = _cpu_flat_search(index, cpu_search)
+        index, placement = _place(index, use_gpu, gpu_backend, cpu_search)
         logger.info(
             "opened published index %s (%d rows, %s) with %s",
             index_path,
