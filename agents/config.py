@@ -202,6 +202,11 @@ class SFTConfig:
     """Linear warm-up steps."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
+    closed_book: float = 0.0
+    """Share of the warm-start questions answered closed-book: at once, without searching,
+    with an invented guess (:class:`~search_env.scripted.NoSearchAgent`), as an LLM
+    answers from memory. The warm-started model then searches only part of the time and
+    RL has to find out that searching pays."""
     swap_names: bool = True
     """Entity-swap augmentation: re-draw the name tokens of each trajectory every time it
     is used (a consistent permutation), so the model learns to copy names instead of

@@ -21,7 +21,7 @@ import torch
 
 from agents.common import evaluate_greedy, load_model, make_env, seed_everything
 from agents.config import TrainConfig, apply_overrides, tiny_cpu, to_dict
-from agents.sft import name_token_ids, oracle_trajectories, train_sft
+from agents.sft import train_sft, warm_start_data
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,7 @@ def warm_start(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
     eval_env = make_env(r, r.eval_split, r.eval_num_envs)
     tok = train_env.envs[0].tokenizer
     model, _ = load_model(cfg.model, tok)
-    n = len(train_env.dataset) if cfg.sft.questions is None else cfg.sft.questions
-    data = oracle_trajectories(train_env, range(min(n, len(train_env.dataset))))
-    classes = (name_token_ids(tok, [train_env.dataset[t.index] for t in data], data)
-               if cfg.sft.swap_names else None)
+    data, classes = warm_start_data(train_env, cfg.sft, tok, cfg.seed)
     records = train_sft(model, data, cfg.sft, tok.pad_token_id, seed=cfg.seed, progress=True,
                         name_classes=classes)
     sft_seconds = time.perf_counter() - start
@@ -74,7 +71,8 @@ def warm_start(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": cfg.sft.steps,
         "trajectories": len(data),
-        "oracle_train_em": float(np.mean([t.reward for t in data])),
+        "demo_train_em": float(np.mean([t.reward for t in data])),
+        "demo_searches": float(np.mean([t.searches for t in data])),
         "final_loss": records[-1]["sft_loss"],
         "seconds": sft_seconds,
         "test_em": stats["eval_em"],

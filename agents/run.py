@@ -149,7 +149,7 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
             is then not rerun: its result is loaded from ``init_model.pt``).
     """
     from agents.policy import HFPolicy
-    from agents.sft import name_token_ids, oracle_trajectories, train_sft
+    from agents.sft import train_sft, warm_start_data
 
     started = time.perf_counter()
     if cfg.threads:
@@ -182,17 +182,14 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
             model.load_state_dict(torch.load(init_path, map_location="cpu"))
         else:
             start = time.perf_counter()
-            n = len(train_env.dataset) if cfg.sft.questions is None else cfg.sft.questions
-            data = oracle_trajectories(train_env, range(min(n, len(train_env.dataset))))
-            classes = (name_token_ids(tokenizer, [train_env.dataset[t.index] for t in data], data)
-                       if cfg.sft.swap_names else None)
+            data, classes = warm_start_data(train_env, cfg.sft, tokenizer, cfg.seed)
             records = train_sft(model, data, cfg.sft, pad_id, seed=cfg.seed, progress=True,
                                 name_classes=classes)
             torch.save(model.state_dict(), init_path)
             sft_summary = {
                 "sft_steps": cfg.sft.steps,
                 "sft_trajectories": len(data),
-                "sft_oracle_em": float(np.mean([t.reward for t in data])),
+                "sft_demo_em": float(np.mean([t.reward for t in data])),
                 "sft_final_loss": records[-1]["sft_loss"],
                 "sft_seconds": time.perf_counter() - start,
             }

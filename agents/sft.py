@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,9 +43,22 @@ def oracle_trajectories(
     """
     from search_env.scripted import OracleAgent
 
-    env0 = vec_env.envs[0]
-    codec = env0.codec
-    budget = env0.protocol.max_turns if max_searches is None else max_searches
+    budget = vec_env.envs[0].protocol.max_turns if max_searches is None else max_searches
+    return scripted_trajectories(vec_env, indices, lambda: OracleAgent(max_searches=budget))
+
+
+def scripted_trajectories(
+    vec_env: Any, indices: Sequence[int], make_agent: Callable[[], Any]
+) -> list[Trajectory]:
+    """Play a scripted text agent (``reset(example)`` / ``act(text) -> turn``, see
+    :mod:`search_env.scripted`) on ``indices``; one trajectory per question, in order.
+
+    Args:
+        vec_env: chunk-mode vector env with autoreset disabled.
+        indices: dataset indices of the questions.
+        make_agent: builds a fresh agent (one per episode).
+    """
+    codec = vec_env.envs[0].codec
     eos = sorted(codec.eos_ids)[:1]
     n = vec_env.num_envs
     out: list[Trajectory] = []
@@ -56,7 +69,7 @@ def oracle_trajectories(
         reset_mask = np.zeros(n, bool)
         reset_mask[:live] = True
         obs, _ = vec_env.reset(options={"index": padded, "reset_mask": reset_mask})
-        agents = [OracleAgent(max_searches=budget) for _ in range(live)]
+        agents = [make_agent() for _ in range(live)]
         seen = obs["length"][:, 0].copy()
         prompt_lengths = seen.copy()
         text = [codec.tokenizer.decode(obs["tokens"][i, : seen[i]].tolist()) for i in range(live)]
@@ -99,6 +112,35 @@ def oracle_trajectories(
                 )
             )
     return out
+
+
+def warm_start_data(
+    train_env: Any, cfg: SFTConfig, tokenizer: Any, seed: int = 0
+) -> tuple[list[Trajectory], list[NameClass] | None]:
+    """The SFT trajectories of ``cfg`` and, with ``cfg.swap_names``, their name classes.
+
+    The first ``cfg.questions`` train questions (all by default) are played by the text
+    oracle, except a seeded ``cfg.closed_book`` share of them, which
+    :class:`~search_env.scripted.NoSearchAgent` answers at once with an invented guess.
+    """
+    from search_env.scripted import NoSearchAgent
+
+    total = len(train_env.dataset)
+    n = total if cfg.questions is None else min(cfg.questions, total)
+    if n < 1:
+        raise ValueError("sft.questions must be >= 1")
+    if not 0.0 <= cfg.closed_book <= 1.0:
+        raise ValueError(f"sft.closed_book must be in [0, 1], got {cfg.closed_book}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_closed = int(round(cfg.closed_book * n))
+    closed, searched = sorted(order[:n_closed].tolist()), sorted(order[n_closed:].tolist())
+    data = oracle_trajectories(train_env, searched) if searched else []
+    if closed:
+        data += scripted_trajectories(train_env, closed, lambda: NoSearchAgent(seed=seed))
+    classes = None
+    if cfg.swap_names:
+        classes = name_token_ids(tokenizer, [train_env.dataset[t.index] for t in data], data)
+    return data, classes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -163,7 +163,24 @@ def _synth_parts(
         examples = _of_types(examples, question_types)
     if retriever is None:
         retriever = _cached_bm25(world_dir / "corpus.jsonl", world_dir / "bm25", retriever_backend)
-    return examples, load_retriever(retriever, backend=retriever_backend), load_tokenizer(tokenizer)
+    if isinstance(tokenizer, str) and tokenizer.split(":")[0] == "world":
+        tok = _world_tokenizer(tokenizer, world_dir, size, num_entities, seed)
+    else:
+        tok = load_tokenizer(tokenizer)
+    return examples, load_retriever(retriever, backend=retriever_backend), tok
+
+
+def _world_tokenizer(spec: str, world_dir: Path, size: str, num_entities: int | None,
+                     seed: int) -> Any:
+    """``tokenizer="world"`` or ``"world:VOCAB"``: a BPE trained on this synthetic world."""
+    from search_env.data.synth import SynthConfig
+    from search_env.data.tokenizer import WORLD_VOCAB_SIZE, world_tokenizer
+
+    _, _, vocab = spec.partition(":")
+    if vocab and not vocab.isdigit():
+        raise ValueError(f"tokenizer={spec!r}: expected 'world' or 'world:<vocab size>'")
+    config = SynthConfig(seed=seed, num_entities=num_entities or SYNTH_SIZES[size])
+    return world_tokenizer(config, world_dir, int(vocab) if vocab else WORLD_VOCAB_SIZE)
 
 
 SYNTH_QUESTION_TYPES = ("single", "bridge", "comparison")

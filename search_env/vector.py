@@ -220,13 +220,15 @@ class SearchQAVectorEnv(VectorEnv):
         elapsed = 0.0
         if queries:
             start = time.perf_counter()
+            unique = list(dict.fromkeys(queries))  # GRPO groups often repeat a query
             try:
-                batch = self.retriever.search(queries, self.envs[0].protocol.topk)
-                if len(batch) != len(queries):
+                batch = self.retriever.search(unique, self.envs[0].protocol.topk)
+                if len(batch) != len(unique):
                     raise RuntimeError(
-                        f"retriever returned {len(batch)} result lists for {len(queries)} queries"
+                        f"retriever returned {len(batch)} result lists for {len(unique)} queries"
                     )
-                results = dict(zip(asking, batch))
+                found = dict(zip(unique, batch))
+                results = {i: found[q] for i, q in zip(asking, queries)}
             except Exception as exc:  # each env flags or re-raises it
                 results = {i: exc for i in asking}
             elapsed = time.perf_counter() - start
@@ -256,6 +258,7 @@ class SearchQAVectorEnv(VectorEnv):
         infos = merge_infos(sub_infos)
         if queries:
             infos["batch_queries"] = len(queries)
+            infos["batch_unique_queries"] = len(unique)
             infos["batch_retrieval_time"] = elapsed
         return self._batch_obs(), rewards, terminated, truncated, infos
 

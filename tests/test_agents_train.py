@@ -315,6 +315,28 @@ def test_swap_names_is_a_consistent_permutation(oracle_batch):
     assert len(set(pairs.values())) == len(pairs)
 
 
+def test_warm_start_data_mixes_closed_book_answers():
+    from agents.config import SFTConfig
+    from agents.sft import warm_start_data
+
+    cfg = apply_overrides(tiny_cpu(), {"rollout.env_kwargs.size": "tiny"})
+    env = make_env(cfg.rollout, "train", 4)
+    tok = env.envs[0].tokenizer
+    data, classes = warm_start_data(env, SFTConfig(questions=10, closed_book=0.3), tok, seed=1)
+    assert sorted(t.index for t in data) == list(range(10))
+    closed = [t for t in data if t.searches == 0]
+    assert len(closed) == 3 and all(t.reward == 0.0 for t in closed)
+    assert all(t.searches >= 1 for t in data if t not in closed)
+    assert "know" in tok.decode(closed[0].tokens[closed[0].prompt_length:].tolist())
+    assert classes  # names of every question, closed-book ones included
+    again, _ = warm_start_data(env, SFTConfig(questions=10, closed_book=0.3), tok, seed=1)
+    assert [t.index for t in again if t.searches == 0] == [t.index for t in closed]
+    only_oracle, none = warm_start_data(env, SFTConfig(questions=4, swap_names=False), tok)
+    assert none is None and all(t.searches >= 1 for t in only_oracle)
+    with pytest.raises(ValueError, match="closed_book"):
+        warm_start_data(env, SFTConfig(closed_book=1.5), tok)
+
+
 def test_grpo_steps_raise_the_likelihood_of_rewarded_episodes(oracle_batch, tmp_path):
     """The sign is right: positive advantage -> more likely, negative -> less likely."""
     model, batch = oracle_batch

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -136,3 +138,25 @@ def test_synth_question_type_filter():
         gym.make("SearchQA-Synth-v0", size="tiny", question_types=["single", "riddle"])
     with pytest.raises(ValueError, match="question_types"):
         gym.make("SearchQA-Synth-v0", size="tiny", question_types=[])
+
+
+def test_synth_world_tokenizer_is_trained_on_the_world_and_cached():
+    from search_env.data.tokenizer import load_synth_tokenizer
+
+    kwargs = {"num_entities": 1200, "split": "train", "question_types": ["single"]}
+    shipped = gym.make("SearchQA-Synth-v0", **kwargs).unwrapped
+    own = gym.make("SearchQA-Synth-v0", tokenizer="world:8192", **kwargs).unwrapped
+    assert len(own.tokenizer) == 8192 and own.tokenizer is not load_synth_tokenizer()
+    names = [ex.golden_answers[0] for ex in own.dataset]
+    def pieces(tok):
+        return sum(len(tok.encode(" " + n, add_special_tokens=False)) for n in names)
+    assert pieces(own.tokenizer) < 0.8 * pieces(shipped.tokenizer)  # names stay whole
+    text = own.dataset[0].question
+    assert own.tokenizer.decode(own.tokenizer.encode(text)) == text
+    world_dirs = [p for p in (Path(os.environ["SEARCH_ENV_CACHE"]) / "synth").iterdir()
+                  if (p / "tokenizer-8192" / "tokenizer.json").is_file()]
+    assert len(world_dirs) == 1
+    again = gym.make("SearchQA-Synth-v0", tokenizer="world:8192", **kwargs).unwrapped
+    assert again.tokenizer is own.tokenizer  # loaded once
+    with pytest.raises(ValueError, match="world"):
+        gym.make("SearchQA-Synth-v0", size="tiny", tokenizer="world:big")

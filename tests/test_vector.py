@@ -40,6 +40,20 @@ def test_searches_are_batched_in_one_call(make_vec, tokenizer):
     assert vec.active.all() and obs3["mask"][2].sum() == 0
 
 
+def test_repeated_queries_are_searched_once(make_vec, tokenizer):
+    vec, retriever = make_vec(n=4)
+    vec.reset(options={"index": np.array([0, 0, 1, 0])})
+    same = tokenizer.encode("<search> capital of Norway </search>")
+    other = tokenizer.encode("<search> Switzerland city </search>")
+    obs, *_, info = vec.step([same, same, other, same])
+    assert retriever.calls == [["capital of Norway", "Switzerland city"]]
+    assert info["batch_queries"] == 4 and info["batch_unique_queries"] == 2
+    length = obs["length"][:, 0]
+    for i in (1, 3):  # every asker gets the shared results
+        assert np.array_equal(obs["tokens"][i, : length[i]], obs["tokens"][0, : length[0]])
+    assert not np.array_equal(obs["tokens"][2, : length[2]], obs["tokens"][0, : length[2]])
+
+
 def test_vector_matches_single_env(make_vec, tokenizer):
     script = [
         tokenizer.encode("<search> capital of France </search>"),

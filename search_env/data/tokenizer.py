@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -27,6 +29,8 @@ from search_env.protocol import (
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
+
+    from search_env.data.synth import SynthConfig, SynthWorld
 
 ASSET_DIR = Path(__file__).parent / "assets" / "synth-bpe"
 """Where the trained tokenizer ships."""
@@ -58,11 +62,16 @@ def _oracle_turns(world, protocol: ProtocolConfig, limit: int) -> Iterator[str]:
         yield "".join(episode) + EOS_TOKEN
 
 
-def training_texts() -> Iterator[str]:
-    """The texts the shipped tokenizer is trained on, in a fixed order."""
+def training_texts(world: SynthWorld | None = None) -> Iterator[str]:
+    """The texts a synthetic-world tokenizer is trained on, in a fixed order.
+
+    Args:
+        world: the world whose corpus and questions are used; ``None``: the default world
+            (the shipped tokenizer's).
+    """
     from search_env.data.synth import generate_world
 
-    world = generate_world()
+    world = generate_world() if world is None else world
     protocol = ProtocolConfig()
     for _ in range(20):  # the protocol text should become few tokens
         yield SEARCH_R1_TEMPLATE
@@ -78,7 +87,9 @@ def training_texts() -> Iterator[str]:
     yield "Zürich Genève São Paulo Kraków 東京 北京 Москва 🙂 — “quotes” ‘single’ …"
 
 
-def train_synth_tokenizer(out_dir: Path, vocab_size: int = 4096) -> None:
+def train_synth_tokenizer(
+    out_dir: Path, vocab_size: int = 4096, world: SynthWorld | None = None
+) -> None:
     """Train the byte-level BPE and save it as a ``transformers`` tokenizer directory.
 
     Writes ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``
@@ -87,6 +98,7 @@ def train_synth_tokenizer(out_dir: Path, vocab_size: int = 4096) -> None:
     Args:
         out_dir: directory to write (created if missing).
         vocab_size: vocabulary size including the 256 byte symbols and 2 specials.
+        world: train on this world's texts (see :func:`training_texts`).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -101,7 +113,7 @@ def train_synth_tokenizer(out_dir: Path, vocab_size: int = 4096) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(training_texts(), trainer)
+    tok.train_from_iterator(training_texts(world), trainer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_dir / "tokenizer.json"), pretty=False)
@@ -125,21 +137,54 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def load_synth_tokenizer() -> PreTrainedTokenizerFast:
-    """The shipped tokenizer, loaded once (offline; needs ``transformers``)."""
+def load_synth_tokenizer(directory: Path = ASSET_DIR) -> PreTrainedTokenizerFast:
+    """The shipped tokenizer (or one written by :func:`train_synth_tokenizer` to
+    ``directory``), loaded once (offline; needs ``transformers``)."""
     from transformers import PreTrainedTokenizerFast
 
-    if not (ASSET_DIR / "tokenizer.json").is_file():
+    if not (Path(directory) / "tokenizer.json").is_file():
         raise FileNotFoundError(
-            f"{ASSET_DIR} has no tokenizer.json; run `python -m search_env.data.tokenizer`"
+            f"{directory} has no tokenizer.json; run `python -m search_env.data.tokenizer`"
         )
     return PreTrainedTokenizerFast(
-        tokenizer_file=str(ASSET_DIR / "tokenizer.json"),
+        tokenizer_file=str(Path(directory) / "tokenizer.json"),
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         clean_up_tokenization_spaces=False,
         model_max_length=4096,
     )
+
+
+WORLD_VOCAB_SIZE = 8192
+"""Default vocabulary of a world's own tokenizer (whole-word names up to a few thousand
+entities)."""
+
+
+def world_tokenizer(
+    config: SynthConfig, world_dir: Path, vocab_size: int = WORLD_VOCAB_SIZE
+) -> PreTrainedTokenizerFast:
+    """A BPE trained on the world of ``config``, cached in ``world_dir`` (built on first use).
+
+    The shipped tokenizer was trained on the default (400-entity) world, whose names are
+    one or two whole-word tokens; a bigger world's names break into many pieces. Its own
+    tokenizer keeps them whole, which a tiny from-scratch model needs to copy them.
+    """
+    from search_env.data.synth import generate_world
+
+    if vocab_size < 258:
+        raise ValueError(f"vocab_size must be >= 258, got {vocab_size}")
+    target = Path(world_dir) / f"tokenizer-{vocab_size}"
+    if not (target / "tokenizer.json").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=world_dir))
+        try:
+            train_synth_tokenizer(tmp, vocab_size, world=generate_world(config))
+            try:
+                tmp.rename(target)
+            except OSError:  # another process finished first: use theirs
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_synth_tokenizer(target)
 
 
 def main(argv: list[str] | None = None) -> None:
