@@ -202,6 +202,10 @@ class SFTConfig:
     """Linear warm-up steps."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
+    quote_evidence: bool = False
+    """The oracle quotes the sentence that states each fact it read before its next turn
+    (``<think> Zelny Textiles is headquartered in Faven. </think>``): the answer is then
+    copied from a quoted sentence, a pattern a small model learns far sooner."""
     closed_book: float = 0.0
     """Share of the warm-start questions answered closed-book: at once, without searching,
     with an invented guess (:class:`~search_env.scripted.NoSearchAgent`), as an LLM

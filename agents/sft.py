@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 
 def oracle_trajectories(
-    vec_env: Any, indices: Sequence[int], max_searches: int | None = None
+    vec_env: Any, indices: Sequence[int], max_searches: int | None = None,
+    quote_evidence: bool = False,
 ) -> list[Trajectory]:
     """Play the text oracle on ``indices`` and return its episodes as token trajectories.
 
@@ -37,6 +38,7 @@ def oracle_trajectories(
             (the oracle needs ``metadata["hops"]``).
         indices: dataset indices of the questions.
         max_searches: the oracle's search budget; defaults to the env's ``max_turns``.
+        quote_evidence: see :class:`~search_env.scripted.OracleAgent`.
 
     Returns:
         One :class:`~agents.rollout.Trajectory` per question (``logprobs`` all 0).
@@ -44,7 +46,8 @@ def oracle_trajectories(
     from search_env.scripted import OracleAgent
 
     budget = vec_env.envs[0].protocol.max_turns if max_searches is None else max_searches
-    return scripted_trajectories(vec_env, indices, lambda: OracleAgent(max_searches=budget))
+    return scripted_trajectories(
+        vec_env, indices, lambda: OracleAgent(max_searches=budget, quote_evidence=quote_evidence))
 
 
 def scripted_trajectories(
@@ -134,7 +137,9 @@ def warm_start_data(
     order = np.random.default_rng(seed).permutation(n)
     n_closed = int(round(cfg.closed_book * n))
     closed, searched = sorted(order[:n_closed].tolist()), sorted(order[n_closed:].tolist())
-    data = oracle_trajectories(train_env, searched) if searched else []
+    data = []
+    if searched:
+        data = oracle_trajectories(train_env, searched, quote_evidence=cfg.quote_evidence)
     if closed:
         data += scripted_trajectories(train_env, closed, lambda: NoSearchAgent(seed=seed))
     classes = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from typing import Protocol, runtime_checkable
 
-from search_env.data.synth import extract_fact, invented_name
+from search_env.data.synth import find_fact, invented_name
 from search_env.types import QAExample
 
 
@@ -54,13 +54,20 @@ class OracleAgent:
         max_searches: searches it allows itself before it must answer (the protocol's
             ``max_turns``).
         retries: extra searches per hop when the fact was not found.
+        quote_evidence: open the turn after a successful search by quoting the sentence
+            that states the fact (``<think> Zelny Textiles is headquartered in Faven.
+            </think>``) instead of a fixed phrase: demonstrations that show where the
+            answer comes from.
     """
 
-    def __init__(self, max_searches: int = 4, retries: int = 1) -> None:
+    def __init__(
+        self, max_searches: int = 4, retries: int = 1, quote_evidence: bool = False
+    ) -> None:
         if max_searches < 0 or retries < 0:
             raise ValueError("max_searches and retries must be >= 0")
         self.max_searches = max_searches
         self.retries = retries
+        self.quote_evidence = quote_evidence
         self._hops: list[dict[str, str]] = []
 
     def reset(self, example: QAExample) -> None:
@@ -75,6 +82,7 @@ class OracleAgent:
         self._searches = 0
         self._pending = False  # True when the last turn was a search
         self._found: dict[str, str] = {}  # comparison: subject -> year
+        self._evidence = ""  # the fact sentence read by the last search, if quoting
 
     def act(self, observation: str) -> str:
         if self._pending:
@@ -98,17 +106,25 @@ class OracleAgent:
             query = subject
         self._pending = True
         self._searches += 1
-        return _search_turn(f"I need the {hop['relation'].replace('_', ' ')} of {subject}.",
-                            query)
+        thought = f"I need the {hop['relation'].replace('_', ' ')} of {subject}."
+        return _search_turn(self._quoted(thought), query)
+
+    def _quoted(self, thought: str) -> str:
+        """``thought``, after the evidence sentence when the last search found one."""
+        evidence, self._evidence = self._evidence, ""
+        return f"{evidence} {thought}" if evidence else thought
 
     def _read(self, observation: str) -> None:
         self._pending = False
         hop = self._hops[self._step]
         subject = hop["subject"] if self._comparison else self._subject
-        value = extract_fact(hop["relation"], subject, observation)
-        if value is None:
+        found = find_fact(hop["relation"], subject, observation)
+        if found is None:
             self._attempts += 1
             return
+        value, sentence = found
+        if self.quote_evidence:
+            self._evidence = sentence
         if self._comparison:
             self._found[subject] = value
         else:
@@ -120,9 +136,13 @@ class OracleAgent:
         if self._comparison:
             years = {s: int(y) for s, y in self._found.items() if y.isdigit()}
             answer = min(years, key=years.__getitem__) if years else self._hops[0]["subject"]
-            return _answer_turn(f"{answer} comes first.", answer)
+            return _answer_turn(self._quoted(f"{answer} comes first."), answer)
         done = self._step >= len(self._hops)
-        thought = "I found the answer." if done else "I could not find it; my best guess:"
+        if done and self._evidence:  # the quote says it all
+            thought, self._evidence = self._evidence, ""
+        else:
+            thought = self._quoted("I found the answer." if done else
+                                   "I could not find it; my best guess:")
         return _answer_turn(thought, self._subject)
 
 

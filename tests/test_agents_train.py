@@ -333,6 +333,12 @@ def test_warm_start_data_mixes_closed_book_answers():
     assert [t.index for t in again if t.searches == 0] == [t.index for t in closed]
     only_oracle, none = warm_start_data(env, SFTConfig(questions=4, swap_names=False), tok)
     assert none is None and all(t.searches >= 1 for t in only_oracle)
+    quoted, _ = warm_start_data(env, SFTConfig(questions=4, quote_evidence=True), tok)
+    for plain, quote in zip(only_oracle, quoted):
+        answer = env.dataset[quote.index].golden_answers[0]
+        last = tok.decode(quote.tokens[quote.prompt_length:].tolist()).split("</information>")[-1]
+        assert "I found the answer" in tok.decode(plain.tokens.tolist())
+        assert last.count(answer) == 2 and quote.reward == plain.reward  # quoted, then answered
     with pytest.raises(ValueError, match="closed_book"):
         warm_start_data(env, SFTConfig(closed_book=1.5), tok)
 

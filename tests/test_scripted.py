@@ -66,6 +66,37 @@ def test_oracle_searches_hop_by_hop_with_the_entity_it_read(world):
         assert exact_match(answer, q.golden_answers) == 1.0
 
 
+def test_oracle_quotes_the_evidence_it_read(world):
+    search = gold_search(world)
+    by_id = {p.id: p for p in world.passages}
+    for q in [q for q in world.questions["train"] if len(q.metadata["hops"]) == 2][:10]:
+        plain, quoting = OracleAgent(), OracleAgent(quote_evidence=True)
+        turns = []
+        quoting.reset(q)
+        observation = PROTOCOL.template.format(question=q.question)
+        for hop in q.metadata["hops"]:
+            turns.append(quoting.act(observation))
+            docs = format_documents([by_id[hop["passage_id"]]], PROTOCOL)
+            observation = PROTOCOL.information_format.format(docs=docs)
+        turns.append(quoting.act(observation))
+        # each turn after a search opens with the sentence that states the hop's fact
+        for hop, turn in zip(q.metadata["hops"], turns[1:]):
+            template = FACT_TEMPLATES[hop["relation"]]
+            sentence = template.split("{O}")[0].replace("{S}", hop["subject"])
+            if "{" not in sentence:  # templates with {a}/{kind} are checked by the object
+                assert turn.startswith(f"<think> {sentence}{hop['object']}")
+            assert hop["object"] in turn.split("</think>")[0]
+            assert hop["object"] in by_id[hop["passage_id"]].contents
+        assert "I need" not in turns[-1] and parse_turn(turns[-1]).kind == "answer"
+        assert play(quoting, q, search) == play(plain, q, search)  # same searches and answer
+    with_nothing = OracleAgent(quote_evidence=True)
+    q = world.questions["train"][0]
+    with_nothing.reset(q)
+    with_nothing.act(q.question)
+    assert "</think>" in with_nothing.act("<information>nothing here</information>")
+    assert q.metadata["hops"][0]["object"] not in with_nothing.act("<information></information>")
+
+
 def test_oracle_reads_the_bridge_from_the_results_not_the_metadata(world):
     q = next(q for q in world.questions["train"] if q.metadata["type"] == "bridge")
     first = q.metadata["hops"][0]

@@ -293,10 +293,17 @@ def extract_fact(relation: str, subject: str, text: str) -> str | None:
         The object as written in the first sentence matching the relation's template,
         or None when no such sentence is in ``text``.
     """
+    found = find_fact(relation, subject, text)
+    return found[0] if found else None
+
+
+def find_fact(relation: str, subject: str, text: str) -> tuple[str, str] | None:
+    """Like :func:`extract_fact`, but returns ``(object, sentence)``: the sentence is the
+    evidence as written in ``text`` (``"Zelny Textiles is headquartered in Faven."``)."""
     if relation not in RELATIONS:
         raise ValueError(f"unknown relation {relation!r}; choose one of {sorted(RELATIONS)}")
     match = _placeholder_regex(RELATIONS[relation].template, subject).search(text)
-    return match.group("obj").strip() if match else None
+    return (match.group("obj").strip(), match.group(0).strip()) if match else None
 
 
 # --------------------------------------------------------------------------- fillers
