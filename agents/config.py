@@ -260,6 +260,8 @@ class TrainConfig:
             )
         if r.temperature <= 0:
             raise ValueError(f"rollout.temperature must be > 0, got {r.temperature}")
+        if r.backend not in ("hf", "vllm"):
+            raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
 
 
 # ----------------------------------------------------------------- serialisation

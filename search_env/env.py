@@ -191,7 +191,9 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
             index = int(index)
             example = self.dataset[index]
         self._example, self._index = example, index
-        prompt_ids = self.codec.encode(prompt_text(example.question, self.protocol, self.tokenizer))
+        # cached: GRPO groups and epochs reset to the same question again and again
+        (prompt_ids,) = self.codec.encode_pieces(
+            [prompt_text(example.question, self.protocol, self.tokenizer)])
         cap = self.protocol.max_prompt_length
         if len(prompt_ids) >= cap:
             raise ValueError(

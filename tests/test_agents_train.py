@@ -245,6 +245,8 @@ def test_config_round_trip(tmp_path):
         apply_overrides(cfg, {"grpo.no_such_field": 1})
     with pytest.raises(ValueError):
         from_dict({"algo": "a2c"})
+    with pytest.raises(ValueError, match="rollout.backend"):  # at config time, not after SFT
+        apply_overrides(cfg, {"rollout.backend": "sglang"})
     r1 = preset("search-r1-3b")
     assert (r1.ppo.lr, r1.ppo.critic_lr, r1.ppo.kl_coef, r1.ppo.entropy_coef) == (1e-6, 1e-5, 1e-3, 1e-3)
     assert r1.ppo.reference_masking is False and r1.ppo.critic_masked
