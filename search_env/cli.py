@@ -317,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "to `python -m agents.rllib.train` / `agents.sb3.train` (see their --help)")
     train.set_defaults(func=_needs_torch(run_train))
 
+    recipe = sub.add_parser(
+        "recipe", add_help=False,
+        help="the tiny-cpu recipe: SFT warm start, then GRPO, GRPO without the loss mask and "
+             "PPO on the offline world (`python -m agents.recipe`; see `recipe --help`)")
+    recipe.set_defaults(func=None)
+
     index = sub.add_parser("index", help="index a corpus")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     build = index_sub.add_parser("build", help="build an index directory from a wiki-18 style JSONL corpus")
@@ -339,10 +345,13 @@ TRAIN_BACKENDS = {"rllib": "agents.rllib.train", "sb3": "agents.sb3.train"}
 
 
 def _train_backend(argv: Sequence[str]) -> tuple[str, list[str]] | None:
-    """``(module, other args)`` when ``argv`` is ``train ... --backend rllib|sb3 ...``."""
+    """``(module, other args)`` when ``argv`` is ``train ... --backend rllib|sb3 ...`` or
+    ``recipe ...``."""
     argv = list(argv)
     while argv and argv[0] in ("-v", "--verbose"):  # the global flag may come first
         argv = argv[1:]
+    if argv and argv[0] == "recipe":
+        return "agents.recipe", argv[1:]
     if not argv or argv[0] != "train":
         return None
     rest = argv[1:]
@@ -366,7 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         import importlib
 
         module, rest = delegated
-        return int(importlib.import_module(module).main(rest))
+        try:
+            entry = importlib.import_module(module).main
+        except ImportError as exc:
+            print(f"error: {module} needs a missing package ({exc}); the recipe and native "
+                  "training need 'search-env[torch]' (on a CPU-only machine: pip install "
+                  "torch==2.13.0 first)", file=sys.stderr)
+            return 2
+        return int(entry(rest))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     return int(args.func(args))

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from search_env.cli import main
+from search_env.cli import build_parser, main
 from search_env.evaluate import RandomTokenAgent, evaluate
 from search_env.scripted import NoSearchAgent, OracleAgent
 
@@ -125,3 +125,34 @@ def test_train_backend_hands_the_other_options_to_rllib_or_sb3(capsys, monkeypat
     with pytest.raises(SystemExit) as e:
         main(["train", "--backend", "sb3", "--help"])
     assert e.value.code == 0 and "agents.sb3.train" in capsys.readouterr().out
+
+
+def test_recipe_command_runs_agents_recipe(capsys, monkeypatch):
+    import importlib
+
+    seen = {}
+
+    class FakeRecipe:
+        @staticmethod
+        def main(argv):
+            seen["argv"] = argv
+            return 0
+
+    real_import = importlib.import_module
+
+    def fake_import(name):
+        if name == "agents.recipe":
+            return FakeRecipe
+        return real_import(name)
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    assert main(["recipe", "--quick", "--out", "r"]) == 0
+    assert seen["argv"] == ["--quick", "--out", "r"]
+    assert "recipe" in build_parser().format_help()
+
+    def no_torch(name):
+        raise ImportError("No module named 'torch'")
+
+    monkeypatch.setattr(importlib, "import_module", no_torch)
+    assert main(["recipe"]) == 2
+    assert "search-env[torch]" in capsys.readouterr().err
