@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from agents.common import evaluate_greedy, load_model, make_env, seed_everything
-from agents.config import TrainConfig, apply_overrides, tiny_cpu, to_dict
+from agents.config import TINY_WORLD, TrainConfig, apply_overrides, tiny_cpu, to_dict
 from agents.sft import train_sft, warm_start_data
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ QUICK = {
     "model.hidden_size": 32,
     "model.intermediate": 64,
     "model.layers": 1,
-    "rollout.env_kwargs.size": "tiny",
+    **TINY_WORLD,
     "rollout.num_envs": 8,
     "rollout.eval_questions": 8,
     "rollout.eval_num_envs": 8,

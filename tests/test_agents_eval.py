@@ -13,7 +13,7 @@ import torch
 from search_env.cli import main
 from search_env.protocol import clean_question, format_documents
 
-from agents.config import apply_overrides, save_config, tiny_cpu
+from agents.config import TINY_WORLD, apply_overrides, save_config, tiny_cpu
 from agents.evaluation import (
     DIRECT_TEMPLATE,
     PAPER_COLUMNS,
@@ -155,7 +155,7 @@ def test_model_from_a_training_run(tmp_path, tok):
 
     cfg = apply_overrides(tiny_cpu(), {
         "model.hidden_size": 32, "model.intermediate": 64, "model.layers": 1,
-        "rollout.env_kwargs.size": "tiny", "out_dir": str(tmp_path / "run"),
+        **TINY_WORLD, "out_dir": str(tmp_path / "run"),
     })
     run = Path(cfg.out_dir)
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -13,6 +13,7 @@ import search_env  # noqa: F401  (registers the env ids)
 
 from agents.common import forward_tokens, load_model, make_env, response_mask
 from agents.config import (
+    TINY_WORLD,
     ModelConfig,
     TrainConfig,
     apply_overrides,
@@ -45,7 +46,7 @@ def small_config(tmp_path, algo: str = "grpo", **overrides) -> TrainConfig:
         "model.hidden_size": 32,
         "model.intermediate": 64,
         "model.layers": 1,
-        "rollout.env_kwargs.size": "tiny",
+        **TINY_WORLD,
         "rollout.env_kwargs.max_response_length": 16,
         "rollout.num_envs": 8,
         "rollout.group_size": 4,
@@ -65,7 +66,7 @@ def small_config(tmp_path, algo: str = "grpo", **overrides) -> TrainConfig:
 def oracle_batch():
     """Oracle trajectories on the tiny world (env tokens inside) as a Batch, and a model."""
     cfg = tiny_cpu()
-    cfg = apply_overrides(cfg, {"rollout.env_kwargs.size": "tiny", "model.hidden_size": 32,
+    cfg = apply_overrides(cfg, {**TINY_WORLD, "model.hidden_size": 32,
                                 "model.intermediate": 64, "model.layers": 1})
     env = make_env(cfg.rollout, "train", 4)
     trajectories = oracle_trajectories(env, range(4))
@@ -291,7 +292,7 @@ def test_swap_names_is_a_consistent_permutation(oracle_batch):
 
     from agents.sft import name_token_ids, swap_names
 
-    cfg = apply_overrides(tiny_cpu(), {"rollout.env_kwargs.size": "tiny"})
+    cfg = apply_overrides(tiny_cpu(), dict(TINY_WORLD))
     env = make_env(cfg.rollout, "train", 2)
     trajectories = oracle_trajectories(env, range(2))
     tok = env.envs[0].tokenizer
@@ -321,7 +322,7 @@ def test_warm_start_data_mixes_closed_book_answers():
     from agents.config import SFTConfig
     from agents.sft import warm_start_data
 
-    cfg = apply_overrides(tiny_cpu(), {"rollout.env_kwargs.size": "tiny"})
+    cfg = apply_overrides(tiny_cpu(), dict(TINY_WORLD))
     env = make_env(cfg.rollout, "train", 4)
     tok = env.envs[0].tokenizer
     data, classes = warm_start_data(env, SFTConfig(questions=10, closed_book=0.3), tok, seed=1)

@@ -224,7 +224,7 @@ def test_grpo_run_keeps_the_engine_on_the_trained_weights(tmp_path, monkeypatch)
     """``backend="vllm"`` end to end: after two GRPO updates the engine samples from the
     trained weights, not the initial ones."""
     from agents import grpo
-    from agents.config import apply_overrides, tiny_cpu
+    from agents.config import TINY_WORLD, apply_overrides, tiny_cpu
 
     runs, real_setup_run = [], grpo.setup_run
 
@@ -236,7 +236,7 @@ def test_grpo_run_keeps_the_engine_on_the_trained_weights(tmp_path, monkeypatch)
     cfg = apply_overrides(tiny_cpu(), {
         "steps": 2, "eval_every": 0, "checkpoint_every": 0, "out_dir": str(tmp_path / "run"),
         "threads": 1, "model.hidden_size": 64, "model.heads": 2, "model.kv_heads": 1,
-        "model.intermediate": 64, "model.layers": 1, "rollout.env_kwargs.size": "tiny",
+        "model.intermediate": 64, "model.layers": 1, **TINY_WORLD,
         "rollout.env_kwargs.max_response_length": 16, "rollout.num_envs": 8,
         "rollout.group_size": 4, "rollout.eval_questions": 4, "rollout.eval_num_envs": 4,
         "rollout.backend": "vllm", "rollout.vllm_kv_cache_gb": 0.0625,
