@@ -225,12 +225,60 @@ def swap_names(
     return table[tokens]
 
 
+def _targets(batch: Any, every_token: bool) -> torch.Tensor:
+    """The batch's loss mask, or (language-model steps) every real token but the first."""
+    if not every_token:
+        return batch.loss_mask
+    targets = batch.attention_mask.to(batch.loss_mask.dtype).clone()
+    targets[:, 0] = 0
+    return targets
+
+
+def length_buckets(
+    trajectories: Sequence[Trajectory], ratio: float = 2.0
+) -> list[list[Trajectory]]:
+    """Split a batch by length, shortest first, so that short episodes (closed-book
+    answers) are not padded to the longest: a new bucket starts where a trajectory is
+    more than ``ratio`` times the bucket's shortest."""
+    buckets: list[list[Trajectory]] = []
+    for t in sorted(trajectories, key=lambda t: len(t.tokens)):
+        if buckets and len(t.tokens) <= ratio * len(buckets[-1][0].tokens):
+            buckets[-1].append(t)
+        else:
+            buckets.append([t])
+    return buckets
+
+
 def sft_loss(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
 ) -> torch.Tensor:
     """Mean negative log-likelihood of the mask-1 tokens (``# (B, T)`` inputs)."""
     logp = forward_tokens(model, input_ids, attention_mask, only=loss_mask).logprobs
     return masked_mean(-logp, loss_mask.to(logp.device))
+
+
+def sft_backward(
+    model: nn.Module, trajectories: Sequence[Trajectory], pad_id: int, every_token: bool = False
+) -> float:
+    """Backpropagate the SFT loss of one batch; returns the loss.
+
+    The loss is the mean negative log-likelihood over every target token of the batch
+    (:func:`sft_loss` on one padded batch), computed over :func:`length_buckets`, so a
+    short episode costs its own length, not the longest one's.
+
+    Args:
+        every_token: language-model step: every real token but the first is a target.
+    """
+    parts = [(b, _targets(b, every_token))
+             for b in (to_batch(part, pad_id) for part in length_buckets(trajectories))]
+    total = max(sum(float(t.sum()) for _, t in parts), 1.0)
+    loss = 0.0
+    for batch, targets in parts:
+        logp = forward_tokens(model, batch.input_ids, batch.attention_mask, only=targets).logprobs
+        part = -(logp * targets.to(logp.device)).sum() / total
+        part.backward()
+        loss += float(part.detach())
+    return loss
 
 
 def train_sft(
@@ -282,20 +330,14 @@ def train_sft(
         if name_classes:
             chosen = [dataclasses.replace(t, tokens=swap_names(t.tokens, name_classes, rng))
                       for t in chosen]
-        batch = to_batch(chosen, pad_id)
-        targets = batch.loss_mask
-        if step < cfg.lm_steps:  # language-model pre-training: every real token but the first
-            targets = batch.attention_mask.to(batch.loss_mask.dtype).clone()
-            targets[:, 0] = 0
-        loss = sft_loss(model, batch.input_ids, batch.attention_mask, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = sft_backward(model, chosen, pad_id, every_token=step < cfg.lm_steps)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         records.append({
             "sft_step": step + 1,
-            "sft_loss": float(loss.detach()),
+            "sft_loss": loss,
             "sft_lr": optimizer.param_groups[0]["lr"],
             "sft_time": time.perf_counter() - start,
         })

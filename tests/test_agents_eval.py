@@ -151,13 +151,16 @@ def test_avg_uses_the_paper_datasets_and_needs_all_of_them(tmp_path, model_dir):
 def test_model_from_a_training_run(tmp_path, tok):
     """A run directory loads its latest checkpoint and brings its own prompt and budgets."""
     from agents.checkpoint import save_checkpoint
-    from agents.common import load_model
+    from agents.common import load_model, make_env
 
     cfg = apply_overrides(tiny_cpu(), {
         "model.hidden_size": 32, "model.intermediate": 64, "model.layers": 1,
         **TINY_WORLD, "out_dir": str(tmp_path / "run"),
+        "rollout.env_kwargs.tokenizer": "world:1024",  # a tokenizer spec, not a path
     })
     run = Path(cfg.out_dir)
+    tok = make_env(cfg.rollout, "test", 1).envs[0].tokenizer
+    assert len(tok) == 1024
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model_for_eval(run)
     save_config(cfg, run / "config.json")  # as the trainer does before its first step

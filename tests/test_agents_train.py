@@ -346,6 +346,34 @@ def test_warm_start_data_mixes_closed_book_answers():
         warm_start_data(env, SFTConfig(closed_book=1.5), tok)
 
 
+@pytest.mark.parametrize("every_token", [False, True])
+def test_sft_backward_over_length_buckets_equals_one_padded_batch(every_token):
+    from agents.config import SFTConfig
+    from agents.sft import length_buckets, sft_backward, sft_loss, warm_start_data
+
+    cfg = apply_overrides(tiny_cpu(), {**TINY_WORLD, "model.hidden_size": 32,
+                                       "model.intermediate": 64, "model.layers": 1})
+    env = make_env(cfg.rollout, "train", 4)
+    tok = env.envs[0].tokenizer
+    data, _ = warm_start_data(env, SFTConfig(questions=6, closed_book=0.5), tok)
+    buckets = length_buckets(data)
+    assert len(buckets) == 2 and sum(map(len, buckets)) == 6  # closed-book ones are short
+    model, _ = load_model(cfg.model, tok)
+    loss = sft_backward(model, data, tok.pad_token_id, every_token=every_token)
+    bucketed = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    batch = to_batch(data, tok.pad_token_id)
+    targets = batch.loss_mask
+    if every_token:
+        targets = batch.attention_mask.float()
+        targets[:, 0] = 0
+    reference = sft_loss(model, batch.input_ids, batch.attention_mask, targets)
+    reference.backward()
+    assert loss == pytest.approx(float(reference.detach()), rel=1e-5)
+    for got, want in zip(bucketed, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_grpo_steps_raise_the_likelihood_of_rewarded_episodes(oracle_batch, tmp_path):
     """The sign is right: positive advantage -> more likely, negative -> less likely."""
     model, batch = oracle_batch

@@ -122,10 +122,11 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
     rollout = cfg.rollout
     tokenizer = None
     if cfg.model.path == "tiny":  # built on the env's own tokenizer, as the trainer did
-        from search_env.registration import DEFAULT_TOKENIZER, load_tokenizer
+        from agents.common import make_env
 
-        default = "synth" if rollout.env_id == "SearchQA-Synth-v0" else DEFAULT_TOKENIZER
-        tokenizer = load_tokenizer(rollout.env_kwargs.get("tokenizer", default))
+        env = make_env(rollout, rollout.eval_split, 1)  # resolves "synth", "world:N", hub ids
+        tokenizer = env.envs[0].tokenizer
+        env.close()
     model_cfg = dataclasses.replace(cfg.model, dtype=dtype, device=str(dev),
                                     gradient_checkpointing=False)
     model, tokenizer = load_model(model_cfg, tokenizer)
