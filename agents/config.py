@@ -354,12 +354,12 @@ def tiny_cpu() -> TrainConfig:
     """
     return TrainConfig(
         algo="grpo",
-        steps=80,
-        eval_every=10,
-        checkpoint_every=40,
+        steps=40,
+        eval_every=5,
+        checkpoint_every=20,
         out_dir="runs/tiny-cpu",
         threads=1,
-        model=ModelConfig(path="tiny", hidden_size=128, layers=2, heads=4, kv_heads=2,
+        model=ModelConfig(path="tiny", hidden_size=128, layers=2, heads=8, kv_heads=4,
                           intermediate=256, max_positions=1024, device="cpu"),
         rollout=RolloutConfig(
             env_kwargs={
@@ -381,7 +381,7 @@ def tiny_cpu() -> TrainConfig:
         ),
         grpo=GRPOConfig(lr=3e-4, kl_coef=0.001, minibatch_size=48, epochs=1),
         ppo=PPOConfig(lr=3e-4, critic_lr=2e-3, minibatch_size=48, epochs=1, vf_coef=0.5),
-        sft=SFTConfig(steps=2000, lm_steps=0, batch_size=16, lr=6e-3, swap_names=True,
+        sft=SFTConfig(steps=2000, lm_steps=0, batch_size=24, lr=6e-3, swap_names=True,
                       quote_evidence=True, closed_book=0.5),
     )
 

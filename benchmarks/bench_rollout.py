@@ -222,7 +222,7 @@ def main() -> None:
     save_results("rollout_backends", {
         "preset": "tiny-cpu (48 episodes a step, groups of 8, 48-token turns, 512 context)",
         "threads": args.threads,
-        "model": "tiny-cpu Qwen2 (0.8M parameters)" + (
+        "model": "tiny-cpu Qwen2" + (
             f" after {args.sft_steps} SFT steps" if sft else f" from {args.model}"),
         "sft": {k: v for k, v in sft.items() if k != "model_dir"},
         "env_fraction_goal": 0.02,
