@@ -1,7 +1,8 @@
 """The ``tiny-cpu`` recipe, end to end: SFT warm start, then GRPO, GRPO without the loss
 mask, and PPO, all from the same warm-started model, measured on held-out test questions.
 
-Run it with ``python -m agents.recipe`` (about 10 minutes per RL run on 2 CPU cores);
+Run it with ``search-env recipe`` or ``python -m agents.recipe`` (on 2 CPU cores: the
+SFT warm start about 7 minutes, each RL run 2-3; ``--runs grpo`` for one RL run);
 ``--quick`` shrinks everything to a smoke test. Results go to ``{out}/recipe.json`` and,
 with ``--results``, to a benchmark JSON (``benchmarks/results/tiny_cpu_recipe.json``).
 """

@@ -103,20 +103,27 @@ def test_index_build_dense(tmp_path, capsys):
     assert retriever.search(["Which city is Norway's capital?"], 1)[0][0].id == "1"
 
 
-def test_train_backend_hands_the_other_options_to_rllib_or_sb3(capsys, monkeypatch):
+def fake_entry_point(monkeypatch, module: str, code: int) -> dict:
+    """Make ``importlib.import_module(module)`` return a stand-in whose ``main(argv)``
+    records ``argv`` and returns ``code``; returns the record."""
     import importlib
 
-    seen = {}
+    seen: dict = {}
 
-    class FakeModule:
+    class Fake:
         @staticmethod
         def main(argv):
             seen["argv"] = argv
-            return 7
+            return code
 
     real_import = importlib.import_module
     monkeypatch.setattr(importlib, "import_module",
-                        lambda name: FakeModule if name == "agents.rllib.train" else real_import(name))
+                        lambda name: Fake if name == module else real_import(name))
+    return seen
+
+
+def test_train_backend_hands_the_other_options_to_rllib_or_sb3(capsys, monkeypatch):
+    seen = fake_entry_point(monkeypatch, "agents.rllib.train", 7)
     assert main(["train", "--preset", "laptop", "--backend", "rllib", "--iterations", "2"]) == 7
     assert seen["argv"] == ["--preset", "laptop", "--iterations", "2"]
     assert main(["-v", "train", "--backend=rllib", "--out", "x"]) == 7
@@ -130,22 +137,7 @@ def test_train_backend_hands_the_other_options_to_rllib_or_sb3(capsys, monkeypat
 def test_recipe_command_runs_agents_recipe(capsys, monkeypatch):
     import importlib
 
-    seen = {}
-
-    class FakeRecipe:
-        @staticmethod
-        def main(argv):
-            seen["argv"] = argv
-            return 0
-
-    real_import = importlib.import_module
-
-    def fake_import(name):
-        if name == "agents.recipe":
-            return FakeRecipe
-        return real_import(name)
-
-    monkeypatch.setattr(importlib, "import_module", fake_import)
+    seen = fake_entry_point(monkeypatch, "agents.recipe", 0)
     assert main(["recipe", "--quick", "--out", "r"]) == 0
     assert seen["argv"] == ["--quick", "--out", "r"]
     assert "recipe" in build_parser().format_help()
