@@ -169,6 +169,10 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
     eval_env = make_env(r, r.eval_split, r.eval_num_envs, env_tokenizer)
     tok = train_env.envs[0].tokenizer
     model, tokenizer = load_model(cfg.model, tok)
+    if r.backend == "vllm":  # before the SFT warm start, not after it
+        from agents.policy.vllm import check_vllm_can_run
+
+        check_vllm_can_run(model.config.to_dict())
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     init_path = run_dir / INIT_WEIGHTS

