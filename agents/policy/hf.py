@@ -16,7 +16,7 @@ import torch
 
 from agents.losses import entropy_from_logits, logprobs_from_logits
 from agents.policy.base import DEFAULT_STOP_STRINGS, FinishReason, Generation
-from agents.policy.stopping import StopChecker
+from agents.policy.stopping import StopCheckers
 
 
 def _forward_kwargs(model: Any) -> tuple[str, str | None]:
@@ -77,20 +77,10 @@ class HFPolicy:
             self.generator.seed()
         else:
             self.generator.manual_seed(seed)
-        self._stop_cache: dict[tuple, StopChecker] = {}
+        self._stops = StopCheckers(self.tokenizer, self.vocab_size)
         self._cache_kwarg, self._keep_kwarg = _forward_kwargs(model)
 
     # -------------------------------------------------------------- sampling
-    def _stop_checker(
-        self, stop_strings: Sequence[str], stop_token_ids: Sequence[int] | None
-    ) -> StopChecker:
-        key = (tuple(stop_strings), None if stop_token_ids is None else tuple(stop_token_ids))
-        if key not in self._stop_cache:
-            self._stop_cache[key] = StopChecker(
-                self.tokenizer, stop_strings, stop_token_ids, self.vocab_size
-            )
-        return self._stop_cache[key]
-
     @torch.inference_mode()
     def generate(
         self,
@@ -119,7 +109,7 @@ class HFPolicy:
         rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
         if any(len(r) == 0 for r in rows):
             raise ValueError("every prompt needs at least one token")
-        checker = self._stop_checker(stop_strings, stop_token_ids)
+        checker = self._stops.get(stop_strings, stop_token_ids)
 
         width = max(len(r) for r in rows)
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)

@@ -63,3 +63,29 @@ class StopChecker:
             if reason is not None:
                 return i, reason
         return None
+
+
+class StopCheckers:
+    """One :class:`StopChecker` per (stop strings, stop ids), built on first use (a policy
+    is asked with the same stops turn after turn).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        vocab_size: the model's vocabulary size (see :class:`StopChecker`).
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self._cache: dict[tuple, StopChecker] = {}
+
+    def get(
+        self, stop_strings: Sequence[str], stop_token_ids: Sequence[int] | None = None
+    ) -> StopChecker:
+        """The checker of these stops."""
+        key = (tuple(stop_strings), None if stop_token_ids is None else tuple(stop_token_ids))
+        if key not in self._cache:
+            self._cache[key] = StopChecker(
+                self.tokenizer, stop_strings, stop_token_ids, self.vocab_size
+            )
+        return self._cache[key]

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from agents.policy.base import DEFAULT_STOP_STRINGS, FinishReason, Generation
-from agents.policy.stopping import StopChecker
+from agents.policy.stopping import StopChecker, StopCheckers
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class VLLMPolicy:
             self.generator.seed()
         else:
             self.generator.manual_seed(seed)
-        self._stop_cache: dict[tuple, StopChecker] = {}
+        self._stops = StopCheckers(self.tokenizer, self.vocab_size)
         self._tmpdir: str | None = None
         self._finalizer: weakref.finalize | None = None
 
@@ -254,16 +254,6 @@ class VLLMPolicy:
         return policy
 
     # -------------------------------------------------------------- sampling
-    def _stop_checker(
-        self, stop_strings: Sequence[str], stop_token_ids: Sequence[int] | None
-    ) -> StopChecker:
-        key = (tuple(stop_strings), None if stop_token_ids is None else tuple(stop_token_ids))
-        if key not in self._stop_cache:
-            self._stop_cache[key] = StopChecker(
-                self.tokenizer, stop_strings, stop_token_ids, self.vocab_size
-            )
-        return self._stop_cache[key]
-
     def generate(
         self,
         prompts: Sequence[np.ndarray],
@@ -310,7 +300,7 @@ class VLLMPolicy:
                 f"a context of {longest} tokens leaves no room in max_model_len="
                 f"{self.max_model_len}"
             )
-        checker = self._stop_checker(stop_strings, stop_token_ids)
+        checker = self._stops.get(stop_strings, stop_token_ids)
         # Greedy draws no seed, so that (as with HFPolicy) it leaves the sampling stream be.
         seeds = [None] * n if greedy else (
             torch.randint(0, 2**62, (n,), generator=self.generator).tolist())
