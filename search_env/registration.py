@@ -10,17 +10,19 @@ dataset (hub or ``dataset=`` local file) and need a retriever (``retriever=`` or
 from __future__ import annotations
 
 import json
-
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import gymnasium as gym
 
 from search_env.env import SearchQAEnv
 from search_env.types import QAExample
 from search_env.vector import SearchQAVectorEnv
+
+if TYPE_CHECKING:
+    from search_env.data.synth import SynthConfig
 
 logger = logging.getLogger(__name__)
 
@@ -164,22 +166,19 @@ def _synth_parts(
     if retriever is None:
         retriever = _cached_bm25(world_dir / "corpus.jsonl", world_dir / "bm25", retriever_backend)
     if isinstance(tokenizer, str) and tokenizer.split(":")[0] == "world":
-        tok = _world_tokenizer(tokenizer, world_dir, size, num_entities, seed)
+        tok = _world_tokenizer(tokenizer, synth_config(size, num_entities, seed), world_dir)
     else:
         tok = load_tokenizer(tokenizer)
     return examples, load_retriever(retriever, backend=retriever_backend), tok
 
 
-def _world_tokenizer(spec: str, world_dir: Path, size: str, num_entities: int | None,
-                     seed: int) -> Any:
+def _world_tokenizer(spec: str, config: SynthConfig, world_dir: Path) -> Any:
     """``tokenizer="world"`` or ``"world:VOCAB"``: a BPE trained on this synthetic world."""
-    from search_env.data.synth import SynthConfig
     from search_env.data.tokenizer import WORLD_VOCAB_SIZE, world_tokenizer
 
     _, _, vocab = spec.partition(":")
     if vocab and not vocab.isdigit():
         raise ValueError(f"tokenizer={spec!r}: expected 'world' or 'world:<vocab size>'")
-    config = SynthConfig(seed=seed, num_entities=num_entities or SYNTH_SIZES[size])
     return world_tokenizer(config, world_dir, int(vocab) if vocab else WORLD_VOCAB_SIZE)
 
 
@@ -216,13 +215,22 @@ def _cached_bm25(corpus: Path, index_dir: Path, backend: str, show_progress: boo
     return BM25Retriever.load(index_dir, expected_corpus=corpus, backend=backend)
 
 
-def synth_world_dir(size: str = "small", num_entities: int | None = None, seed: int = 0) -> Path:
-    """The cached directory of a synthetic world (built on first use)."""
-    from search_env.data.synth import SynthConfig, build_cached
+def synth_config(
+    size: str = "small", num_entities: int | None = None, seed: int = 0
+) -> SynthConfig:
+    """The world config of ``size`` (or of ``num_entities``, when given)."""
+    from search_env.data.synth import SynthConfig
 
     if size not in SYNTH_SIZES:
         raise ValueError(f"size must be one of {sorted(SYNTH_SIZES)}, got {size!r}")
-    config = SynthConfig(seed=seed, num_entities=num_entities or SYNTH_SIZES[size])
+    return SynthConfig(seed=seed, num_entities=num_entities or SYNTH_SIZES[size])
+
+
+def synth_world_dir(size: str = "small", num_entities: int | None = None, seed: int = 0) -> Path:
+    """The cached directory of a synthetic world (built on first use)."""
+    from search_env.data.synth import build_cached
+
+    config = synth_config(size, num_entities, seed)
     return build_cached(config, cache_dir() / "synth")
 
 

@@ -171,8 +171,6 @@ def world_tokenizer(
     """
     from search_env.data.synth import generate_world
 
-    if vocab_size < 258:
-        raise ValueError(f"vocab_size must be >= 258, got {vocab_size}")
     target = Path(world_dir) / f"tokenizer-{vocab_size}"
     if not (target / "tokenizer.json").is_file():
         tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=world_dir))
