@@ -273,9 +273,9 @@ def sft_backward(
              for b in (to_batch(part, pad_id) for part in length_buckets(trajectories))]
     total = max(sum(float(t.sum()) for _, t in parts), 1.0)
     loss = 0.0
-    for batch, targets in parts:
-        logp = forward_tokens(model, batch.input_ids, batch.attention_mask, only=targets).logprobs
-        part = -(logp * targets.to(logp.device)).sum() / total
+    for batch, targets in parts:  # each bucket's mean, weighted by its share of the tokens
+        part = sft_loss(model, batch.input_ids, batch.attention_mask, targets)
+        part = part * (float(targets.sum()) / total)
         part.backward()
         loss += float(part.detach())
     return loss
