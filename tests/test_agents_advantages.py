@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 from agents.advantages import (
     gae,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 from search_env.cli import main
 from search_env.protocol import clean_question, format_documents

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 from agents.losses import (
     aggregate,

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 import search_env  # noqa: F401  (registers the env ids)
 from search_env.protocol import clean_question

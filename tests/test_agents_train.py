@@ -7,7 +7,7 @@ import importlib.util
 import json
 
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 import search_env  # noqa: F401  (registers the env ids)
 

@@ -12,7 +12,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 import search_env  # noqa: F401  (registers the env ids)
 from agents.policy import HFPolicy, StopChecker, VLLMPolicy
