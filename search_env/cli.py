@@ -262,6 +262,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    # Checked here, before a build that may take hours, and worded for the command line
+    # (the library's own check says overwrite=True, and BM25's runs only once it has built).
+    if Path(args.out).exists() and not args.overwrite:
+        print(f"error: {args.out} already exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     if args.kind == "bm25":
         from search_env.retrievers.bm25 import BM25Retriever

