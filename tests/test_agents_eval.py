@@ -211,12 +211,35 @@ def test_run_with_a_relative_model_path_loads_from_any_directory(tmp_path, model
     for where in (run, run / "checkpoints" / "step_00000003"):
         loaded = load_model_for_eval(where, device="cpu")
         assert loaded.name == "grpo@step3"
-        # env paths too; the tokenizer spec "synth" is no path and stays
+        # env paths too; the env gets the model's own tokenizer, as in training
         assert loaded.env_kwargs["corpus"] == str(tmp_path / "work" / "models" / "sft" / "config.json")
-        assert loaded.env_kwargs["tokenizer"] == "synth"
+        assert "tokenizer" not in loaded.env_kwargs
     # also through a relative --model path
     monkeypatch.chdir(tmp_path)
     assert load_model_for_eval(Path("work/runs/grpo"), device="cpu").name == "grpo@step3"
+
+
+def test_tiny_run_with_a_relative_tokenizer_path_loads_from_any_directory(tmp_path, tok, monkeypatch):
+    """A tiny model is rebuilt on the run's env tokenizer: its relative path resolves too."""
+    from agents.checkpoint import save_checkpoint
+    from agents.common import load_model
+
+    work = tmp_path / "work"
+    tok.save_pretrained(work / "tok")
+    cfg = apply_overrides(tiny_cpu(), {
+        "model.hidden_size": 32, "model.intermediate": 64, "model.layers": 1, **TINY_WORLD,
+        "rollout.env_kwargs.tokenizer": "tok", "out_dir": "runs/tiny"})
+    model, _ = load_model(cfg.model, tok)
+    save_config(cfg, work / "runs" / "tiny" / "config.json")
+    save_checkpoint(work / "runs" / "tiny", 2, cfg, {"model": model})
+    monkeypatch.chdir(tmp_path)
+    loaded = load_model_for_eval(work / "runs" / "tiny", device="cpu")
+    assert loaded.env_kwargs["tokenizer"] == str(work / "tok") and len(loaded.tokenizer) == len(tok)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value)
+    (work / "tok" / "tokenizer.json").unlink()  # gone: one EvalSetupError, not a traceback
+    with pytest.raises(EvalSetupError, match="could not make the env of run .*tokenizer"):
+        load_model_for_eval(work / "runs" / "tiny", device="cpu")
 
 
 @pytest.mark.parametrize("path, why", [("models/gone/final", "nor a hub id"),

@@ -185,32 +185,49 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
     step = checkpoint.name.rpartition("_")[2]
     name = f"{run_name}@step{int(step)}" if step.isdigit() else f"{run_name}@{checkpoint.name}"
     cfg = from_dict(data)
-    rollout = cfg.rollout
+    run_dir = checkpoint.parent.parent
+    env_kwargs = _resolve_env_paths(cfg.rollout.env_kwargs, _training_dir(run_dir, cfg.out_dir))
+    rollout = dataclasses.replace(cfg.rollout, env_kwargs=env_kwargs)
     tokenizer = None
     if cfg.model.path == "tiny":  # built on the env's own tokenizer, as the trainer did
         from agents.common import make_env
 
-        env = make_env(rollout, rollout.eval_split, 1)  # resolves "synth", "world:N", hub ids
+        try:
+            env = make_env(rollout, rollout.eval_split, 1)  # resolves "synth", "world:N", hub ids
+        except Exception as exc:  # offline tokenizer, a dataset that is gone
+            raise EvalSetupError(f"could not make the env of run {run_dir} (for its tokenizer): "
+                                 f"{type(exc).__name__}: {exc}") from exc
         tokenizer = env.envs[0].tokenizer
         env.close()
+    else:  # the trainer gave the env the model's own tokenizer, whatever env_kwargs said
+        env_kwargs.pop("tokenizer", None)
     model_cfg = dataclasses.replace(cfg.model, dtype=dtype, device=str(dev),
                                     gradient_checkpointing=False)
-    model, tokenizer = _load_run_model(model_cfg, tokenizer, config, checkpoint.parent.parent,
-                                       cfg.out_dir)
+    model, tokenizer = _load_run_model(model_cfg, tokenizer, config, run_dir, cfg.out_dir)
     # Our own run's file; it also holds the optimizer and RNG states (not tensors only).
     state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
     if "model" not in state:
         raise EvalSetupError(f"{checkpoint / 'state.pt'} holds no model state")
     model.load_state_dict(state["model"])
-    env_kwargs = dict(rollout.env_kwargs)
-    trained_in = _training_dir(checkpoint.parent.parent, cfg.out_dir)
-    for key in _PATH_KEYS & set(env_kwargs):  # relative to where training ran, like model.path
-        value = env_kwargs[key]
-        if (trained_in is not None and isinstance(value, str) and "://" not in value
-                and not Path(value).is_absolute() and (trained_in / value).exists()):
-            env_kwargs[key] = str(trained_in / value)
     return LoadedModel(model.eval(), tokenizer, name, env_id=rollout.env_id,
                        env_kwargs=env_kwargs, max_new_tokens=rollout.max_new_tokens)
+
+
+def _resolve_env_paths(env_kwargs: Mapping[str, Any], trained_in: Path | None) -> dict[str, Any]:
+    """A run's env kwargs with relative local paths made absolute where training ran.
+
+    Only values that exist there change: ``"synth"``, ``"world:1024"``, hub ids and URLs
+    are specs, not paths.
+    """
+    out = dict(env_kwargs)
+    if trained_in is None:
+        return out
+    for key in _PATH_KEYS & set(out):
+        value = out[key]
+        if (isinstance(value, str) and "://" not in value and not Path(value).is_absolute()
+                and (trained_in / value).exists()):
+            out[key] = str(trained_in / value)
+    return out
 
 
 def evaluate_model(
