@@ -185,7 +185,7 @@ def test_model_from_a_training_run(tmp_path, tok):
     assert all(e.response_length <= 48 * e.turns for e in report.results[0].episodes)
 
 
-def _relative_run(work: Path, model_dir: Path, model_path: str) -> Path:
+def _relative_run(work: Path, model_dir: Path, model_path: str, **env_kwargs: str) -> Path:
     """A run saved as ``search-env train`` run from ``work``: ``out_dir`` and ``model.path``
     relative to it, a checkpoint of the model in ``model_dir`` (copied to ``work/models/sft``)."""
     import shutil
@@ -195,7 +195,7 @@ def _relative_run(work: Path, model_dir: Path, model_path: str) -> Path:
 
     shutil.copytree(model_dir, work / "models" / "sft")
     cfg = apply_overrides(tiny_cpu(), {**TINY_WORLD, "model.path": model_path, "out_dir": "runs/grpo",
-                                       "rollout.env_kwargs.corpus": "models/sft/config.json"})
+                                       **{f"rollout.env_kwargs.{k}": v for k, v in env_kwargs.items()}})
     save_config(cfg, work / "runs" / "grpo" / "config.json")
     model, _ = load_model(dataclasses.replace(cfg.model, path=str(work / "models" / "sft")), None)
     save_checkpoint(work / "runs" / "grpo", 3, cfg, {"model": model})
@@ -204,7 +204,7 @@ def _relative_run(work: Path, model_dir: Path, model_path: str) -> Path:
 
 def test_run_with_a_relative_model_path_loads_from_any_directory(tmp_path, model_dir, monkeypatch):
     """The run config keeps ``model.path`` as typed (relative to where training ran)."""
-    run = _relative_run(tmp_path / "work", model_dir, "models/sft")
+    run = _relative_run(tmp_path / "work", model_dir, "models/sft", corpus="models/sft/config.json")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -217,6 +217,16 @@ def test_run_with_a_relative_model_path_loads_from_any_directory(tmp_path, model
     # also through a relative --model path
     monkeypatch.chdir(tmp_path)
     assert load_model_for_eval(Path("work/runs/grpo"), device="cpu").name == "grpo@step3"
+
+
+def test_cli_eval_of_a_relative_run_from_another_directory(tmp_path, model_dir, monkeypatch, capsys):
+    run = _relative_run(tmp_path / "work", model_dir, "models/sft")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(run), "--limit", "2", "--num-envs", "2", "--max-new-tokens", "4",
+                 "--device", "cpu", "--quiet", "--out", str(out), "--markdown", ""]) == 0
+    data = json.loads(out.read_text())
+    assert data["model"] == "grpo@step3" and data["results"][0]["metrics"]["episodes"] == 2
 
 
 def test_tiny_run_with_a_relative_tokenizer_path_loads_from_any_directory(tmp_path, tok, monkeypatch):
