@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 SCRIPTED_AGENTS = ("oracle", "no-search", "random")
+SYNTH_ID = "SearchQA-Synth-v0"
 DEFAULT_AGENTS = ",".join(SCRIPTED_AGENTS)
 
 
@@ -52,37 +53,6 @@ def _parse_env_args(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-SYNTH_ID = "SearchQA-Synth-v0"
-
-
-def _scripted_env_kwargs(args: argparse.Namespace, env_id: str, env_args: dict[str, Any],
-                         retriever: Any) -> dict[str, Any]:
-    """``gym.make_vec`` kwargs of one env: split, Synth size, ``--qa-dir``, ``--retriever``,
-    then the ``--env-arg`` ones (``ENV_ID:key`` applies to that env only)."""
-    from search_env.data.qa import get_dataset_info
-    from search_env.registration import DATASET_NAMES
-
-    kwargs: dict[str, Any] = {"action_mode": "chunk"}
-    if env_id == SYNTH_ID:
-        kwargs["split"] = args.split or "test"
-        kwargs["size"] = args.size or "small"
-    else:
-        name = env_id.removeprefix("SearchQA-").removesuffix("-v0")
-        info = get_dataset_info(name) if name in DATASET_NAMES else None
-        if args.split:
-            kwargs["split"] = args.split
-        if info is not None and args.qa_dir is not None:  # FlashRAG layout: {dir}/{config}/{split}.jsonl
-            kwargs["dataset"] = str(Path(args.qa_dir) / info.config)
-            kwargs["split"] = args.split or info.eval_split
-        if retriever is not None:
-            kwargs["retriever"] = retriever
-    for key, value in env_args.items():
-        target, scoped, name = key.rpartition(":")
-        if not scoped or target == env_id:
-            kwargs[name] = value
-    return kwargs
-
-
 def _load_shared_retriever(spec: str | None) -> Any:
     """``--retriever`` loaded once for every env but Synth (a ``.jsonl`` corpus is indexed)."""
     if spec is None:
@@ -101,9 +71,11 @@ def _eval_scripted(args: argparse.Namespace, env_id: str, agents: Sequence[str],
     from tqdm import tqdm
 
     import search_env  # noqa: F401  (registers the ids)
-    from search_env.evaluate import evaluate
+    from search_env.evaluate import eval_env_kwargs, evaluate
 
-    kwargs = _scripted_env_kwargs(args, env_id, env_args, retriever)
+    kwargs = eval_env_kwargs(env_id, split=args.split, size=args.size, qa_dir=args.qa_dir,
+                             retriever=retriever, extra=env_args)
+    kwargs["action_mode"] = "chunk"
     split = kwargs.get("split")
     t0 = time.perf_counter()
     try:
