@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 SCRIPTED_AGENTS = ("oracle", "no-search", "random")
+SYNTH_ID = "SearchQA-Synth-v0"
+DEFAULT_AGENTS = ",".join(SCRIPTED_AGENTS)
 
 
 def _agent_factory(name: str, vocab_size: int, seed: int) -> Callable[[], Any]:
@@ -51,32 +53,40 @@ def _parse_env_args(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _load_shared_retriever(spec: str | None) -> Any:
+    """``--retriever`` loaded once for every env but Synth (a ``.jsonl`` corpus is indexed)."""
+    if spec is None:
+        return None
+    from search_env.registration import load_retriever
+
+    if spec.endswith((".jsonl", ".jsonl.gz")):
+        return load_retriever(corpus=spec)
+    return load_retriever(spec)
+
+
 def _eval_scripted(args: argparse.Namespace, env_id: str, agents: Sequence[str],
-                   env_args: dict[str, Any]) -> dict[str, Any] | None:
+                   env_args: dict[str, Any], retriever: Any) -> dict[str, Any] | None:
     """Scripted agents on one env: prints the table; returns the JSON payload (None: error)."""
     import gymnasium as gym
     from tqdm import tqdm
 
     import search_env  # noqa: F401  (registers the ids)
-    from search_env.evaluate import evaluate
+    from search_env.evaluate import eval_env_kwargs, evaluate
 
-    split = args.split or "test"
-    kwargs: dict[str, Any] = {"split": split, "action_mode": "chunk"}
-    if env_id == "SearchQA-Synth-v0":
-        kwargs["size"] = args.size or "small"
-    elif "oracle" in agents:
-        print("error: the oracle agent needs the synthetic world's reasoning paths", file=sys.stderr)
-        return None
-    for key, value in env_args.items():  # "ENV_ID:key" applies to that env only
-        target, scoped, name = key.rpartition(":")
-        if not scoped or target == env_id:
-            kwargs[name] = value
+    kwargs = eval_env_kwargs(env_id, split=args.split, size=args.size, qa_dir=args.qa_dir,
+                             retriever=retriever, extra=env_args)
+    kwargs["action_mode"] = "chunk"
+    split = kwargs.get("split")
     t0 = time.perf_counter()
-    vec = gym.make_vec(env_id, num_envs=args.num_envs, autoreset_mode="disabled", **kwargs)
+    try:
+        vec = gym.make_vec(env_id, num_envs=args.num_envs, autoreset_mode="disabled", **kwargs)
+    except Exception as exc:  # unknown id, offline dataset, missing retriever, bad kwargs
+        print(f"error: could not make {env_id}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
     setup = time.perf_counter() - t0
     n = len(vec.dataset) if args.limit is None else min(args.limit, len(vec.dataset))
     indices = list(range(n))
-    print(f"{env_id} [{split}]: {n} questions, {args.num_envs} envs, set up in {setup:.1f}s")
+    print(f"{env_id} [{split or 'default split'}]: {n} questions, {args.num_envs} envs, set up in {setup:.1f}s")
     results = []
     for name in agents:
         make = _agent_factory(name, vec.envs[0].codec.vocab_size, args.seed)
@@ -105,6 +115,8 @@ def _eval_scripted(args: argparse.Namespace, env_id: str, agents: Sequence[str],
     return {
         "env": env_id,
         "split": split,
+        "dataset": kwargs["dataset"] if isinstance(kwargs.get("dataset"), str) else None,
+        "retriever": args.retriever if env_id != SYNTH_ID else None,
         "num_envs": args.num_envs,
         "setup_seconds": setup,
         "python": platform.python_version(),
@@ -172,14 +184,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("error: --baselines needs --model (scripted agents: --agents)", file=sys.stderr)
         return 2
 
-    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    agents = [a.strip() for a in (args.agents or DEFAULT_AGENTS).split(",") if a.strip()]
     for a in agents:
         if a not in SCRIPTED_AGENTS:
             print(f"error: unknown agent {a!r}; choose from {', '.join(SCRIPTED_AGENTS)}", file=sys.stderr)
             return 2
+    others = [e for e in env_ids if e != SYNTH_ID]
+    if "oracle" in agents and others:  # checked before any env runs
+        rest = ",".join(a for a in agents if a != "oracle")
+        how = (f"run --agents {rest}" if rest else "leave out --agents oracle") + f" on {', '.join(others)}"
+        default = " (it is one of the default agents)" if args.agents is None else ""
+        print(f"error: the oracle agent needs the synthetic world's reasoning paths{default}: {how}",
+              file=sys.stderr)
+        return 2
+    try:
+        retriever = _load_shared_retriever(args.retriever) if others else None
+    except Exception as exc:  # missing directory, unreadable index, bad corpus
+        print(f"error: could not load --retriever {args.retriever!r}: {exc}", file=sys.stderr)
+        return 2
     payloads = []
     for env_id in env_ids:
-        payload = _eval_scripted(args, env_id, agents, env_args)
+        payload = _eval_scripted(args, env_id, agents, env_args, retriever)
         if payload is None:
             return 2
         payloads.append(payload)
@@ -209,6 +234,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    # Checked here, before a build that may take hours, and worded for the command line
+    # (the library's own check says overwrite=True, and BM25's runs only once it has built).
+    if Path(args.out).exists() and not args.overwrite:
+        print(f"error: {args.out} already exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     if args.kind == "bm25":
         from search_env.retrievers.bm25 import BM25Retriever
@@ -254,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     arg = ev.add_argument
     arg("--env", default="SearchQA-Synth-v0", help="registered SearchQA ids, comma-separated")
-    arg("--agents", default="oracle,no-search,random",
-        help="scripted agents (without --model), comma-separated: oracle, no-search, random")
+    arg("--agents", default=None,
+        help=f"scripted agents (without --model), comma-separated: oracle (Synth only), "
+             f"no-search, random (default: {DEFAULT_AGENTS})")
     arg("--model", default=None,
         help="a Hugging Face model directory, a `search-env train` run directory or one of its "
              "checkpoints: greedy evaluation on the search protocol (needs torch)")
@@ -266,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset split (default: test for Synth, the Search-R1 eval split otherwise)")
     arg("--size", default=None, help="synthetic world size: tiny, small (default), medium, large")
     arg("--qa-dir", default=None,
-        help="FlashRAG directory of the seven datasets ({dir}/{config}/{split}.jsonl)")
+        help="FlashRAG directory of the seven datasets ({dir}/{config}/{split}.jsonl), "
+             "as `search-env download qa` writes it")
     arg("--retriever", default=None,
         help="for every env but Synth: index directory, server URL or .jsonl corpus")
     arg("--env-arg", action="append", default=[], metavar="[ENV_ID:]KEY=VALUE",

@@ -98,7 +98,12 @@ class TagScanner:
         # States are the distinct prefixes of the patterns (Aho-Corasick goto + fail, as a DFA).
         prefixes = sorted({p[:i] for p in patterns for i in range(len(p) + 1)}, key=len)
         self._index = {pre: i for i, pre in enumerate(prefixes)}
-        self.accepting = frozenset(self._index[p] for p in patterns)
+        # A state accepts when any pattern is a suffix of its prefix, not only when it is
+        # a whole pattern: with ("ab", "xaby"), reading "xab" sits in state "xab", and
+        # "ab" has ended there (Aho-Corasick's output links, folded into the DFA).
+        self.accepting = frozenset(
+            i for pre, i in self._index.items() if any(pre.endswith(p) for p in self.patterns)
+        )
         self._delta: list[list[int]] = []
         for pre in prefixes:
             row = []

@@ -4,12 +4,69 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from search_env.types import QAExample
 from search_env.vector import SearchQAVectorEnv
+
+
+SYNTH_ID = "SearchQA-Synth-v0"
+SYNTH_ONLY_KEYS = frozenset({"size", "num_entities", "seed"})
+"""Env kwargs only the synthetic world takes; unscoped, they go to Synth alone."""
+
+
+def eval_env_kwargs(
+    env_id: str,
+    *,
+    split: str | None = None,
+    size: str | None = None,
+    qa_dir: str | Path | None = None,
+    retriever: Any = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``gym.make_vec`` kwargs of one env id in an evaluation (scripted or a model's).
+
+    Args:
+        env_id: a registered id.
+        split: dataset split; Synth defaults to ``test``, the hub datasets to their
+            Search-R1 evaluation split.
+        size: Synth world size (default ``small``); ignored elsewhere.
+        qa_dir: a FlashRAG directory (``{qa_dir}/{config}/{split}.jsonl``, as written by
+            ``search-env download qa``) for the seven datasets.
+        retriever: passed to every env but Synth (which has its own index).
+        extra: more kwargs; ``"{env_id}:{key}"`` keys apply to that env only, Synth-only
+            keys (``size``, ``num_entities``, ``seed``) only to Synth, everything else to
+            every env.
+    """
+    from search_env.data.qa import get_dataset_info
+    from search_env.registration import DATASET_NAMES
+
+    synth = env_id == SYNTH_ID
+    kwargs: dict[str, Any] = {}
+    if synth:
+        kwargs["split"] = split or "test"
+        kwargs["size"] = size or "small"
+    else:
+        if split:
+            kwargs["split"] = split
+        name = env_id.removeprefix("SearchQA-").removesuffix("-v0")
+        if qa_dir is not None and name in DATASET_NAMES:
+            info = get_dataset_info(name)
+            kwargs["dataset"] = str(Path(qa_dir) / info.config)
+            kwargs["split"] = split or info.eval_split
+        if retriever is not None:
+            kwargs["retriever"] = retriever
+    for key, value in (extra or {}).items():
+        target, sep, name = key.rpartition(":")
+        if sep:
+            if target == env_id:
+                kwargs[name] = value
+        elif synth or key not in SYNTH_ONLY_KEYS:
+            kwargs[key] = value
+    return kwargs
 
 
 @runtime_checkable

@@ -79,8 +79,11 @@ def make_reward(metric: str = "em", format_score: float = 0.0) -> RewardFn:
 
     Args:
         metric: one of ``em`` (default, as in Search-R1), ``f1``, ``cover_em``.
-        format_score: reward given when the agent answered but the answer scores 0
-            (Search-R1's ``format_score``; 0 disables it).
+        format_score: the least reward for an answer the agent gave (Search-R1's
+            ``format_score``; 0 disables it). A given answer earns
+            ``max(metric, format_score)``: with ``em`` and ``cover_em`` (0 or 1) that is
+            Search-R1's rule, and with ``f1`` a partly right answer never earns less than
+            a wrong one.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown reward metric {metric!r}; choose one of {sorted(METRICS)}")
@@ -91,7 +94,8 @@ def make_reward(metric: str = "em", format_score: float = 0.0) -> RewardFn:
     def reward(answer: str | None, golds: Sequence[str]) -> float:
         if answer is None:
             return 0.0
-        value = fn(answer, golds)
-        return value if value > 0 else format_score
+        # max, not "value or format_score": an f1 of 0.2 must not fall below a wrong
+        # answer's format_score of 0.5.
+        return max(fn(answer, golds), format_score)
 
     return reward

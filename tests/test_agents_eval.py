@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -182,6 +183,89 @@ def test_model_from_a_training_run(tmp_path, tok):
     assert report.settings["limit"] == 2 and report.results[0].metrics()["episodes"] == 2
     # the run's turn budget (48 tokens) holds
     assert all(e.response_length <= 48 * e.turns for e in report.results[0].episodes)
+
+
+def _relative_run(work: Path, model_dir: Path, model_path: str, **env_kwargs: str) -> Path:
+    """A run saved as ``search-env train`` run from ``work``: ``out_dir`` and ``model.path``
+    relative to it, a checkpoint of the model in ``model_dir`` (copied to ``work/models/sft``)."""
+    import shutil
+
+    from agents.checkpoint import save_checkpoint
+    from agents.common import load_model
+
+    shutil.copytree(model_dir, work / "models" / "sft")
+    cfg = apply_overrides(tiny_cpu(), {**TINY_WORLD, "model.path": model_path, "out_dir": "runs/grpo",
+                                       **{f"rollout.env_kwargs.{k}": v for k, v in env_kwargs.items()}})
+    save_config(cfg, work / "runs" / "grpo" / "config.json")
+    model, _ = load_model(dataclasses.replace(cfg.model, path=str(work / "models" / "sft")), None)
+    save_checkpoint(work / "runs" / "grpo", 3, cfg, {"model": model})
+    return work / "runs" / "grpo"
+
+
+def test_run_with_a_relative_model_path_loads_from_any_directory(tmp_path, model_dir, monkeypatch):
+    """The run config keeps ``model.path`` as typed (relative to where training ran)."""
+    run = _relative_run(tmp_path / "work", model_dir, "models/sft", corpus="models/sft/config.json")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for where in (run, run / "checkpoints" / "step_00000003"):
+        loaded = load_model_for_eval(where, device="cpu")
+        assert loaded.name == "grpo@step3"
+        # env paths too; the env gets the model's own tokenizer, as in training
+        assert loaded.env_kwargs["corpus"] == str(tmp_path / "work" / "models" / "sft" / "config.json")
+        assert "tokenizer" not in loaded.env_kwargs
+    # also through a relative --model path
+    monkeypatch.chdir(tmp_path)
+    assert load_model_for_eval(Path("work/runs/grpo"), device="cpu").name == "grpo@step3"
+
+
+def test_cli_eval_of_a_relative_run_from_another_directory(tmp_path, model_dir, monkeypatch, capsys):
+    run = _relative_run(tmp_path / "work", model_dir, "models/sft")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(run), "--limit", "2", "--num-envs", "2", "--max-new-tokens", "4",
+                 "--device", "cpu", "--quiet", "--out", str(out), "--markdown", ""]) == 0
+    data = json.loads(out.read_text())
+    assert data["model"] == "grpo@step3" and data["results"][0]["metrics"]["episodes"] == 2
+
+
+def test_tiny_run_with_a_relative_tokenizer_path_loads_from_any_directory(tmp_path, tok, monkeypatch):
+    """A tiny model is rebuilt on the run's env tokenizer: its relative path resolves too."""
+    from agents.checkpoint import save_checkpoint
+    from agents.common import load_model
+
+    work = tmp_path / "work"
+    tok.save_pretrained(work / "tok")
+    cfg = apply_overrides(tiny_cpu(), {
+        "model.hidden_size": 32, "model.intermediate": 64, "model.layers": 1, **TINY_WORLD,
+        "rollout.env_kwargs.tokenizer": "tok", "out_dir": "runs/tiny"})
+    model, _ = load_model(cfg.model, tok)
+    save_config(cfg, work / "runs" / "tiny" / "config.json")
+    save_checkpoint(work / "runs" / "tiny", 2, cfg, {"model": model})
+    monkeypatch.chdir(tmp_path)
+    loaded = load_model_for_eval(work / "runs" / "tiny", device="cpu")
+    assert loaded.env_kwargs["tokenizer"] == str(work / "tok") and len(loaded.tokenizer) == len(tok)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value)
+    (work / "tok" / "tokenizer.json").unlink()  # gone: one EvalSetupError, not a traceback
+    with pytest.raises(EvalSetupError, match="could not make the env of run .*tokenizer"):
+        load_model_for_eval(work / "runs" / "tiny", device="cpu")
+
+
+@pytest.mark.parametrize("path, why", [("models/gone/final", "nor a hub id"),
+                                       ("no-such-model", "loading it as a hub id failed")])
+def test_run_with_a_missing_model_path_is_one_clear_line(tmp_path, model_dir, monkeypatch, capsys,
+                                                         path, why):
+    run = _relative_run(tmp_path / "work", model_dir, path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EvalSetupError, match=f"model.path '{path}' of .* is not a directory .*{why}"):
+        load_model_for_eval(run, device="cpu")
+    capsys.readouterr()  # the fixture's weight-loading bar
+    assert main(["eval", "--model", str(run), "--size", "tiny", "--quiet", "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"model.path '{path}'" in err and "Traceback" not in err
+    assert "HFValidationError" not in err
 
 
 def test_env_kwargs_routing_and_method_names():

@@ -32,6 +32,67 @@ def test_eval_command_rejects_unknown_agent(capsys):
     assert "unknown agent" in capsys.readouterr().err
 
 
+def _flashrag_nq(tmp_path):
+    """A FlashRAG-layout directory holding NQ's test split: three questions."""
+    from tests.conftest import QUESTIONS
+
+    nq = tmp_path / "flashrag" / "nq"
+    nq.mkdir(parents=True)
+    rows = [{"id": f"q{i}", "question": q.question, "golden_answers": list(q.golden_answers)}
+            for i, q in enumerate(QUESTIONS[:3])]
+    (nq / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "flashrag"
+
+
+def test_scripted_eval_uses_qa_dir_and_retriever(tmp_path, capsys):
+    """Offline, NQ comes only from --qa-dir and its index only from --retriever."""
+    qa_dir = _flashrag_nq(tmp_path)
+    corpus = _write_corpus(tmp_path / "corpus.jsonl")
+    index = tmp_path / "idx"
+    assert main(["index", "build", "--corpus", str(corpus), "--out", str(index), "--backend", "numpy"]) == 0
+    capsys.readouterr()
+    base = ["eval", "--env", "SearchQA-NQ-v0", "--agents", "no-search,random", "--num-envs", "2",
+            "--env-arg", "tokenizer=synth", "--quiet"]  # offline: no hub tokenizer
+    out = tmp_path / "nq.json"
+    assert main(base + ["--qa-dir", str(qa_dir), "--retriever", str(index), "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["split"] == "test" and data["dataset"] == str(qa_dir / "nq")
+    assert data["retriever"] == str(index)
+    assert [r["episodes"] for r in data["results"]] == [3, 3]
+    assert "SearchQA-NQ-v0 [test]: 3 questions" in capsys.readouterr().out
+    # A .jsonl corpus is indexed on the fly.
+    assert main(base + ["--qa-dir", str(qa_dir), "--retriever", str(corpus), "--out", ""]) == 0
+    # Without --retriever the env has none; a bad one is named, in one line.
+    assert main(base + ["--qa-dir", str(qa_dir), "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert "could not make SearchQA-NQ-v0" in err and "needs a retriever" in err
+    assert main(base + ["--qa-dir", str(qa_dir), "--retriever", str(tmp_path / "nope"), "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: could not load --retriever {str(tmp_path / 'nope')!r}")
+    assert err.count("\n") == 1
+
+
+def test_scripted_eval_on_a_user_dataset_suggests_agents_without_the_oracle(tmp_path, capsys):
+    qa_dir = _flashrag_nq(tmp_path)
+    corpus = _write_corpus(tmp_path / "corpus.jsonl")
+    user = ["--env-arg", f"dataset={json.dumps(str(qa_dir / 'nq'))}", "--retriever", str(corpus),
+            "--env-arg", "SearchQA-v0:tokenizer=synth"]
+    out = tmp_path / "never.json"
+    assert main(["eval", "--env", "SearchQA-v0", *user, "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "oracle agent needs the synthetic world" in err and "default agents" in err
+    assert "--agents no-search,random on SearchQA-v0" in err
+    # Checked before anything runs, even with Synth first.
+    assert main(["eval", "--env", "SearchQA-Synth-v0,SearchQA-v0", "--agents", "oracle,random", "--size",
+                 "tiny", *user, "--quiet", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "--agents random on SearchQA-v0" in captured.err and "default" not in captured.err
+    assert "questions" not in captured.out and not out.exists()
+    assert main(["eval", "--env", "SearchQA-v0", "--agents", "no-search,random", *user, "--quiet",
+                 "--out", str(out)]) == 0
+    assert [r["episodes"] for r in json.loads(out.read_text())["results"]] == [3, 3]
+
+
 def test_envs_command(capsys):
     assert main(["envs"]) == 0
     assert "SearchQA-NQ-v0" in capsys.readouterr().out
@@ -88,6 +149,32 @@ def test_index_build_bm25_then_env_uses_the_directory(tmp_path, capsys, tokenize
     *_, info = env.step(tokenizer.encode("<search> capital of Norway </search>"))
     assert info["action"] == "search"
     assert env.unwrapped.retriever.search(["capital of Norway"], 1)[0][0].id == "1"
+
+
+@pytest.mark.parametrize("kind", ["bm25", "dense"])
+def test_index_build_into_an_existing_directory_stops_before_building(tmp_path, capsys, monkeypatch, kind):
+    from search_env.retrievers.bm25 import BM25Retriever
+
+    corpus = _write_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "idx"
+    args = ["index", "build", "--kind", kind, "--corpus", str(corpus), "--out", str(out), "--backend", "numpy"]
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    built = []
+    if kind == "bm25":
+        real = BM25Retriever.build.__func__
+        monkeypatch.setattr(BM25Retriever, "build",
+                            classmethod(lambda cls, *a, **k: built.append(1) or real(cls, *a, **k)))
+    else:
+        dense = pytest.importorskip("search_env.retrievers.dense")
+        monkeypatch.setattr(dense.DenseRetriever, "build", classmethod(lambda cls, *a, **k: built.append(1)))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out} already exists; pass --overwrite to replace it\n"
+    assert built == [] and (out / "keep.txt").read_text() == "mine"
+    if kind == "bm25":
+        assert main(args + ["--overwrite"]) == 0 and built == [1]
+        assert not (out / "keep.txt").exists() and "indexed 4 passages" in capsys.readouterr().out
 
 
 def test_index_build_dense(tmp_path, capsys):

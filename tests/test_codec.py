@@ -2,7 +2,7 @@
 
 import random
 
-from search_env.codec import TagScanner, get_codec, token_bytes_table
+from search_env.codec import TagScanner, TokenCodec, get_codec, token_bytes_table
 
 
 def test_byte_table_matches_decode(tokenizer):
@@ -51,6 +51,71 @@ def test_scanner_agrees_with_find_on_random_chunks():
                 break
             seen += len(chunk)
         assert found == _first_end(patterns, data), data
+
+
+def test_scanner_finds_a_pattern_inside_another_patterns_prefix():
+    """``ab`` ends inside the prefix ``xab`` of ``xaby``: the scanner must still report it."""
+    scanner = TagScanner((b"ab", b"xaby"))
+    assert scanner.feed(0, b"xab")[1] == 3
+    assert scanner.feed(0, b"zxabyab")[1] == 4
+    state, end = scanner.feed(0, b"x")
+    assert end == -1 and scanner.feed(state, b"ab")[1] == 2
+
+
+def _feed_chunks(scanner, data, cuts):
+    """Feed ``data`` cut at ``cuts``; the absolute end of the first match, or None."""
+    state, seen, prev = 0, 0, 0
+    for cut in [*cuts, len(data)]:
+        chunk = data[prev:cut]
+        prev = cut
+        state, end = scanner.feed(state, chunk)
+        if end >= 0:
+            return seen + end
+        seen += len(chunk)
+    return None
+
+
+def test_scanner_agrees_with_find_on_random_pattern_sets():
+    """User stop strings go through the scanner: random pattern sets over a tiny alphabet,
+    fed byte by byte and in random chunks, against a brute-force earliest end."""
+    rng = random.Random(1)
+    for _ in range(400):
+        patterns = tuple(dict.fromkeys(
+            bytes(rng.choice(b"abc") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 4))
+        ))
+        scanner = TagScanner(patterns)
+        for _ in range(10):
+            data = bytes(rng.choice(b"abcd") for _ in range(rng.randint(0, 16)))
+            want = _first_end(patterns, data)
+            assert _feed_chunks(scanner, data, range(1, len(data))) == want, (patterns, data)
+            cuts = sorted(rng.sample(range(1, len(data) + 1), k=min(len(data), rng.randint(0, 4))))
+            assert _feed_chunks(scanner, data, cuts) == want, (patterns, data, cuts)
+
+
+def test_codec_scan_agrees_with_find_on_random_stop_strings(tokenizer):
+    """The cached token-by-token scan of a codec built for user stop strings."""
+    rng = random.Random(2)
+    table = token_bytes_table(tokenizer)
+    vocab = tokenizer.get_vocab()
+    words = ["<", "/", "a", "b", "ab", "ba", "aba", "</", ">", "x", "xa"]
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in words if w in vocab]
+    assert len(ids) >= 6
+    for _ in range(60):
+        patterns = tuple(dict.fromkeys(
+            "".join(rng.choice("ab</>x") for _ in range(rng.randint(1, 4))).encode() for _ in range(3)
+        ))
+        codec = TokenCodec(tokenizer, table, frozenset(), TagScanner(patterns))
+        for _ in range(10):
+            stream = [rng.choice(ids) for _ in range(rng.randint(1, 12))]
+            data = b"".join(codec.table[t] for t in stream)
+            state, seen, found = 0, 0, None
+            for t in stream:
+                state, end = codec.scan(state, t)
+                if end >= 0:
+                    found = seen + end
+                    break
+                seen += len(codec.table[t])
+            assert found == _first_end(patterns, data), (patterns, data)
 
 
 def test_sentencepiece_style_tokenizer_bytes():

@@ -51,3 +51,23 @@ def test_make_reward():
         make_reward("bleu")
     with pytest.raises(ValueError):
         make_reward("em", format_score=2)
+
+
+def test_f1_format_score_never_ranks_a_wrong_answer_above_a_partly_right_one():
+    shaped = make_reward("f1", format_score=0.5)
+    # pred [new, york, city] vs gold [new, york]: f1 0.8, above the format score
+    assert shaped("New York City", ["New York"]) == pytest.approx(0.8)
+    # pred [york, city, state, usa] vs [new, york]: overlap 1, p=1/4, r=1/2 -> f1 1/3 < 0.5
+    partly = shaped("York City State USA", ["New York"])
+    wrong = shaped("Boston", ["New York"])
+    assert partly == pytest.approx(0.5) and wrong == pytest.approx(0.5)
+    assert partly >= wrong and shaped(None, ["New York"]) == 0.0
+    assert shaped("New York", ["new york"]) == 1.0
+
+
+def test_cover_em_format_score_by_hand():
+    shaped = make_reward("cover_em", format_score=0.3)
+    assert shaped("it was the Beatles", ["beatles"]) == 1.0
+    assert shaped("Stones", ["beatles"]) == pytest.approx(0.3)
+    assert shaped("", ["beatles"]) == pytest.approx(0.3)  # answered, but empty: well formed, wrong
+    assert shaped(None, ["beatles"]) == 0.0

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from agents.evaluation.report import PAPER_COLUMNS
+from search_env.evaluate import eval_env_kwargs as env_kwargs_for  # noqa: F401  (shared with the scripted CLI)
 from search_env.protocol import ProtocolConfig
 from search_env.types import QAExample
 
@@ -15,60 +15,9 @@ PROTOCOL_KEYS = frozenset(f.name for f in dataclasses.fields(ProtocolConfig)) | 
 }
 """Env kwargs that describe the conversation, valid for every env id."""
 
-_SYNTH_ONLY = frozenset({"size", "num_entities", "seed"})
-
 
 class EvalSetupError(RuntimeError):
     """A model or an env could not be set up (the message says which and why)."""
-
-
-def env_kwargs_for(
-    env_id: str,
-    *,
-    split: str | None = None,
-    size: str | None = None,
-    qa_dir: str | Path | None = None,
-    retriever: Any = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``gym.make_vec`` kwargs of one env id.
-
-    Args:
-        env_id: a registered id.
-        split: dataset split; Synth defaults to ``test``, the hub datasets to their
-            Search-R1 evaluation split.
-        size: Synth world size (default ``small``); ignored elsewhere.
-        qa_dir: a FlashRAG directory (``{qa_dir}/{config}/{split}.jsonl``, as written by
-            ``search-env download qa``) for the seven datasets.
-        retriever: passed to every env but Synth (which has its own index).
-        extra: more kwargs; ``"{env_id}:{key}"`` keys apply to that env only, Synth-only
-            keys (``size``, ``num_entities``, ``seed``) only to Synth, everything else to
-            every env.
-    """
-    synth = env_id == "SearchQA-Synth-v0"
-    kwargs: dict[str, Any] = {}
-    if synth:
-        kwargs["split"] = split or "test"
-        kwargs["size"] = size or "small"
-    else:
-        if split:
-            kwargs["split"] = split
-        if qa_dir is not None and env_id in PAPER_COLUMNS:
-            from search_env.data.qa import get_dataset_info
-
-            info = get_dataset_info(env_id.removeprefix("SearchQA-").removesuffix("-v0"))
-            kwargs["dataset"] = str(Path(qa_dir) / info.config)
-            kwargs["split"] = split or info.eval_split
-        if retriever is not None:
-            kwargs["retriever"] = retriever
-    for key, value in (extra or {}).items():
-        target, sep, name = key.rpartition(":")
-        if sep:
-            if target == env_id:
-                kwargs[name] = value
-        elif synth or key not in _SYNTH_ONLY:
-            kwargs[key] = value
-    return kwargs
 
 
 def open_env(env_id: str, num_envs: int, kwargs: Mapping[str, Any]) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -69,9 +70,73 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+_PATH_KEYS = frozenset({"dataset", "corpus", "retriever", "tokenizer"})
+"""Env kwargs that may name a local path."""
+
+
+def _training_dir(run_dir: Path, out_dir: str) -> Path | None:
+    """Where ``search-env train`` ran: ``run_dir`` less its relative ``out_dir`` tail.
+
+    None when ``out_dir`` is absolute, climbs (``..``) or does not end ``run_dir``.
+    """
+    out = Path(os.path.normpath(out_dir))
+    if out.is_absolute() or ".." in out.parts:
+        return None
+    run = Path(os.path.abspath(run_dir))
+    n = len(out.parts)
+    if run.parts[-n:] != out.parts:
+        return None
+    return run.parents[n - 1]
+
+
+def _run_relative(path: str, run_dir: Path, out_dir: str) -> str:
+    """A run config's relative ``model.path`` made absolute.
+
+    The config keeps the path as typed, relative to where training ran: resolve it there
+    (inferred from ``out_dir``), else in the run directory, else in the current one. A
+    path found in none of them is returned as is (it may be a hub id).
+    """
+    if Path(path).is_absolute():
+        return path
+    bases = [_training_dir(run_dir, out_dir), run_dir, Path.cwd()]
+    for base in bases:
+        if base is not None and (base / path).exists():
+            return str(Path(os.path.abspath(base / path)))
+    return path
+
+
+def _load_run_model(cfg: Any, tokenizer: Any, config: Path, run_dir: Path,
+                    out_dir: str) -> tuple[Any, Any]:
+    """``load_model`` on a run's model config; a path that is not there is one clear error."""
+    from agents.common import load_model
+
+    if cfg.path == "tiny":
+        return load_model(cfg, tokenizer)
+    given = cfg.path
+    cfg = dataclasses.replace(cfg, path=_run_relative(given, run_dir, out_dir))
+    if Path(cfg.path).is_absolute():
+        return load_model(cfg, tokenizer)
+    # Found nowhere: a hub id ("name" or "namespace/name"), or a local path that is gone.
+    bases = [b for b in (_training_dir(run_dir, out_dir), run_dir, Path.cwd()) if b is not None]
+    hint = (f"model.path {given!r} of {config} is not a directory under "
+            f"{', '.join(str(b) for b in dict.fromkeys(bases))}")
+    if given.count("/") > 1 or given.startswith((".", "~")) or "\\" in given:
+        raise EvalSetupError(f"{hint} (nor a hub id)")
+    try:
+        return load_model(cfg, tokenizer)
+    except Exception as exc:  # offline, unknown repo: transformers' message runs to many lines
+        lines = str(exc).strip().splitlines()
+        raise EvalSetupError(f"{hint}, and loading it as a hub id failed: "
+                             f"{lines[0] if lines else type(exc).__name__}") from exc
+
+
 def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load a Hugging Face model directory, a ``search-env train`` run directory (its
     latest checkpoint) or one checkpoint directory (``{run}/checkpoints/step_N``).
+
+    A run's relative ``model.path`` (and path-valued env kwargs) are resolved where the
+    run was trained (its ``out_dir`` tail removed from the run directory), so a run loads
+    from any working directory.
 
     Args:
         path: the directory.
@@ -80,7 +145,8 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        EvalSetupError: it is none of the three, or a run has no checkpoint yet.
+        EvalSetupError: it is none of the three, a run has no checkpoint yet, or its
+            ``model.path`` is neither a directory nor a loadable hub id.
     """
     import torch
 
@@ -119,24 +185,49 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
     step = checkpoint.name.rpartition("_")[2]
     name = f"{run_name}@step{int(step)}" if step.isdigit() else f"{run_name}@{checkpoint.name}"
     cfg = from_dict(data)
-    rollout = cfg.rollout
+    run_dir = checkpoint.parent.parent
+    env_kwargs = _resolve_env_paths(cfg.rollout.env_kwargs, _training_dir(run_dir, cfg.out_dir))
+    rollout = dataclasses.replace(cfg.rollout, env_kwargs=env_kwargs)
     tokenizer = None
     if cfg.model.path == "tiny":  # built on the env's own tokenizer, as the trainer did
         from agents.common import make_env
 
-        env = make_env(rollout, rollout.eval_split, 1)  # resolves "synth", "world:N", hub ids
+        try:
+            env = make_env(rollout, rollout.eval_split, 1)  # resolves "synth", "world:N", hub ids
+        except Exception as exc:  # offline tokenizer, a dataset that is gone
+            raise EvalSetupError(f"could not make the env of run {run_dir} (for its tokenizer): "
+                                 f"{type(exc).__name__}: {exc}") from exc
         tokenizer = env.envs[0].tokenizer
         env.close()
+    else:  # the trainer gave the env the model's own tokenizer, whatever env_kwargs said
+        env_kwargs.pop("tokenizer", None)
     model_cfg = dataclasses.replace(cfg.model, dtype=dtype, device=str(dev),
                                     gradient_checkpointing=False)
-    model, tokenizer = load_model(model_cfg, tokenizer)
+    model, tokenizer = _load_run_model(model_cfg, tokenizer, config, run_dir, cfg.out_dir)
     # Our own run's file; it also holds the optimizer and RNG states (not tensors only).
     state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
     if "model" not in state:
         raise EvalSetupError(f"{checkpoint / 'state.pt'} holds no model state")
     model.load_state_dict(state["model"])
     return LoadedModel(model.eval(), tokenizer, name, env_id=rollout.env_id,
-                       env_kwargs=dict(rollout.env_kwargs), max_new_tokens=rollout.max_new_tokens)
+                       env_kwargs=env_kwargs, max_new_tokens=rollout.max_new_tokens)
+
+
+def _resolve_env_paths(env_kwargs: Mapping[str, Any], trained_in: Path | None) -> dict[str, Any]:
+    """A run's env kwargs with relative local paths made absolute where training ran.
+
+    Only values that exist there change: ``"synth"``, ``"world:1024"``, hub ids and URLs
+    are specs, not paths.
+    """
+    out = dict(env_kwargs)
+    if trained_in is None:
+        return out
+    for key in _PATH_KEYS & set(out):
+        value = out[key]
+        if (isinstance(value, str) and "://" not in value and not Path(value).is_absolute()
+                and (trained_in / value).exists()):
+            out[key] = str(trained_in / value)
+    return out
 
 
 def evaluate_model(
