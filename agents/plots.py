@@ -65,7 +65,8 @@ def plot_run(
 
     Three panels over the RL step: exact match (the training batch's, raw and smoothed
     over ``window`` steps, and the held-out evaluation's), searches per episode (both
-    again) and the KL to the frozen reference. Step 0 is the evaluation before any update.
+    again) and the training batch's KL to the frozen reference; one legend under them.
+    Step 0 is the evaluation before any update.
 
     Args:
         records: ``metrics.jsonl`` records (``step``, ``em``/``reward``, ``searches``,
@@ -81,46 +82,52 @@ def plot_run(
     if plt is None:
         logger.info("matplotlib is not installed: skipping the figure %s", path)
         return None
+    from matplotlib.ticker import MaxNLocator
+
     batch = "train batch"
     if train_questions is not None:
-        batch += f" ({train_questions} questions"
-        batch += f", {episodes} episodes)" if episodes is not None else ")"
-    held_out = "held-out" + (f" ({eval_questions} questions)" if eval_questions is not None else "")
+        batch += f" ({_plural(train_questions, 'question')}"
+        batch += f", {_plural(episodes, 'episode')})" if episodes is not None else ")"
+    held_out = "held-out" + (f" ({_plural(eval_questions, 'question')})"
+                             if eval_questions is not None else "")
     em_key = "em" if any("em" in r for r in records) else "reward"
 
-    fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True)
     panels = [
         (axes[0], em_key, "eval_em", "exact match", "Exact match"),
         (axes[1], "searches", "eval_searches", "searches / episode", "Searches per episode"),
+        (axes[2], "kl", None, "KL(policy || reference)", "KL to the reference policy"),
     ]
+    handles: dict[str, Any] = {}
     for ax, train_key, eval_key, ylabel, title in panels:
         xs, ys = series(records, train_key)
         if xs:
             ax.plot(xs, ys, color="tab:blue", alpha=0.25, linewidth=1)
-            ax.plot(xs, smooth(ys, window), color="tab:blue",
-                    label=f"{batch}, {window}-step mean (faint: each step)")
-        xs, ys = series(records, eval_key)
+            handles.setdefault(
+                f"{batch}: {window}-step mean (faint: each step)",
+                ax.plot(xs, smooth(ys, window), color="tab:blue")[0])
+        xs, ys = series(records, eval_key) if eval_key else ([], [])
         if xs:
-            ax.plot(xs, ys, color="tab:orange", marker="o", label=f"{held_out}, greedy")
+            handles.setdefault(f"{held_out}: greedy",
+                               ax.plot(xs, ys, color="tab:orange", marker="o")[0])
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize="small")
-    ax = axes[2]
-    xs, ys = series(records, "kl")
-    if xs:
-        ax.plot(xs, ys, color="tab:green", label=f"{batch}, agent tokens")
-        ax.legend(fontsize="small")
-    ax.set_ylabel("KL(policy || reference)")
-    ax.set_title("KL to the reference policy")
-    ax.set_xlabel("RL step")
-    ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("RL step")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(name)
-    fig.tight_layout()
+    # One legend for all panels, under them: the colours mean the same everywhere, and
+    # a legend inside a panel hides its curves.
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", fontsize="small")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return fig
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def plot_curves(

@@ -238,6 +238,9 @@ def test_plot_run_draws_em_searches_and_kl_on_shared_labelled_steps(tmp_path):
     png = tmp_path / "curves.png"
     fig = plot_run(records, png, name="grpo_no_mask (grpo)", train_questions=6, episodes=48,
                    eval_questions=205, window=2)
+    one = plot_run(records, tmp_path / "one.png", name="x", train_questions=1, episodes=1)
+    assert fig.legends and one.legends[0].get_texts()[0].get_text().startswith(
+        "train batch (1 question, 1 episode): ")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     em, searches, kl = fig.axes
     assert fig._suptitle.get_text() == "grpo_no_mask (grpo)"
@@ -245,24 +248,27 @@ def test_plot_run_draws_em_searches_and_kl_on_shared_labelled_steps(tmp_path):
         "exact match", "searches / episode", "KL(policy || reference)"]
     assert kl.get_xlabel() == "RL step"
     assert em.get_shared_x_axes().joined(em, kl) and em.get_shared_x_axes().joined(em, searches)
-    legend = [t.get_text() for t in em.get_legend().get_texts()]
-    assert legend == ["train batch (6 questions, 48 episodes), 2-step mean (faint: each step)",
-                      "held-out (205 questions), greedy"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["train batch (6 questions, 48 episodes): 2-step mean (faint: each step)",
+                      "held-out (205 questions): greedy"]
+    assert all(ax.get_legend() is None for ax in fig.axes)  # one legend, under the panels
     raw, smoothed, held_out = em.get_lines()
     assert list(raw.get_ydata()) == pytest.approx([0.05, 0.10, 0.15, 0.20])
     assert list(smoothed.get_ydata()) == pytest.approx([0.05, 0.075, 0.125, 0.175])
     assert list(held_out.get_xdata()) == [0, 2, 4]
     assert list(searches.get_lines()[2].get_ydata()) == pytest.approx([0.4, 0.4, 0.8])
     assert list(kl.get_lines()[0].get_ydata()) == pytest.approx([0.001, 0.002, 0.003, 0.004])
+    assert len(kl.get_lines()) == 2  # the KL is the train batch's only
 
 
 @pytest.mark.skipif(not HAS_MPL, reason="needs matplotlib")
 def test_plot_run_with_evaluations_only_still_writes_a_figure(tmp_path):
+    """A run of 0 steps logs only the step-0 evaluation: no training curves, no KL."""
     fig = plot_run([{"step": 0, "eval_em": 0.0, "eval_searches": 0.0}], tmp_path / "c.png",
                    name="ppo")
     assert (tmp_path / "c.png").is_file()
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["held-out, greedy"]
-    assert fig.axes[2].get_legend() is None
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["held-out: greedy"]
+    assert not fig.axes[2].has_data()
 
 
 def test_smooth_is_a_trailing_mean_and_rejects_a_zero_window():
