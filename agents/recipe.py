@@ -102,7 +102,8 @@ def check_runs(runs: Sequence[str]) -> list[str]:
     """``runs`` as a list, after checking each is a name of :data:`RUNS`.
 
     Raises:
-        ValueError: a name is unknown (the message lists the known ones), or none is given.
+        ValueError: a name is unknown (the message lists the known ones) or given twice,
+            or none is given.
     """
     runs = list(runs)
     unknown = [name for name in runs if name not in RUNS]
@@ -111,6 +112,9 @@ def check_runs(runs: Sequence[str]) -> list[str]:
                          f"choose from {', '.join(RUNS)}")
     if not runs:
         raise ValueError(f"no recipe run given; choose from {', '.join(RUNS)}")
+    twice = sorted({name for name in runs if runs.count(name) > 1})
+    if twice:  # the second would overwrite the first's run directory
+        raise ValueError(f"recipe run(s) given twice: {', '.join(twice)}")
     return runs
 
 
@@ -296,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output directory (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tiny world and model, 2 SFT and 2 RL steps")
-    parser.add_argument("--runs", type=parse_runs, default=list(RUNS),
+    parser.add_argument("--runs", type=parse_runs, default=list(RUNS), metavar="NAME[,NAME]",
                         help=f"comma-separated RL runs, from: {', '.join(RUNS)} "
                              f"(default: all)")
     parser.add_argument("--results", default=None, help="also write the results JSON here")

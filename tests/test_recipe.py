@@ -195,6 +195,7 @@ def test_recipe_help_names_the_command_describes_it_and_lists_the_runs(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--runs", "grpo,bogus"], "'bogus'"),
     (["--runs", ","], "no recipe run given"),
+    (["--runs", "ppo,grpo,ppo"], "given twice: ppo"),
     (["--set", "seed"], "--set needs KEY=VALUE"),
     (["--set", "grpo.nope=1"], "unknown config key 'grpo.nope'"),
 ])
