@@ -9,8 +9,9 @@ held-out questions told apart. :func:`plot_curves` is the generic one (any keys 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 PACKAGES = ("search-env", "torch", "transformers", "numpy", "gymnasium", "bm25s")
 """The distributions whose versions :func:`provenance` records."""

@@ -15,8 +15,9 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -230,8 +231,8 @@ def results_table(results: dict[str, Any]) -> str:
     rows = [
         "| run | held-out EM start → end | searches/episode | wall time |",
         "|---|---|---|---|",
-        f"| SFT warm start | {_em(sft['test_em'], sft.get('test_questions'))} "
-        f"| {sft['test_searches']:.2f} | {sft['seconds']:.0f} s |",
+        (f"| SFT warm start | {_em(sft['test_em'], sft.get('test_questions'))} "
+         f"| {sft['test_searches']:.2f} | {sft['seconds']:.0f} s |"),
     ]
     for name, run in results["runs"].items():
         n = run.get("test_questions")

@@ -28,7 +28,9 @@ class _StderrHandler(logging.StreamHandler):
             self._fixed = value
 
 
-def configure_logging(level: int = logging.WARNING, stream: TextIO | None = None) -> logging.Handler:
+def configure_logging(
+    level: int = logging.WARNING, stream: TextIO | None = None
+) -> logging.Handler:
     """Send log records of ``level`` and above to ``stream`` (default: stderr); returns
     the handler.
 

@@ -165,7 +165,7 @@ def _iter_json_records(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}:{line_no}", record
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _log_loaded(count: int, path: str) -> None:
     """Log a file's example count once a process: every env built on it loads it again."""
     logger.info("Loaded %d QA examples from %s", count, path)
