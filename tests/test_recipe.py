@@ -183,8 +183,10 @@ def test_main_prints_the_table_and_the_paths_not_json(monkeypatch, tmp_path, cap
 
 # ------------------------------------------------------------------ command line
 def test_recipe_help_names_the_command_describes_it_and_lists_the_runs(capsys):
+    from search_env.cli import main as cli_main
+
     with pytest.raises(SystemExit) as exc:
-        main(["--help"])
+        cli_main(["recipe", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: search-env recipe")
