@@ -1,5 +1,7 @@
-"""Per-step metrics of a run: ``metrics.jsonl`` (one record a line), ``metrics.csv`` and
-an optional reward / EM curve as a PNG (when matplotlib is installed)."""
+"""Per-step metrics of a run: ``metrics.jsonl`` (one record a line) and ``metrics.csv``.
+
+The figures drawn from them live in :mod:`agents.plots` (``plot_curves`` is re-exported
+here for older imports)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+from agents.plots import plot_curves  # noqa: F401  (re-export)
 
 logger = logging.getLogger(__name__)
 
@@ -57,34 +61,3 @@ class MetricsLogger:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.records)
-
-
-def plot_curves(
-    records: Sequence[dict[str, Any]],
-    path: str | Path,
-    keys: Sequence[str] = ("reward", "eval_em"),
-    title: str = "",
-) -> Path | None:
-    """Save a line plot of ``keys`` against ``step``; None (and a log line) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed: skipping the curve %s", path)
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in keys:
-        points = [(r["step"], r[key]) for r in records if key in r and "step" in r]
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o" if key.startswith("eval") else None, label=key)
-    ax.set_xlabel("step")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)

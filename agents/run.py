@@ -27,12 +27,21 @@ from agents.common import (
     seed_everything,
 )
 from agents.config import TrainConfig, save_config
-from agents.metrics import MetricsLogger, plot_curves
+from agents.metrics import MetricsLogger
+from agents.plots import plot_run
+from agents.progress import progress_interval
 
 logger = logging.getLogger(__name__)
 
 INIT_WEIGHTS = "init_model.pt"
 """The model after the SFT warm start (the KL reference), kept in the run directory."""
+
+
+def run_label(run_dir: str | Path, algo: str) -> str:
+    """A run's name for progress bars and figures: its directory's name, with the
+    algorithm when that differs (the recipe's two GRPO runs must read apart)."""
+    name = Path(run_dir).resolve().name
+    return algo if name == algo else f"{name} ({algo})"
 
 
 @dataclass
@@ -109,7 +118,13 @@ class Run:
         from tqdm.auto import tqdm
 
         return iter(tqdm(range(start + 1, self.cfg.steps + 1), initial=start,
-                         total=self.cfg.steps, desc=self.cfg.algo, dynamic_ncols=True))
+                         total=self.cfg.steps, desc=self.label, dynamic_ncols=True,
+                         mininterval=progress_interval()))
+
+    @property
+    def label(self) -> str:
+        """The run's name for progress bars and figures (see :func:`run_label`)."""
+        return run_label(self.run_dir, self.cfg.algo)
 
     # ----------------------------------------------------------------- the end
     def finish(self) -> dict[str, Any]:
@@ -133,9 +148,12 @@ class Run:
                 "eval_searches_end": last["eval_searches"],
                 "eval_questions": len(self.eval_indices),
             })
-        png = plot_curves(records, self.run_dir / "curves.png",
-                          keys=("reward", "eval_em"), title=f"{self.cfg.algo} {self.run_dir.name}")
-        summary["curves_png"] = str(png) if png else None
+        r = self.cfg.rollout
+        png = self.run_dir / "curves.png"
+        fig = plot_run(records, png, name=self.label, train_questions=r.num_envs // r.group_size,
+                       episodes=r.num_envs // r.group_size * r.group_size,
+                       eval_questions=len(self.eval_indices))
+        summary["curves_png"] = str(png) if fig is not None else None
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 

@@ -320,7 +320,9 @@ def train_sft(
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="sft", leave=False)
+        from agents.progress import progress_interval
+
+        steps = tqdm(steps, desc="sft", leave=False, mininterval=progress_interval())
     for step in steps:
         start = time.perf_counter()
         if len(order) < cfg.batch_size:

@@ -416,7 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(entry(rest))
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    from search_env.logs import configure_logging
+
+    configure_logging(logging.INFO if args.verbose else logging.WARNING)
     return int(args.func(args))
 
 

@@ -1,4 +1,5 @@
-"""GRPO / PPO / SFT training loops on a tiny model: updates, masking, resume, config, recipe."""
+"""GRPO / PPO / SFT training loops on a tiny model: updates, masking, resume, config
+(the recipe: tests/test_recipe.py)."""
 
 from __future__ import annotations
 
@@ -265,26 +266,6 @@ def test_train_cli_parses(tmp_path):
     assert cfg.algo == "ppo" and cfg.steps == 5 and cfg.out_dir == str(tmp_path)
     assert not cfg.ppo.mask_env_tokens and not cfg.grpo.mask_env_tokens
     assert cfg.ppo.lr == 0.001 and cfg.rollout.env_kwargs["size"] == "tiny"
-
-
-# ------------------------------------------------------------------ recipe
-def test_tiny_cpu_recipe_runs_end_to_end_quick(tmp_path):
-    from agents.recipe import QUICK, RUNS, run_recipe
-
-    results = run_recipe(tmp_path / "recipe", {**QUICK, "threads": 1},
-                         results_path=tmp_path / "results.json")
-    assert json.loads((tmp_path / "results.json").read_text()) == results
-    assert 0.0 <= results["sft"]["test_em"] <= 1.0
-    assert set(results["runs"]) == set(RUNS)
-    for name, run in results["runs"].items():
-        assert run["test_em_start"] == pytest.approx(results["sft"]["test_em"])
-        assert 0.0 <= run["test_em_end"] <= 1.0
-        assert (tmp_path / "recipe" / name / "metrics.jsonl").exists()
-        if importlib.util.find_spec("matplotlib"):
-            png = tmp_path / "recipe" / name / "curves.png"
-            assert run["curves_png"] == str(png)
-            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert load_config(tmp_path / "recipe" / "grpo_no_mask" / "config.json").grpo.mask_env_tokens is False
 
 
 def test_swap_names_is_a_consistent_permutation(oracle_batch):

@@ -7,6 +7,7 @@ registered in :data:`DATASETS` under the short names used by env ids (``NQ``,
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import logging
@@ -164,6 +165,12 @@ def _iter_json_records(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}:{line_no}", record
 
 
+@functools.cache
+def _log_loaded(count: int, path: str) -> None:
+    """Log a file's example count once a process: every env built on it loads it again."""
+    logger.info("Loaded %d QA examples from %s", count, path)
+
+
 def load_flashrag_jsonl(path: str | Path) -> list[QAExample]:
     """Load a FlashRAG QA file (``.jsonl``, ``.jsonl.gz``, or a ``.json`` array/lines).
 
@@ -182,7 +189,7 @@ def load_flashrag_jsonl(path: str | Path) -> list[QAExample]:
             examples.append(_flashrag_row(record, default_id=str(len(examples))))
         except ValueError as e:
             raise ValueError(f"{location}: {e}") from e
-    logger.info("Loaded %d QA examples from %s", len(examples), path)
+    _log_loaded(len(examples), str(path))
     return examples
 
 
@@ -256,7 +263,7 @@ def load_searchr1_parquet(path: str | Path) -> list[QAExample]:
             examples.append(_searchr1_row(row, i))
         except ValueError as e:
             raise ValueError(f"{path}: row {i}: {e}") from e
-    logger.info("Loaded %d QA examples from %s", len(examples), path)
+    _log_loaded(len(examples), str(path))
     return examples
 
 
