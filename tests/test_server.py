@@ -648,7 +648,8 @@ def test_run_serve_loads_the_index_and_passes_the_settings(bm25, tmp_path, monke
     index_dir = bm25.save(tmp_path / "idx")
     args = add_serve_arguments(argparse.ArgumentParser()).parse_args(
         ["--index", str(index_dir), "--port", "8123", "--max-batch", "64", "--max-wait-ms", "1.5",
-         "--no-batching", "--backend", "numpy", "--threads", "1", "--topk", "5"]
+         "--no-batching", "--backend", "numpy", "--threads", "1", "--topk", "5",
+         "--max-body-bytes", "5000", "--body-timeout", "2.5"]
     )
     assert args.host == "127.0.0.1"  # loopback unless asked
     seen = {}
@@ -657,13 +658,40 @@ def test_run_serve_loads_the_index_and_passes_the_settings(bm25, tmp_path, monke
     assert isinstance(seen["retriever"], BM25Retriever) and seen["retriever"].backend == "numpy"
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     assert seen["max_batch"] == 64 and seen["max_wait_ms"] == 1.5 and seen["batching"] is False
-    assert seen["default_topk"] == 5
+    assert seen["default_topk"] == 5 and seen["max_body_bytes"] == 5000 and seen["body_timeout_s"] == 2.5
     info = seen["info"]
     assert info["kind"] == "bm25" and info["num_passages"] == len(PASSAGES) and "files" not in info
     # The info dict is what /health shows.
     app = create_app(seen["retriever"], info=info)
     with ServerThread(app) as srv:
         assert httpx.get(srv.url + "/health").json()["index"]["path"] == str(index_dir.resolve())
+
+
+@pytest.mark.parametrize("damage", ["missing directory", "no manifest", "bad manifest", "truncated file", "unknown kind"])
+def test_serve_command_reports_index_errors_in_one_line(bm25, tmp_path, capsys, monkeypatch, damage):
+    from search_env.cli import main
+    from search_env.server import launch
+
+    monkeypatch.setattr(launch, "serve", lambda *a, **kw: pytest.fail("must not serve a broken index"))
+    index_dir = bm25.save(tmp_path / "idx")
+    manifest = index_dir / "manifest.json"
+    if damage == "missing directory":
+        index_dir = tmp_path / "nowhere"
+    elif damage == "no manifest":
+        manifest.unlink()
+    elif damage == "bad manifest":
+        manifest.write_text("{")
+    elif damage == "truncated file":
+        data = index_dir / "data.csc.index.npy"
+        data.write_bytes(data.read_bytes()[:100])
+    else:
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "kind": "colbert"}))
+    assert main(["serve", "--index", str(index_dir), "--backend", "numpy"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: cannot serve the index {index_dir}: ")
+    with pytest.raises((OSError, RetrievalError, ValueError)):  # -v: the traceback
+        main(["-v", "serve", "--index", str(index_dir), "--backend", "numpy"])
 
 
 def test_server_thread_reports_a_port_in_use(bm25):
