@@ -400,6 +400,22 @@ def test_client_option_checks():
             RemoteRetriever("http://127.0.0.1:9", **kwargs)
 
 
+def test_env_retriever_options_are_checked(server, tokenizer):
+    import gymnasium as gym
+
+    from search_env.types import QAExample
+
+    questions = [QAExample("q", "What is the capital of Norway?", ("Oslo",))]
+    with pytest.raises(TypeError, match="timeuot"):
+        gym.make("SearchQA-v0", dataset=questions, retriever=server.url, tokenizer=tokenizer,
+                 retriever_options={"timeuot": 5})
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        gym.make("SearchQA-v0", dataset=questions, retriever=server.url, tokenizer=tokenizer,
+                 retriever_options={"timeout": 0})
+    with pytest.raises(ValueError, match="retriever_options= configures the client of a retrieval server"):
+        gym.make("SearchQA-Synth-v0", size="tiny", retriever_options={"timeout": 5})
+
+
 def test_parse_response_shapes():
     with_scores = {"result": [[{"document": {"id": "1", "contents": '"T"\nx'}, "score": 2}], []]}
     assert parse_response(with_scores, 2) == [[Passage("1", '"T"\nx', 2.0)], []]
@@ -441,8 +457,10 @@ def test_env_accepts_a_server_url(server, tokenizer):
 
     questions = [QAExample("q", "What is the capital of Norway?", ("Oslo",))]
     env = gym.make("SearchQA-v0", dataset=questions, retriever=server.url, tokenizer=tokenizer,
-                   action_mode="chunk")
-    assert isinstance(env.unwrapped.retriever, RemoteRetriever)
+                   action_mode="chunk", retriever_options={"timeout": 5.0, "retries": 1, "retry_window": 9})
+    remote = env.unwrapped.retriever
+    assert isinstance(remote, RemoteRetriever)
+    assert (remote.timeout, remote.retries, remote.retry_window) == (5.0, 1, 9.0)
     env.reset(options={"index": 0})
     obs, *_, info = env.step(tokenizer.encode("<search> capital of Norway </search>"))
     text = tokenizer.decode(obs["tokens"][: int(obs["length"][0])].tolist())
