@@ -128,8 +128,9 @@ def _deadline_backend(httpcore: Any, deadline: _Deadline) -> Any:
         def close(self) -> None:
             self._inner.close()
 
-        def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                      timeout: float | None = None) -> Any:  # fmt: skip
+        def start_tls(
+            self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+        ) -> Any:
             timeout = deadline.clamp(timeout, httpcore.ConnectTimeout)
             return Stream(self._inner.start_tls(ssl_context, server_hostname, timeout))
 
@@ -140,13 +141,21 @@ def _deadline_backend(httpcore: Any, deadline: _Deadline) -> Any:
         def __init__(self) -> None:
             self._inner = httpcore.SyncBackend()
 
-        def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                        local_address: str | None = None, socket_options: Any = None) -> Any:  # fmt: skip
+        def connect_tcp(
+            self,
+            host: str,
+            port: int,
+            timeout: float | None = None,
+            local_address: str | None = None,
+            socket_options: Any = None,
+        ) -> Any:
             timeout = deadline.clamp(timeout, httpcore.ConnectTimeout)
-            return Stream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+            inner = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+            return Stream(inner)
 
-        def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                socket_options: Any = None) -> Any:  # fmt: skip
+        def connect_unix_socket(
+            self, path: str, timeout: float | None = None, socket_options: Any = None
+        ) -> Any:
             timeout = deadline.clamp(timeout, httpcore.ConnectTimeout)
             return Stream(self._inner.connect_unix_socket(path, timeout, socket_options))
 
@@ -223,10 +232,14 @@ class RemoteRetriever:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         httpx = _import_httpx()
-        for name, value in (("timeout", timeout), ("backoff", backoff),
-                            ("max_backoff", max_backoff), ("retry_window", retry_window)):  # fmt: skip
+        seconds = {
+            "timeout": timeout, "backoff": backoff, "max_backoff": max_backoff,
+            "retry_window": retry_window,
+        }  # fmt: skip
+        for name, value in seconds.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+                kind = type(value).__name__
+                raise TypeError(f"{name} must be a number of seconds, got {kind}")
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         if isinstance(retries, bool) or not isinstance(retries, int):
