@@ -292,6 +292,24 @@ def test_a_trickling_server_cannot_stretch_an_attempt(part):
     assert 0.6 <= elapsed < 0.6 + 0.015 + 0.4, elapsed  # timeout x (retries + 1) + backoff
 
 
+def test_the_deadline_holds_through_a_proxy_from_the_environment(monkeypatch):
+    # HTTP_PROXY is honoured as before; the proxy's connection gets the deadline too.
+    def handle(conn, n, stopping):
+        trickle(ok_answer(1)[:60], 0.05, stopping, conn)
+        return False
+
+    with ScriptedServer(handle) as proxy:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        with RemoteRetriever("http://search.invalid:8000", timeout=0.3, retries=0) as remote:
+            start = time.perf_counter()
+            with pytest.raises(RetrievalError, match="timed out after 0.3 s"):
+                remote.search(["q"], 1)
+            assert time.perf_counter() - start < 0.7
+        assert len(proxy.arrivals) == 1  # the request went to the proxy
+
+
 def test_429_with_retry_after_is_honoured():
     def handle(conn, n, stopping):
         if n == 1:

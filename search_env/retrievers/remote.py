@@ -265,18 +265,9 @@ class RemoteRetriever:
         self._httpx = httpx
         self._rng = random.Random()
         self._deadline = _Deadline()
-        if transport is None:
-            transport = httpx.HTTPTransport()
-            # httpx has no public hook for the socket layer: give its connection pool a
-            # backend whose reads and writes stop at the attempt's deadline.
-            pool = getattr(transport, "_pool", None)
-            if hasattr(pool, "_network_backend"):
-                import httpcore
-
-                pool._network_backend = _deadline_backend(httpcore, self._deadline)
-            else:  # pragma: no cover - a future httpx
-                logger.warning("httpx internals changed: timeout applies per socket operation")
         self._client: httpx.Client = httpx.Client(timeout=self.timeout, transport=transport)
+        if transport is None:
+            self._clamp_sockets_to_the_deadline()
 
     # ------------------------------------------------------------------ Retriever
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
@@ -340,6 +331,24 @@ class RemoteRetriever:
         )
 
     # ------------------------------------------------------------------ internals
+    def _clamp_sockets_to_the_deadline(self) -> None:
+        """Gives the client's connection pools (the direct one and any proxy from the
+        environment) a network backend whose sockets stop at the attempt's deadline.
+
+        httpx has no public hook for the socket layer, hence the private attributes; if
+        they change, ``timeout`` falls back to httpx's per-operation meaning (logged).
+        """
+        import httpcore
+
+        mounts = getattr(self._client, "_mounts", {}) or {}
+        transports = [getattr(self._client, "_transport", None), *mounts.values()]
+        pools = [getattr(t, "_pool", None) for t in transports if t is not None]
+        pools = [pool for pool in pools if hasattr(pool, "_network_backend")]
+        if not pools:  # pragma: no cover - a future httpx
+            logger.warning("cannot reach httpx's sockets: timeout applies per socket operation")
+        for pool in pools:
+            pool._network_backend = _deadline_backend(httpcore, self._deadline)
+
     @contextmanager
     def _attempt_deadline(self) -> Iterator[None]:
         self._deadline.at = time.monotonic() + self.timeout
