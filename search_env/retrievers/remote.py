@@ -190,8 +190,10 @@ class RemoteRetriever:
     ``4 * backoff``... seconds, capped at ``max_backoff``, each times a random factor in
     [0.5, 1.5) so that many workers do not retry in lockstep); a ``Retry-After`` header
     sets the wait instead. Retrying stops after ``retries`` retries or when the next one
-    would start more than ``retry_window`` seconds after the first attempt; the defaults
-    (60 s) outlast a server restart that loads and warms up an index. Other 4xx answers
+    would start more than ``retry_window`` seconds after the first attempt. The default
+    60 s rides out a ``search-env serve`` restart (a small BM25 index with the numba
+    backend, compile and warm-up included, answered after 39 s on a busy 2-core machine);
+    raise it for an index that loads slower. Other 4xx answers
     are not retried (the request itself is wrong). When every attempt failed, a
     `RetrievalError` names the URL, the attempts, the time spent, the last cause and the
     options that give a slow server more time.
