@@ -80,25 +80,37 @@ def load_tokenizer(spec: Any) -> Any:
 
 
 def load_retriever(
-    retriever: Any = None, corpus: str | Path | None = None, *, backend: str = "auto"
+    retriever: Any = None,
+    corpus: str | Path | None = None,
+    *,
+    backend: str = "auto",
+    options: dict[str, Any] | None = None,
 ) -> Any:
     """Resolve ``retriever=`` / ``corpus=`` into a :class:`~search_env.retrievers.Retriever`.
 
     ``retriever`` may be an object with ``search``, the URL of a retrieval server
     (``http://127.0.0.1:8000``), or an index directory (BM25 or dense, by its manifest).
     ``corpus`` (a wiki-18 JSONL) builds a BM25 index once and caches it, keyed by the
-    corpus hash.
+    corpus hash. ``options`` (``retriever_options=`` of ``gym.make``) are keyword
+    arguments of `RemoteRetriever` for a URL: ``timeout``, ``retries``, ``backoff``,
+    ``max_backoff``, ``retry_window``, ``max_batch``, ``return_scores``.
     """
     if retriever is not None and corpus is not None:
         raise ValueError("pass retriever= or corpus=, not both")
+    is_url = isinstance(retriever, str) and retriever.startswith(("http://", "https://"))
+    if options is not None and not is_url:
+        raise ValueError(
+            "retriever_options= configures the client of a retrieval server: it needs "
+            f"retriever='http://host:port', got retriever={retriever!r}"
+        )
     if retriever is not None and not isinstance(retriever, (str, Path)):
         return retriever
     if retriever is not None:
         spec = str(retriever)
-        if spec.startswith(("http://", "https://")):
+        if is_url:
             from search_env.retrievers.remote import RemoteRetriever
 
-            return RemoteRetriever(spec)
+            return RemoteRetriever(spec, **(options or {}))
         from search_env.retrievers.loading import index_info, load_index
 
         kind = index_info(spec)["kind"]
@@ -139,10 +151,14 @@ def _dataset_parts(
     retriever: Any = None,
     tokenizer: Any = DEFAULT_TOKENIZER,
     retriever_backend: str = "auto",
+    retriever_options: dict[str, Any] | None = None,
 ) -> tuple[Sequence[QAExample], Any, Any]:
     tok = load_tokenizer(tokenizer)
     examples = load_dataset_examples(name, dataset, split)
-    return examples, load_retriever(retriever, corpus, backend=retriever_backend), tok
+    retriever = load_retriever(
+        retriever, corpus, backend=retriever_backend, options=retriever_options
+    )
+    return examples, retriever, tok
 
 
 def _synth_parts(
@@ -154,6 +170,7 @@ def _synth_parts(
     retriever: Any = None,
     retriever_backend: str = "auto",
     question_types: Sequence[str] | None = None,
+    retriever_options: dict[str, Any] | None = None,
 ) -> tuple[Sequence[QAExample], Any, Any]:
     from search_env.data.qa import load_flashrag_jsonl
 
@@ -169,7 +186,8 @@ def _synth_parts(
         tok = _world_tokenizer(tokenizer, synth_config(size, num_entities, seed), world_dir)
     else:
         tok = load_tokenizer(tokenizer)
-    return examples, load_retriever(retriever, backend=retriever_backend), tok
+    retriever = load_retriever(retriever, backend=retriever_backend, options=retriever_options)
+    return examples, retriever, tok
 
 
 def _world_tokenizer(spec: str, config: SynthConfig, world_dir: Path) -> Any:
@@ -236,9 +254,12 @@ def synth_world_dir(size: str = "small", num_entities: int | None = None, seed: 
 
 _SYNTH_KEYS = (
     "split", "size", "num_entities", "seed", "tokenizer", "retriever", "retriever_backend",
-    "question_types",
+    "question_types", "retriever_options",
 )
-_DATA_KEYS = ("dataset", "split", "corpus", "retriever", "tokenizer", "retriever_backend")
+_DATA_KEYS = (
+    "dataset", "split", "corpus", "retriever", "tokenizer", "retriever_backend",
+    "retriever_options",
+)
 
 
 def _split_kwargs(kwargs: dict[str, Any], keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:

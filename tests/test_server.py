@@ -7,6 +7,8 @@ by its fixture.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import random
 import threading
@@ -18,6 +20,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
+msgspec = pytest.importorskip("msgspec")
 
 from search_env.protocol import format_documents  # noqa: E402
 from search_env.retrievers.base import RetrievalError  # noqa: E402
@@ -31,7 +34,6 @@ from search_env.server import (  # noqa: E402
     load_index,
     parse_retrieve_request,
 )
-from search_env.server import msgpack  # noqa: E402
 from search_env.server.loadtest import run_load  # noqa: E402
 from search_env.types import Passage  # noqa: E402
 
@@ -131,15 +133,54 @@ def test_search_r1_request_with_scores(client, bm25):
     assert body["result"][8] == [] and body["result"][9] == [] and body["result"][10] == []
 
 
-def test_search_r1_rollout_formatting_reads_the_response(client, bm25):
-    # generation.py _passages2string reads doc_item['document']['contents'] only.
-    hits = post(client, {"queries": ["capital of Norway"], "topk": 3, "return_scores": True}).json()["result"][0]
-    reference = ""
-    for idx, doc_item in enumerate(hits):
-        content = doc_item["document"]["contents"]
-        title, text = content.split("\n")[0], "\n".join(content.split("\n")[1:])
-        reference += f"Doc {idx + 1}(Title: {title}) {text}\n"
-    assert reference == format_documents(bm25.search(["capital of Norway"], 3)[0])
+def passages_to_string(items: list) -> str:
+    """The Doc-list both rollout clients build from result items (their `_passages2string`)."""
+    out = ""
+    for idx, item in enumerate(items):
+        lines = item["document"]["contents"].split("\n")
+        out += f"Doc {idx + 1}(Title: {lines[0]}) {chr(10).join(lines[1:])}\n"
+    return out
+
+
+def test_search_r1_batch_search_replayed(server, bm25):
+    # Search-R1's generation.py: `requests.post(search_url, json={"queries", "topk",
+    # "return_scores": True}).json()["result"]`, then one Doc-list string per query.
+    requests = pytest.importorskip("requests")
+    queries = ["capital of Norway", "Zürich lake", "zzz unknown words only"]
+    payload = {"queries": queries, "topk": 3, "return_scores": True}
+    answer = requests.post(server.url + "/retrieve", json=payload).json()
+    strings = [passages_to_string(items) for items in answer["result"]]
+    assert strings == [format_documents(bm25.search([q], 3)[0]) for q in queries]
+    assert strings[0].startswith('Doc 1(Title: "Oslo") Oslo is the capital') and strings[2] == ""
+
+
+def test_gem_search_tool_request_replayed(server, bm25):
+    # GEM's gem/tools/search_tool.py (since July 2025): the msgpack bytes of {"query": str,
+    # "topk": k, "return_scores": True} as `requests.post(url, data=..., timeout=5)` (so no
+    # Content-Type), `raise_for_status()`, then `msgspec.msgpack.decode(content)["result"]`
+    # read as one flat item list.
+    requests = pytest.importorskip("requests")
+    body = msgspec.msgpack.encode({"query": "capital of Norway", "topk": 3, "return_scores": True})
+    response = requests.post(server.url + "/retrieve", data=body, timeout=5)
+    assert "content-type" not in {k.lower() for k in response.request.headers}
+    response.raise_for_status()
+    assert response.headers["content-type"] == "application/msgpack"
+    result = msgspec.msgpack.decode(response.content)["result"]
+    assert passages_to_string(result) == format_documents(bm25.search(["capital of Norway"], 3)[0])
+    assert [item["document"]["id"] for item in result] == [p.id for p in bm25.search(["capital of Norway"], 3)[0]]
+    assert all(isinstance(item["score"], float) for item in result)
+
+
+def test_single_query_in_json_and_without_scores(client, bm25):
+    want = bm25.search(["fjords"], 2)[0]
+    scored = post(client, {"query": "fjords", "topk": 2, "return_scores": True}).json()
+    assert [i["document"]["id"] for i in scored["result"]] == [p.id for p in want]
+    assert [i["score"] for i in scored["result"]] == pytest.approx([p.score for p in want], rel=1e-6)
+    bare = post(client, {"query": "fjords", "topk": 2}).json()
+    assert bare == {"result": [{"id": p.id, "contents": p.contents} for p in want]}
+    assert post(client, {"query": "", "topk": 2}).json() == {"result": []}
+    packed = client.post("/retrieve", content=msgspec.msgpack.encode({"query": "fjords", "topk": 2}))
+    assert msgspec.msgpack.decode(packed.content) == bare
 
 
 def test_request_without_scores_returns_documents(client, bm25):
@@ -168,14 +209,14 @@ def test_zero_queries_and_empty_query(client):
 def test_gem_msgpack_request(client, bm25):
     # GEM's search tool: msgpack body, no Content-Type, msgpack answer.
     payload = {"queries": ["capital of Norway"], "topk": 3, "return_scores": True}
-    response = client.post("/retrieve", content=msgpack.packb(payload))
+    response = client.post("/retrieve", content=msgspec.msgpack.encode(payload))
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/msgpack"
-    body = msgpack.unpackb(response.content)
+    body = msgspec.msgpack.decode(response.content)
     assert body == post(client, payload).json()
     assert [d["document"]["id"] for d in body["result"][0]] == [p.id for p in bm25.search(["capital of Norway"], 3)[0]]
-    explicit = client.post("/retrieve", content=msgpack.packb(payload), headers={"content-type": "application/msgpack"})
-    assert msgpack.unpackb(explicit.content) == body
+    explicit = client.post("/retrieve", content=msgspec.msgpack.encode(payload), headers={"content-type": "application/msgpack"})
+    assert msgspec.msgpack.decode(explicit.content) == body
 
 
 # ---------------------------------------------------------------------- bad requests
@@ -199,6 +240,12 @@ def test_gem_msgpack_request(client, bm25):
         (json.dumps({"queries": ["a"], "return_scores": "yes"}), 422, "'return_scores' must be true or false"),
         (json.dumps({"queries": ["a"] * 4097}), 422, "too many queries: 4097"),
         (json.dumps({"queries": ["ok", "x" * 2001]}), 422, "queries[1] is 2001 characters long, the limit is 2000"),
+        (json.dumps({"query": ["capital"]}), 422, "'query' must be a string, got list"),
+        (json.dumps({"query": None}), 422, "'query' must be a string, got null"),
+        (json.dumps({"query": "x" * 2001}), 422, "'query' is 2001 characters long, the limit is 2000"),
+        (json.dumps({"query": "a", "queries": ["b"]}), 422, "not both"),
+        (msgspec.msgpack.encode({"query": 7, "topk": 3}), 422, "'query' must be a string, got int"),
+        (msgspec.msgpack.encode({"query": "a", "topk": 0}), 422, "'topk' must be an integer"),
     ],
 )
 def test_bad_requests_get_4xx_with_a_message(client, content, status, message):
@@ -243,6 +290,156 @@ def test_parse_retrieve_request_unit():
         parse_retrieve_request({"queries": [], "topk": float("nan")})
     with pytest.raises(ValueError, match="default_topk"):
         RequestLimits(max_topk=2, default_topk=3)
+
+
+# ---------------------------------------------------------------------- slow and large bodies
+def _stalled_upload(srv: ServerThread, chunks: list[bytes], gap_s: float, deadline_s: float) -> tuple[bytes, float]:
+    """Sends headers for a 10,000-byte body, then ``chunks`` ``gap_s`` apart (never the rest);
+    returns what the server sent back and when it closed the connection (bounded wait)."""
+    import socket
+
+    start = time.perf_counter()
+    with socket.create_connection((srv.host, srv.port), timeout=deadline_s) as sock:
+        sock.sendall(
+            f"POST /retrieve HTTP/1.1\r\nHost: {srv.host}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 10000\r\n\r\n".encode()
+        )
+        received = b""
+        sock.setblocking(False)
+        for chunk in chunks:
+            try:
+                sock.sendall(chunk)
+            except OSError:  # closed by the server
+                break
+            time.sleep(gap_s)
+        sock.setblocking(True)
+        while time.perf_counter() - start < deadline_s:
+            data = sock.recv(65536)
+            if not data:
+                return received, time.perf_counter() - start
+            received += data
+    raise AssertionError(f"connection still open after {deadline_s} s")
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickling"])
+def test_slow_bodies_time_out_and_the_connection_closes(bm25, trickle):
+    app = create_app(bm25, body_timeout_s=0.4)
+    with ServerThread(app) as srv:
+        chunks = [b"{"] * 30 if trickle else [b'{"queries": ["cap']
+        answer, closed_after = _stalled_upload(srv, chunks, gap_s=0.05, deadline_s=5.0)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"connection: close" in answer.lower()
+        assert b"not received within 0.4 s" in answer
+        assert 0.4 <= closed_after < 2.0
+        # Other clients are served meanwhile and after.
+        assert httpx.post(srv.url + "/retrieve", json={"queries": ["capital"]}).status_code == 200
+        assert httpx.get(srv.url + "/health").json()["counters"]["bad_requests"] == 1
+
+
+def test_default_body_limit_fits_the_largest_valid_request():
+    limits = RequestLimits()
+    # 4096 queries of 2000 characters, 4 UTF-8 bytes each at most, plus framing.
+    assert limits.body_limit == 4096 * (4 * 2000 + 4) + 1024 < 33_000_000
+    assert RequestLimits(max_body_bytes=123).body_limit == 123
+    with pytest.raises(ValueError, match="body_timeout_s"):
+        RequestLimits(body_timeout_s=0)
+
+
+def test_largest_valid_requests_fit_the_derived_body_limit(bm25):
+    app = create_app(bm25, max_queries_per_request=8, max_query_chars=50, max_topk=3)
+    widest = "\U0001f600" * 50  # 4 bytes a character in UTF-8
+    queries = [widest] * 8
+    bodies = {
+        "json utf-8": (json.dumps({"queries": queries, "topk": 3, "return_scores": False}, ensure_ascii=False).encode(), "application/json"),
+        "msgpack": (msgspec.msgpack.encode({"queries": queries, "topk": 3, "return_scores": False}), None),
+    }
+    with ServerThread(app) as srv, httpx.Client(base_url=srv.url) as c:
+        limit = c.get("/health").json()["limits"]["max_body_bytes"]
+        assert limit == 8 * (4 * 50 + 4) + 1024
+        for name, (body, ctype) in bodies.items():
+            headers = {"content-type": ctype} if ctype else {}
+            response = c.post("/retrieve", content=body, headers=headers)
+            assert response.status_code == 200, (name, response.text)
+        too_big = c.post("/retrieve", content=b" " * (limit + 1), headers={"content-type": "application/json"})
+        assert too_big.status_code == 413 and too_big.headers["connection"] == "close"
+
+
+class WideRetriever:
+    """Answers every query with ``width`` short passages, fast: only the answer's size costs."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        hits = [Passage(str(i), f"passage {i}", float(k - i)) for i in range(min(k, self.width))]
+        return [hits for _ in queries]
+
+
+@pytest.mark.parametrize("as_msgpack", [False, True], ids=["json", "msgpack"])
+def test_encoded_answers_are_the_formatted_result(as_msgpack):
+    from search_env.server.app import RetrieveRequest, encode_answer, format_result
+
+    results = [[Passage("1", '"Zürich"\nZürich ✓', 2.5), Passage("2", "x", None)], [], [Passage("3", "y", 1.0)]]
+    decode = msgspec.msgpack.decode if as_msgpack else msgspec.json.decode
+    for scores in (True, False):
+        request = RetrieveRequest(("a", "b", "c"), 2, scores)
+        assert decode(encode_answer(results, request, as_msgpack)) == format_result(results, scores)
+        single = RetrieveRequest(("a",), 2, scores, single=True)
+        assert decode(encode_answer(results[:1], single, as_msgpack)) == format_result(results[:1], scores, True)
+        with pytest.raises(ValueError, match="needs 1 result list, got 3"):
+            encode_answer(results, single, as_msgpack)
+
+
+@contextlib.contextmanager
+def _unfreezing():
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def test_a_maximal_request_does_not_block_other_clients():
+    limits = RequestLimits()
+    # 4096 queries of 2000 characters (8 MB); 25 passages each (not topk's 100) keep it short.
+    app = create_app(WideRetriever(25), max_wait_ms=0.0)
+    big = {"queries": ["q" * limits.max_query_chars] * limits.max_queries_per_request,
+           "topk": limits.max_topk, "return_scores": True}
+    body = json.dumps(big).encode()
+    # The server shares this process with pytest's heap; frozen, the objects earlier
+    # tests left are skipped by the garbage collector (a full pass over them is a
+    # process-wide pause a standalone server does not have).
+    gc.collect()
+    gc.freeze()
+    with ServerThread(app) as srv, _unfreezing():
+        done = threading.Event()
+        outcome: dict = {}
+
+        def send_big() -> None:
+            with httpx.Client(timeout=60.0) as c:
+                response = c.post(srv.url + "/retrieve", content=body, headers={"content-type": "application/json"})
+                outcome["status"], outcome["content"] = response.status_code, response.content
+            done.set()
+
+        worker = threading.Thread(target=send_big)
+        latencies = []
+        with httpx.Client(base_url=srv.url, timeout=10.0) as c:
+            c.get("/health")
+            start = time.perf_counter()
+            worker.start()
+            while not done.is_set() and time.perf_counter() - start < 60:
+                t0 = time.perf_counter()
+                assert c.get("/health").status_code == 200
+                latencies.append(time.perf_counter() - t0)
+                time.sleep(0.01)
+            big_seconds = time.perf_counter() - start
+        worker.join()
+    # Decoded only now: decoding in the worker would hold this process's GIL mid-timing.
+    assert outcome["status"] == 200
+    assert [len(hits) for hits in msgspec.json.decode(outcome["content"])["result"]] == [25] * 4096
+    assert len(latencies) >= 5, (big_seconds, latencies)
+    print(f"maximal request {big_seconds:.2f} s, /health latency max {max(latencies) * 1e3:.0f} ms")
+    # Before: decoding and encoding on the event loop held it for 1.5 s.
+    assert max(latencies) < 0.35, (big_seconds, sorted(latencies)[-5:])
 
 
 # ---------------------------------------------------------------------- failures
@@ -473,34 +670,6 @@ def test_microbatcher_isolates_a_failing_request_and_closes_cleanly():
     assert isinstance(bad, RuntimeError) and "cannot answer bad" in str(bad)
 
 
-# ---------------------------------------------------------------------- msgpack codec
-def test_msgpack_codec_known_bytes_and_round_trip():
-    py_pack, py_unpack = msgpack._pack_py, msgpack._unpack_py
-    assert py_pack({"a": 1}) == b"\x81\xa1a\x01"
-    assert py_pack([None, True, False, -1, -33, 255]) == b"\x96\xc0\xc3\xc2\xff\xd3" + (-33).to_bytes(8, "big", signed=True) + b"\xcf" + (255).to_bytes(8, "big")
-    assert py_pack(1.5) == b"\xcb?\xf8\x00\x00\x00\x00\x00\x00"
-    assert py_pack("x" * 40)[:2] == b"\xd9\x28"
-    assert py_pack("x" * 300)[:3] == b"\xda\x01\x2c"
-    assert py_pack(list(range(16)))[:3] == b"\xdc\x00\x10"
-    assert py_pack({str(i): i for i in range(16)})[:3] == b"\xde\x00\x10"
-    value = {
-        "result": [[{"document": {"id": "7", "contents": '"Zürich"\nZürich ✓ ' * 20}, "score": 3.25}], []],
-        "n": [0, 127, 128, 65535, 2**40, -32, -129, -(2**40)],
-        "b": b"\x00\x01",
-    }
-    assert py_unpack(py_pack(value)) == value
-    assert msgpack.unpackb(msgpack.packb(value)) == value  # whichever backend is active
-    # Fixed-width encodings other encoders choose.
-    assert py_unpack(b"\xcc\x80\xcd\x01\x00"[:2]) == 128
-    assert py_unpack(b"\xd0\x80") == -128
-    assert py_unpack(b"\xca\x3f\xc0\x00\x00") == 1.5
-    for broken, message in [(b"\x92\x01", "truncated"), (b"\x01\x02", "trailing"), (b"\xc1", "unsupported")]:
-        with pytest.raises(msgpack.MsgpackError, match=message):
-            py_unpack(broken)
-    assert msgpack.looks_like_msgpack_map(py_pack({"queries": []}))
-    assert not msgpack.looks_like_msgpack_map(b'{"queries": []}')
-
-
 # ---------------------------------------------------------------------- launching
 def test_run_serve_loads_the_index_and_passes_the_settings(bm25, tmp_path, monkeypatch):
     import argparse
@@ -510,7 +679,8 @@ def test_run_serve_loads_the_index_and_passes_the_settings(bm25, tmp_path, monke
     index_dir = bm25.save(tmp_path / "idx")
     args = add_serve_arguments(argparse.ArgumentParser()).parse_args(
         ["--index", str(index_dir), "--port", "8123", "--max-batch", "64", "--max-wait-ms", "1.5",
-         "--no-batching", "--backend", "numpy", "--threads", "1", "--topk", "5"]
+         "--no-batching", "--backend", "numpy", "--threads", "1", "--topk", "5",
+         "--max-body-bytes", "5000", "--body-timeout", "2.5"]
     )
     assert args.host == "127.0.0.1"  # loopback unless asked
     seen = {}
@@ -519,13 +689,40 @@ def test_run_serve_loads_the_index_and_passes_the_settings(bm25, tmp_path, monke
     assert isinstance(seen["retriever"], BM25Retriever) and seen["retriever"].backend == "numpy"
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     assert seen["max_batch"] == 64 and seen["max_wait_ms"] == 1.5 and seen["batching"] is False
-    assert seen["default_topk"] == 5
+    assert seen["default_topk"] == 5 and seen["max_body_bytes"] == 5000 and seen["body_timeout_s"] == 2.5
     info = seen["info"]
     assert info["kind"] == "bm25" and info["num_passages"] == len(PASSAGES) and "files" not in info
     # The info dict is what /health shows.
     app = create_app(seen["retriever"], info=info)
     with ServerThread(app) as srv:
         assert httpx.get(srv.url + "/health").json()["index"]["path"] == str(index_dir.resolve())
+
+
+@pytest.mark.parametrize("damage", ["missing directory", "no manifest", "bad manifest", "truncated file", "unknown kind"])
+def test_serve_command_reports_index_errors_in_one_line(bm25, tmp_path, capsys, monkeypatch, damage):
+    from search_env.cli import main
+    from search_env.server import launch
+
+    monkeypatch.setattr(launch, "serve", lambda *a, **kw: pytest.fail("must not serve a broken index"))
+    index_dir = bm25.save(tmp_path / "idx")
+    manifest = index_dir / "manifest.json"
+    if damage == "missing directory":
+        index_dir = tmp_path / "nowhere"
+    elif damage == "no manifest":
+        manifest.unlink()
+    elif damage == "bad manifest":
+        manifest.write_text("{")
+    elif damage == "truncated file":
+        data = index_dir / "data.csc.index.npy"
+        data.write_bytes(data.read_bytes()[:100])
+    else:
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "kind": "colbert"}))
+    assert main(["serve", "--index", str(index_dir), "--backend", "numpy"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: cannot serve the index {index_dir}: ")
+    with pytest.raises((OSError, RetrievalError, ValueError)):  # -v: the traceback
+        main(["-v", "serve", "--index", str(index_dir), "--backend", "numpy"])
 
 
 def test_server_thread_reports_a_port_in_use(bm25):

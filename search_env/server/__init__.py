@@ -2,8 +2,9 @@
 
 ``create_app(retriever)`` builds the FastAPI app, ``serve(retriever)`` runs it under
 uvicorn on 127.0.0.1:8000, ``ServerThread(app)`` runs it in a background thread, and
-`RemoteRetriever` (``search_env.retrievers.remote``) is the matching client. fastapi and
-uvicorn are imported only when an app is built or served: ``pip install 'search-env[server]'``.
+`RemoteRetriever` (``search_env.retrievers.remote``) is the matching client. fastapi,
+uvicorn and msgspec are imported only when an app is built or served:
+``pip install 'search-env[server]'``.
 """
 
 from search_env.server.app import (

@@ -1,7 +1,7 @@
 """The retrieval HTTP service: Search-R1's ``POST /retrieve`` over any `Retriever`.
 
-Request (JSON, as Search-R1's rollout sends it; a msgpack body, as GEM's search tool
-sends it, is also understood and answered in msgpack)::
+Request (JSON, as Search-R1's rollout sends it; a msgpack body is understood too and
+answered in msgpack)::
 
     {"queries": ["q1", "q2"], "topk": 3, "return_scores": true}
 
@@ -9,7 +9,10 @@ Response, one list per query, best first::
 
     {"result": [[{"document": {"id": "12", "contents": "..."}, "score": 7.1}, ...], ...]}
 
-With ``"return_scores": false`` each item is the document itself (``{"id", "contents"}``).
+A single ``"query": "q1"`` string instead of ``queries`` (what GEM's search tool sends,
+as msgpack without a Content-Type) is answered with the flat list of that query's items:
+``{"result": [{"document": ..., "score": ...}, ...]}``. With ``"return_scores": false``
+each item is the document itself (``{"id", "contents"}``).
 
 Compatibility with the reference server (``search_r1/search/retrieval_server.py``):
 field names, nesting and defaults are the same (``topk`` missing or null -> the server
@@ -23,23 +26,26 @@ unpacks the retriever's single return value into two and fails). Documents carry
 and ``contents`` and no ``id``; its dense path the whole corpus row). Both rollout
 clients read only ``["document"]["contents"]``.
 
-Status codes: 400 malformed body, 413 body too large, 422 invalid request (the
-``detail`` field says what and where), 503 the retriever raised (the message is
-passed on; the server keeps serving), 500 only for a bug in this module.
+Status codes: 400 malformed body, 408 body not received in time, 413 body too large
+(both close the connection), 422 invalid request (the ``detail`` field says what and
+where), 503 the retriever raised (the message is passed on; the server keeps serving),
+500 only for a bug in this module. Decoding a large body and encoding a large answer
+run in a worker thread, so a maximal request does not hold up other clients.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from search_env.retrievers.base import Retriever
-from search_env.server import msgpack
 from search_env.server.batching import MicroBatcher
 from search_env.types import Passage
 
@@ -48,6 +54,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TOPK",
+    "decode_body",
+    "encode_answer",
     "RequestError",
     "RequestLimits",
     "RetrieveRequest",
@@ -61,20 +69,24 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOPK = 3
 """The reference server's ``--topk`` default, used when a request has no ``topk``."""
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+_MSGPACK_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+"""fixmap, map16, map32: no JSON text starts with these bytes."""
+_ENVELOPE_BYTES = 1024
+"""Body bytes besides the query strings: keys, ``topk``, ``return_scores``, brackets."""
+_INLINE_BODY_BYTES = 64 << 10
+"""Bodies up to this size are decoded on the event loop (a thread hop costs more)."""
+_INLINE_PASSAGES = 2048
+"""Answers up to this many passages are encoded on the event loop."""
 
-try:
-    import orjson
 
-    _json_dumps: Callable[[Any], bytes] = orjson.dumps
-    _json_loads: Callable[[bytes], Any] = orjson.loads
-    _JSONDecodeError: tuple[type[Exception], ...] = (orjson.JSONDecodeError,)
-except ImportError:  # pragma: no cover - depends on the environment
-
-    def _json_dumps(obj: Any) -> bytes:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-    _json_loads = json.loads
-    _JSONDecodeError = (json.JSONDecodeError, UnicodeDecodeError)
+def _import_msgspec() -> Any:
+    try:
+        import msgspec
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the retrieval server needs msgspec: pip install 'search-env[server]'"
+        ) from e
+    return msgspec
 
 
 def _import_fastapi() -> Any:
@@ -108,7 +120,10 @@ class RequestLimits:
     default_topk: int = DEFAULT_TOPK
     """``topk`` for requests that leave it out or send null."""
     max_body_bytes: int | None = None
-    """Largest request body; None derives it from the other limits."""
+    """Largest request body; None derives it from the other limits (`body_limit`)."""
+    body_timeout_s: float = 10.0
+    """Seconds a client has to send the whole body once its headers arrived; a slower
+    (stalled, trickling) body gets a 408 and its connection is closed."""
 
     def __post_init__(self) -> None:
         for name in ("max_queries_per_request", "max_topk", "max_query_chars", "default_topk"):
@@ -118,13 +133,25 @@ class RequestLimits:
             raise ValueError(
                 f"default_topk ({self.default_topk}) must be <= max_topk ({self.max_topk})"
             )
+        if self.max_body_bytes is not None and self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1 or None, got {self.max_body_bytes}")
+        if not self.body_timeout_s > 0:
+            raise ValueError(f"body_timeout_s must be > 0, got {self.body_timeout_s}")
 
     @property
     def body_limit(self) -> int:
-        """The body size limit in bytes (6 bytes a character covers JSON \\u escapes)."""
+        """The body size limit in bytes.
+
+        Derived, it is the size of the largest valid request: ``max_queries_per_request``
+        queries of ``max_query_chars`` characters, each at most 4 bytes in UTF-8 (raw JSON
+        or msgpack) plus 4 bytes of quotes, comma and space (or a msgpack string header),
+        plus the envelope. A maximal request whose non-ASCII text a client escapes as
+        ``\\uXXXX`` (6 bytes; Python's ``json.dumps`` default) needs more: raise
+        ``max_body_bytes`` for those.
+        """
         if self.max_body_bytes is not None:
             return self.max_body_bytes
-        return self.max_queries_per_request * (6 * self.max_query_chars + 8) + (64 << 10)
+        return self.max_queries_per_request * (4 * self.max_query_chars + 4) + _ENVELOPE_BYTES
 
 
 @dataclass(frozen=True)
@@ -134,6 +161,8 @@ class RetrieveRequest:
     queries: tuple[str, ...]
     topk: int
     return_scores: bool
+    single: bool = False
+    """The request sent one ``query`` string (answered with a flat list)."""
 
 
 def _type_name(value: Any) -> str:
@@ -145,6 +174,7 @@ def parse_retrieve_request(
 ) -> RetrieveRequest:
     """Validates a decoded request body.
 
+    Takes ``queries`` (a list of strings) or ``query`` (one string; GEM's search tool).
     Unknown fields are ignored, as in the reference (pydantic's default).
 
     Raises:
@@ -154,9 +184,20 @@ def parse_retrieve_request(
         raise RequestError(
             f"the request body must be an object with a 'queries' list, got {_type_name(payload)}"
         )
-    if "queries" not in payload:
-        raise RequestError("missing field 'queries' (a list of strings)")
-    queries = payload["queries"]
+    single = "query" in payload
+    if single and "queries" in payload:
+        raise RequestError("send 'queries' (a list of strings) or 'query' (one string), not both")
+    if single:
+        query = payload["query"]
+        if not isinstance(query, str):
+            raise RequestError(f"'query' must be a string, got {_type_name(query)}")
+        if len(query) > limits.max_query_chars:
+            raise RequestError(
+                f"'query' is {len(query)} characters long, the limit is {limits.max_query_chars}"
+            )
+    elif "queries" not in payload:
+        raise RequestError("missing field 'queries' (a list of strings) or 'query' (a string)")
+    queries = [payload["query"]] if single else payload["queries"]
     if not isinstance(queries, list):
         raise RequestError(f"'queries' must be a list of strings, got {_type_name(queries)}")
     if len(queries) > limits.max_queries_per_request:
@@ -191,25 +232,29 @@ def parse_retrieve_request(
             f"'return_scores' must be true or false, "
             f"got {return_scores!r} ({_type_name(return_scores)})"
         )
-    return RetrieveRequest(tuple(queries), topk, return_scores)
+    return RetrieveRequest(tuple(queries), topk, return_scores, single)
 
 
-def format_result(results: Sequence[Sequence[Passage]], return_scores: bool) -> dict[str, Any]:
-    """The reference response body for one passage list per query."""
-    if return_scores:
-        return {
-            "result": [
-                [
-                    {
-                        "document": {"id": p.id, "contents": p.contents},
-                        "score": None if p.score is None else float(p.score),
-                    }
-                    for p in hits
-                ]
-                for hits in results
-            ]
-        }
-    return {"result": [[{"id": p.id, "contents": p.contents} for p in hits] for hits in results]}
+def _item(p: Passage, return_scores: bool) -> dict[str, Any]:
+    doc = {"id": p.id, "contents": p.contents}
+    if not return_scores:
+        return doc
+    return {"document": doc, "score": None if p.score is None else float(p.score)}
+
+
+def format_result(
+    results: Sequence[Sequence[Passage]], return_scores: bool, single: bool = False
+) -> dict[str, Any]:
+    """The reference response body for one passage list per query.
+
+    With ``single`` (a ``query`` request) ``result`` is the one query's flat item list.
+    """
+    lists = [[_item(p, return_scores) for p in hits] for hits in results]
+    if single:
+        if len(lists) != 1:
+            raise ValueError(f"a single-query answer needs 1 result list, got {len(lists)}")
+        return {"result": lists[0]}
+    return {"result": lists}
 
 
 def _is_msgpack(content_type: str | None, body: bytes) -> bool:
@@ -220,7 +265,7 @@ def _is_msgpack(content_type: str | None, body: bytes) -> bool:
         if media.endswith("json"):
             return False
     # GEM's tool sends msgpack bytes with no Content-Type; a map's first byte cannot start JSON.
-    return msgpack.looks_like_msgpack_map(body)
+    return bool(body) and body[0] in _MSGPACK_MAP_FIRST_BYTES
 
 
 def decode_body(body: bytes, content_type: str | None) -> tuple[Any, bool]:
@@ -229,19 +274,78 @@ def decode_body(body: bytes, content_type: str | None) -> tuple[Any, bool]:
     Raises:
         RequestError: (400) If the body is not valid JSON or msgpack.
     """
+    msgspec = _import_msgspec()
     if _is_msgpack(content_type, body):
         try:
-            return msgpack.unpackb(body), True
-        except (msgpack.MsgpackError, ValueError, TypeError) as e:
+            return msgspec.msgpack.decode(body), True
+        except msgspec.DecodeError as e:
             raise RequestError(f"malformed msgpack body: {e}", status=400) from e
     if not body.strip():
         raise RequestError(
             "empty request body: send a JSON object with a 'queries' list", status=400
         )
     try:
-        return _json_loads(body), False
-    except (*_JSONDecodeError, ValueError) as e:
+        return msgspec.json.decode(body), False
+    except msgspec.DecodeError as e:
         raise RequestError(f"malformed JSON body: {e}", status=400) from e
+
+
+def _decode_request(
+    body: bytes, content_type: str | None, limits: RequestLimits
+) -> tuple[RetrieveRequest, bool]:
+    payload, as_msgpack = decode_body(body, content_type)
+    return parse_retrieve_request(payload, limits), as_msgpack
+
+
+@functools.cache
+def _answer_types() -> tuple[type, type]:
+    """msgspec structs for result items, made on first use (msgspec is an optional extra).
+
+    ``gc=False``: a maximal answer holds 409,600 items; as tracked objects (dicts), the
+    garbage collector passes over them again and again while they are built.
+    """
+    msgspec = _import_msgspec()
+
+    class Document(msgspec.Struct, gc=False):
+        id: str
+        contents: str
+
+    class Scored(msgspec.Struct, gc=False):
+        document: Document
+        score: float | None
+
+    return Document, Scored
+
+
+def encode_answer(
+    results: Sequence[Sequence[Passage]], request: RetrieveRequest, as_msgpack: bool
+) -> bytes:
+    """The response body bytes (msgpack or JSON) for ``request``'s results: the same
+    document as `format_result` gives.
+
+    Raises:
+        TypeError: If a passage's fields have the wrong types.
+        ValueError: If a single-query request got other than one result list.
+    """
+    msgspec = _import_msgspec()
+    Document, Scored = _answer_types()
+    encode = msgspec.msgpack.encode if as_msgpack else msgspec.json.encode
+    if request.single and len(results) != 1:
+        raise ValueError(f"a single-query answer needs 1 result list, got {len(results)}")
+
+    def items(hits: Sequence[Passage]) -> list[Any]:
+        if request.return_scores:
+            return [
+                Scored(Document(p.id, p.contents), None if p.score is None else float(p.score))
+                for p in hits
+            ]
+        return [Document(p.id, p.contents) for p in hits]
+
+    if request.single:
+        return encode({"result": items(results[0])})
+    # One encode call per query, spliced in as raw bytes: a single call over a maximal
+    # answer would hold the GIL (and so the event loop) for a third of a second.
+    return encode({"result": [msgspec.Raw(encode(items(hits))) for hits in results]})
 
 
 def _guess_kind(retriever: Any) -> str:
@@ -271,6 +375,7 @@ def create_app(
     max_query_chars: int = 2000,
     default_topk: int = DEFAULT_TOPK,
     max_body_bytes: int | None = None,
+    body_timeout_s: float = 10.0,
     info: dict[str, Any] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``POST /retrieve`` and ``GET /health`` over ``retriever``.
@@ -285,7 +390,10 @@ def create_app(
         max_topk: Largest ``topk`` accepted.
         max_query_chars: Longest query accepted, in characters.
         default_topk: ``topk`` for requests without one (the reference's default, 3).
-        max_body_bytes: Largest request body (413 beyond); None derives it.
+        max_body_bytes: Largest request body (413 beyond); None derives it from the
+            other limits (`RequestLimits.body_limit`).
+        body_timeout_s: Seconds allowed for receiving a body after its headers (408
+            beyond): a stalled or trickling upload does not hold a connection forever.
         info: Facts about the index (kind, path, sizes...) shown by ``/health``.
 
     Returns:
@@ -300,8 +408,14 @@ def create_app(
         raise TypeError(
             f"retriever must have a search(queries, k) method, got {type(retriever).__name__}"
         )
+    msgspec = _import_msgspec()
     limits = RequestLimits(
-        max_queries_per_request, max_topk, max_query_chars, default_topk, max_body_bytes
+        max_queries_per_request=max_queries_per_request,
+        max_topk=max_topk,
+        max_query_chars=max_query_chars,
+        default_topk=default_topk,
+        max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout_s,
     )
     batcher = MicroBatcher(
         retriever.search, max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching
@@ -327,7 +441,9 @@ def create_app(
     def error(status: int, message: str) -> Response:
         if status < 500:
             counters["bad_requests"] += 1
-        return JSONResponse({"detail": message}, status_code=status)
+        # The rest of a refused or stalled body is not read: close rather than parse it.
+        headers = {"connection": "close"} if status in (408, 413) else None
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -336,24 +452,40 @@ def create_app(
                 f"request body of {declared} bytes exceeds the limit of {limits.body_limit}", 413
             )
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limits.body_limit:
-                raise RequestError(
-                    f"request body exceeds the limit of {limits.body_limit} bytes", 413
-                )
+        try:
+            # One deadline for the whole body (wall clock), not per chunk: a client that
+            # trickles a byte a second must not keep its connection either.
+            async with asyncio.timeout(limits.body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limits.body_limit:
+                        raise RequestError(
+                            f"request body exceeds the limit of {limits.body_limit} bytes", 413
+                        )
+        except TimeoutError:
+            raise RequestError(
+                f"request body not received within {limits.body_timeout_s:g} s "
+                f"({len(body)} bytes arrived)",
+                408,
+            ) from None
         return bytes(body)
 
     async def retrieve(request: Request) -> Response:
-        """Search-R1 retrieval: one passage list per query."""
+        """Search-R1 retrieval: one passage list per query (flat for a single ``query``)."""
+        content_type = request.headers.get("content-type")
         try:
             body = await read_body(request)
-            payload, as_msgpack = decode_body(body, request.headers.get("content-type"))
-            req = parse_retrieve_request(payload, limits)
+            if len(body) > _INLINE_BODY_BYTES:  # keep the event loop free for other clients
+                req, as_msgpack = await asyncio.to_thread(
+                    _decode_request, body, content_type, limits
+                )
+            else:
+                req, as_msgpack = _decode_request(body, content_type, limits)
         except RequestError as e:
             return error(e.status, str(e))
         except ClientDisconnect:
             return error(400, "client disconnected while sending the body")
+        del body
         try:
             results = await batcher.submit(req.queries, req.topk)
         except Exception as e:
@@ -362,14 +494,16 @@ def create_app(
             logger.warning("%s (request of %d queries)", message, len(req.queries))
             return JSONResponse({"detail": message}, status_code=503)
         try:
-            answer = format_result(results, req.return_scores)
-            if as_msgpack:
-                return Response(msgpack.packb(answer), media_type="application/msgpack")
-            return Response(_json_dumps(answer), media_type="application/json")
+            if sum(len(hits) for hits in results) > _INLINE_PASSAGES:
+                content = await asyncio.to_thread(encode_answer, results, req, as_msgpack)
+            else:
+                content = encode_answer(results, req, as_msgpack)
         except Exception as e:  # the retriever returned something that is not passages
             logger.exception("cannot encode the retriever's answer")
             message = f"cannot encode the retriever's answer: {type(e).__name__}: {e}"
             return JSONResponse({"detail": message}, status_code=500)
+        media_type = "application/msgpack" if as_msgpack else "application/json"
+        return Response(content, media_type=media_type)
 
     async def health() -> Response:
         """Server status, retriever and index facts, batching settings and counters."""
@@ -388,12 +522,12 @@ def create_app(
                 "max_query_chars": limits.max_query_chars,
                 "default_topk": limits.default_topk,
                 "max_body_bytes": limits.body_limit,
+                "body_timeout_s": limits.body_timeout_s,
             },
             "counters": {**batcher.stats.as_dict(), **counters},
-            "msgpack": msgpack.BACKEND,
             "uptime_s": round(time.time() - started, 3),
         }
-        return Response(_json_dumps(body), media_type="application/json")
+        return Response(msgspec.json.encode(body), media_type="application/json")
 
     # Annotations are strings here (postponed evaluation) and fastapi is imported
     # lazily, so hand FastAPI the classes it uses to recognize the Request parameter.
@@ -417,9 +551,10 @@ def create_app(
 
 _REQUEST_SCHEMA = {
     "type": "object",
-    "required": ["queries"],
+    "oneOf": [{"required": ["queries"]}, {"required": ["query"]}],
     "properties": {
         "queries": {"type": "array", "items": {"type": "string"}},
+        "query": {"type": "string", "description": "one query; answered with a flat list"},
         "topk": {"type": ["integer", "null"], "minimum": 1, "default": DEFAULT_TOPK},
         "return_scores": {"type": "boolean", "default": False},
     },

@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from search_env.retrievers.base import Retriever
+from search_env.retrievers.base import RetrievalError, Retriever
 from search_env.retrievers.loading import index_info, load_index, register_index_kind
 
 if TYPE_CHECKING:
@@ -189,21 +190,40 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     add("--max-topk", type=int, default=100)
     add("--max-queries", type=int, default=4096, help="most queries in one request")
     add("--max-query-chars", type=int, default=2000)
+    add("--max-body-bytes", type=int, default=None,
+        help="largest request body (default: what the largest valid request needs)")
+    add("--body-timeout", type=float, default=10.0,
+        help="seconds a client has to send a request body (slower: 408, connection closed)")
     add("--backend", default="auto", choices=["auto", "numba", "numpy"], help="bm25 backend")
     add("--threads", type=int, default=-1, help="retriever threads (-1: all cores)")
     add("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    """Loads ``args.index`` and serves it until interrupted; returns the exit code."""
+def _open_index(args: argparse.Namespace) -> tuple[Retriever, dict[str, Any]]:
     info = index_info(args.index)
     loader_kwargs: dict[str, Any] = {}
     if info["kind"] == "bm25":
         loader_kwargs = {"backend": args.backend, "n_threads": args.threads}
     elif info["kind"] == "dense":
         loader_kwargs = {"n_threads": args.threads}
-    retriever = load_index(args.index, **loader_kwargs)
+    return load_index(args.index, **loader_kwargs), info
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Loads ``args.index`` and serves it until interrupted; returns the exit code.
+
+    An index that cannot be opened (missing directory, damaged or unreadable files, an
+    unknown kind, a missing extra) is one ``error:`` line on stderr and exit code 1, not
+    a traceback; with ``-v`` the traceback is shown.
+    """
+    try:
+        retriever, info = _open_index(args)
+    except (OSError, RetrievalError, ValueError, ImportError) as e:
+        if getattr(args, "verbose", False):
+            raise
+        print(f"error: cannot serve the index {args.index}: {e}", file=sys.stderr)
+        return 1
     logger.info("warming up the retriever")
     warm_up(retriever)
     serve(
@@ -218,6 +238,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_topk=args.max_topk,
         max_queries_per_request=args.max_queries,
         max_query_chars=args.max_query_chars,
+        max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout,
         info=info,
     )
     return 0
