@@ -29,3 +29,59 @@ class FlakyRetriever(MemoryRetriever):
             self.failed += 1
             raise RetrievalError("server at http://127.0.0.1:9 is down")
         return super().search(queries, k)
+
+
+def rng_state(owner) -> tuple:
+    """An env's (or vector env's) RNG as it is, without creating one."""
+    rng = owner._np_random
+    return (id(rng), None if rng is None else rng.bit_generator.state, owner._np_random_seed)
+
+
+def env_state(env) -> dict:
+    """Everything a call that raised must leave as it was (observation, episode, RNG)."""
+    obs = env._obs()
+    return {
+        "tokens": obs["tokens"].tolist(),
+        "mask": obs["mask"].tolist(),
+        "length": int(obs["length"][0]),
+        "done": env.done,
+        "example": env.example,
+        "index": env._index,
+        "turn": env._turn_index,
+        "searches": env._searches,
+        "queries": list(env._queries),
+        "answer": env._answer,
+        "turn_data": bytes(env._turn.data),
+        "turn_tokens": env._turn.tokens,
+        "pending": env._pending,
+        "rng": rng_state(env),
+    }
+
+
+def vec_state(vec) -> dict:
+    """The same for a vector env: every sub-env plus the batch arrays and flags."""
+    obs = vec._batch_obs()
+    return {
+        "obs": {key: value.tolist() for key, value in obs.items()},
+        "active": vec.active.tolist(),
+        "needs_reset": vec._needs_reset.tolist(),
+        "started": vec._started,
+        "rng": rng_state(vec),
+        "last_batch": vec.last_batch,
+        "envs": [env_state(env) for env in vec.envs],
+    }
+
+
+def plain(value, drop=("retrieval_time", "_retrieval_time")):
+    """Infos and observations as plain Python values, timings dropped, for ``==``."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: plain(v, drop) for k, v in value.items() if k not in drop}
+    if isinstance(value, np.ndarray):
+        return [plain(v, drop) for v in value] if value.dtype == object else value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [plain(v, drop) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -8,6 +8,7 @@ import pytest
 from search_env.env import EpisodeOverError
 from search_env.protocol import INVALID_ACTION_MESSAGE
 from search_env.retrievers.base import RetrievalError
+from tests.faults import env_state, plain
 
 
 def feed_tokens(env, ids):
@@ -417,33 +418,6 @@ def test_search_closing_at_the_context_limit_is_not_run(make_env, tokenizer, ret
 
 
 # ------------------------------------------------------------- failures change nothing
-def env_state(env):
-    """Everything a call that raised must leave as it was (observation, episode, RNG)."""
-    obs = env._obs()
-    rng = env.np_random
-    return {
-        "tokens": obs["tokens"].tolist(),
-        "mask": obs["mask"].tolist(),
-        "length": int(obs["length"][0]),
-        "done": env.done,
-        "example": env.example,
-        "index": env._index,
-        "turn": env._turn_index,
-        "searches": env._searches,
-        "queries": list(env._queries),
-        "answer": env._answer,
-        "turn_data": bytes(env._turn.data),
-        "turn_tokens": env._turn.tokens,
-        "pending": env._pending,
-        "rng": (id(rng), rng.bit_generator.state, env.np_random_seed),
-    }
-
-
-def comparable(info):
-    """An info dict without its timings (they differ between two runs)."""
-    return {k: v for k, v in info.items() if k != "retrieval_time"}
-
-
 def test_failed_reset_leaves_the_running_episode_untouched(make_env, tokenizer):
     import gymnasium
 
@@ -522,7 +496,7 @@ def test_retrieval_failure_can_be_retried_as_if_it_never_happened(make_env, toke
         got, want = env.step(action), ref.step(action)
         for key in ("tokens", "mask", "length"):
             assert np.array_equal(got[0][key], want[0][key]), key
-        assert got[1:4] == want[1:4] and comparable(got[4]) == comparable(want[4])
+        assert got[1:4] == want[1:4] and plain(got[4]) == plain(want[4])
     assert flaky.failed == 1 and got[2] and got[1] == 1.0
     assert flaky.calls == [["capital of Norway"]]
 
