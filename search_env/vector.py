@@ -189,6 +189,7 @@ class SearchQAVectorEnv(VectorEnv):
         self.active = np.zeros(num_envs, dtype=bool)
         self._needs_reset = np.zeros(num_envs, dtype=bool)
         self._started = False
+        self._vocab = np.array([env.codec.vocab_size for env in self.envs], dtype=np.int64)
         self.last_batch = BatchStats()
         """The retriever call of the last step (zeros when it searched nothing)."""
         # The sub-envs write straight into these rows: one copy per step, not two.
@@ -315,25 +316,39 @@ class SearchQAVectorEnv(VectorEnv):
         self.last_batch = stats
         return out
 
-    def _will_reset(self, i: int) -> bool:
-        return bool(self._needs_reset[i]) and self.autoreset_mode == AutoresetMode.NEXT_STEP
+    def _resetting(self) -> np.ndarray:
+        """The sub-envs this step resets instead of stepping (``next_step`` autoreset)."""
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            return self._needs_reset.copy()
+        return np.zeros(self.num_envs, dtype=bool)
 
     def _check_actions(self, actions: Any) -> Any:
         """Check every action that a sub-env will consume, before any consumes one."""
         n = self.num_envs
+        consuming = self.active & ~self._resetting()
         if self.action_mode == "token":
             actions = np.asarray(actions)
             if actions.shape != (n,):
                 raise ValueError(f"token-mode actions must have shape ({n},), got {actions.shape}")
             if actions.dtype.kind not in "iu":
                 raise TypeError(f"token-mode actions must be integer token ids, got dtype {actions.dtype}")
-        elif isinstance(actions, (str, bytes, np.ndarray)) or not hasattr(actions, "__len__") or len(actions) != n:
+            # One array test instead of a call per sub-env: this runs on every token.
+            bad = np.flatnonzero(consuming & ((actions < 0) | (actions >= self._vocab)))
+            if len(bad):
+                i = int(bad[0])
+                raise ValueError(f"sub-env {i}: token id {actions[i]} out of range [0, {self._vocab[i]})")
+            return actions
+        try:
+            ok = not isinstance(actions, (str, bytes)) and len(actions) == n
+        except TypeError:
+            ok = False
+        if not ok:
             raise ValueError(f"chunk-mode actions must be a sequence of {n} token sequences (or None)")
-        for i, env in enumerate(self.envs):
-            if self._will_reset(i) or not self.active[i] or actions[i] is None:
-                continue  # ignored this step
+        for i in np.flatnonzero(consuming):
+            if actions[i] is None:
+                continue  # sits this step out
             try:
-                env.check_action(actions[i])
+                self.envs[i].check_action(actions[i])
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"sub-env {i}: {exc}") from exc
         return actions
@@ -347,8 +362,9 @@ class SearchQAVectorEnv(VectorEnv):
         truncated = np.zeros(n, dtype=bool)
         sub_infos: list[dict[str, Any] | None] = [None] * n
         stepping: list[int] = []
+        resetting = self._resetting()
         for i, env in enumerate(self.envs):
-            if self._will_reset(i):
+            if resetting[i]:
                 undo.save(env, full=True)
                 _, sub_infos[i] = env.reset()
                 self.active[i] = True
