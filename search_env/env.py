@@ -101,8 +101,9 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
     ## Action Space
     ``action_mode="token"``: ``Discrete(vocab_size)``, one token id per step.
     ``action_mode="chunk"``: :class:`ChunkSpace` (a ``Sequence(Discrete(vocab_size))`` of
-    at least one token), one generated turn per step (token ids after the turn's first closing tag are ignored and counted in
-    ``info["ignored_tokens"]``; a chunk that ends without a tag ends the turn).
+    at least one token), one generated turn per step (token ids after the turn's first
+    closing tag are ignored and counted in ``info["ignored_tokens"]``; a chunk that ends
+    without a tag ends the turn).
 
     ## Observation Space
     ``Dict(tokens=Box(0, vocab-1, (max_prompt_length,), int64),

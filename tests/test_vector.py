@@ -424,3 +424,11 @@ def test_gymnasium_vector_wrappers(make_vec, tokenizer, name, mode):
         assert info["answer"][0] == "Oslo" and info["_answer"][0]
     if name == "RecordEpisodeStatistics":
         assert info["_episode"][0] and info["episode"]["r"][0] == 1.0
+
+
+def test_chunk_actions_may_be_a_2d_array(make_vec, tokenizer):
+    vec, retriever = make_vec(n=2)
+    vec.reset(seed=0, options={"index": np.array([0, 2])})
+    ids = tokenizer.encode("<search> capital of Norway </search>")
+    vec.step(np.array([ids, ids]))
+    assert retriever.calls == [["capital of Norway"]] and vec.last_batch.unique_queries == 1
