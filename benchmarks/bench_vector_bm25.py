@@ -66,7 +66,7 @@ def run_env(retriever, tok, turns: list[np.ndarray], num_envs: int, k: int, cold
         start = time.perf_counter()
         _, _, term, trunc, info = vec.step(actions)
         elapsed += time.perf_counter() - start
-        assert info["batch_queries"] == len(batch) and not (term.any() or trunc.any())
+        assert vec.last_batch.queries == len(batch) and not (term.any() or trunc.any())
     return elapsed
 
 

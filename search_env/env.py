@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -45,6 +45,48 @@ class _PendingStep:
     info: dict[str, Any]
 
 
+@dataclass(slots=True)
+class EnvSnapshot:
+    """What :meth:`SearchQAEnv.restore` needs to undo a call that raised.
+
+    Cheap by design (taken on every step, so the episode fields are one plain tuple):
+    the turn's bytes and the query list only grow within an episode, so their lengths
+    stand for their contents; the context is copied only when asked (``context=True``,
+    before a reset rewrites it).
+    """
+
+    fields: tuple[Any, ...]
+    """Context length, example, index, done, pending step, turn index, searches, query
+    list and its length, answer, turn and its (tokens, scan state, data length, cut),
+    prompt length."""
+    rng: tuple[Any, Any, Any] | None = None
+    """``np_random``, its bit-generator state and ``np_random_seed``."""
+    tokens: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+
+class ChunkSpace(spaces.Sequence):
+    """``Sequence(Discrete(vocab))`` without the empty sequence: a turn has a token at least.
+
+    ``step`` rejects an empty chunk, so the space must not contain (or sample) one.
+    """
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, tuple) and len(x) > 0 and super().contains(x)
+
+    def sample(self, mask: Any = None, probability: Any = None) -> tuple[Any, ...] | Any:
+        for given in (mask, probability):
+            if given is not None and given[0] is not None and np.any(np.asarray(given[0]) < 1):
+                raise ValueError("a chunk has at least one token: its length must be >= 1")
+        return super().sample(mask=mask, probability=probability)
+
+    def __repr__(self) -> str:
+        return f"ChunkSpace({self.feature_space})"
+
+
+_RESET_OPTIONS = ("example", "index")
+
+
 class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
     """Question answering with a search engine, one agent token (or turn) per step.
 
@@ -58,9 +100,10 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
 
     ## Action Space
     ``action_mode="token"``: ``Discrete(vocab_size)``, one token id per step.
-    ``action_mode="chunk"``: ``Sequence(Discrete(vocab_size))``, one generated turn per
-    step (token ids after the turn's first closing tag are ignored and counted in
-    ``info["ignored_tokens"]``; a chunk that ends without a tag ends the turn).
+    ``action_mode="chunk"``: :class:`ChunkSpace` (a ``Sequence(Discrete(vocab_size))`` of
+    at least one token), one generated turn per step (token ids after the turn's first
+    closing tag are ignored and counted in ``info["ignored_tokens"]``; a chunk that ends
+    without a tag ends the turn).
 
     ## Observation Space
     ``Dict(tokens=Box(0, vocab-1, (max_prompt_length,), int64),
@@ -74,6 +117,12 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
 
     ## Starting State
     A question drawn with ``self.np_random`` (or ``options={"index": i}``).
+
+    ## Failures
+    A call that raises changes nothing: a bad action or reset option, a prompt that
+    does not fit, or a retriever failure with ``on_retrieval_error="raise"`` leaves the
+    episode, the context and ``np_random`` as they were, so the same call can be retried
+    (once the server is back up, say) as if it had never failed.
 
     ## Episode End
     ``terminated`` when the agent answers. ``truncated`` after ``max_turns`` search turns
@@ -132,6 +181,9 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         unknown = set(protocol_overrides) - {f.name for f in dataclasses.fields(ProtocolConfig)}
         if unknown:
             raise TypeError(f"unknown SearchQAEnv arguments: {sorted(unknown)}")
+        if protocol is not None and not isinstance(protocol, ProtocolConfig):
+            raise TypeError(f"protocol must be a ProtocolConfig, got {type(protocol).__name__}")
+        _check_tokenizer(tokenizer, vocab_size)
         protocol = protocol or ProtocolConfig()
         self.protocol = dataclasses.replace(protocol, **protocol_overrides)
         self.dataset = dataset
@@ -148,7 +200,7 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         vocab = self.codec.vocab_size
         length = self.protocol.max_prompt_length
         token_space = spaces.Discrete(vocab)
-        self.action_space = token_space if action_mode == "token" else spaces.Sequence(token_space)
+        self.action_space = token_space if action_mode == "token" else ChunkSpace(token_space)
         self.observation_space = spaces.Dict(
             {
                 "tokens": spaces.Box(0, vocab - 1, (length,), np.int64),
@@ -166,6 +218,12 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._index = -1
         self._done = True
         self._pending: _PendingStep | None = None
+        self._turn_index = 0
+        self._searches = 0
+        self._queries: list[str] = []
+        self._answer: str | None = None
+        self._turn = _Turn()
+        self._prompt_len = 0
 
     # ------------------------------------------------------------------ reset
     def reset(
@@ -174,40 +232,27 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         """Start an episode.
 
         ``options``: ``{"index": i}`` picks question ``i`` of the dataset;
-        ``{"example": QAExample(...)}`` poses any question.
+        ``{"example": QAExample(...)}`` poses any question. A reset that raises leaves the
+        running episode and ``np_random`` as they were.
         """
-        super().reset(seed=seed)
-        options = options or {}
-        if "example" in options:
-            example, index = options["example"], -1
-            if not isinstance(example, QAExample):
-                raise TypeError("options['example'] must be a QAExample")
-        else:
-            index = options.get("index")
-            if index is None:
-                index = int(self.np_random.integers(len(self.dataset)))
-            elif not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.dataset):
-                raise ValueError(f"options['index'] must be an int in [0, {len(self.dataset)}), got {index!r}")
-            index = int(index)
-            example = self.dataset[index]
+        options = check_options(options, _RESET_OPTIONS)
+        snapshot = self.snapshot(rng=True)
+        try:
+            super().reset(seed=seed)
+            example, index, prompt_ids = self._pose(options)
+        except BaseException:
+            self.restore(snapshot)  # only the RNG was touched
+            raise
+        # Nothing below can fail: the old episode ends here.
         self._example, self._index = example, index
-        # cached: GRPO groups and epochs reset to the same question again and again
-        (prompt_ids,) = self.codec.encode_pieces(
-            [prompt_text(example.question, self.protocol, self.tokenizer)])
-        cap = self.protocol.max_prompt_length
-        if len(prompt_ids) >= cap:
-            raise ValueError(
-                f"the prompt of question {example.id!r} has {len(prompt_ids)} tokens, which "
-                f"leaves no room in max_prompt_length={cap}"
-            )
         self._tokens[:] = 0
         self._mask[:] = 0
         self._len = 0
         self._append(prompt_ids, agent=False)
         self._turn_index = 0
         self._searches = 0
-        self._queries: list[str] = []
-        self._answer: str | None = None
+        self._queries = []
+        self._answer = None
         self._turn = _Turn()
         self._done = False
         self._pending = None
@@ -222,19 +267,53 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         }
         return self._obs(), info
 
+    def _pose(self, options: dict[str, Any]) -> tuple[QAExample, int, np.ndarray]:
+        """The next question, its dataset index (-1 for ``example``) and prompt ids."""
+        if "example" in options:
+            example, index = options["example"], -1
+            if not isinstance(example, QAExample):
+                raise TypeError(f"options['example'] must be a QAExample, got {type(example).__name__}")
+        else:
+            index = options.get("index")
+            if index is None:
+                index = int(self.np_random.integers(len(self.dataset)))
+            elif (
+                isinstance(index, (bool, np.bool_))
+                or not isinstance(index, (int, np.integer))
+                or not 0 <= index < len(self.dataset)
+            ):
+                raise ValueError(f"options['index'] must be an int in [0, {len(self.dataset)}), got {index!r}")
+            index = int(index)
+            example = self.dataset[index]
+        # cached: GRPO groups and epochs reset to the same question again and again
+        (prompt_ids,) = self.codec.encode_pieces(
+            [prompt_text(example.question, self.protocol, self.tokenizer)])
+        cap = self.protocol.max_prompt_length
+        if len(prompt_ids) >= cap:
+            raise ValueError(
+                f"the prompt of question {example.id!r} has {len(prompt_ids)} tokens, which "
+                f"leaves no room in max_prompt_length={cap}"
+            )
+        return example, index, prompt_ids
+
     # ------------------------------------------------------------------- step
     def step(
         self, action: Any
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        query = self.begin_step(action)
-        if query is None:
-            return self.finish_step(None)
-        start = time.perf_counter()
+        snapshot = self.snapshot()
         try:
-            results: list[Passage] | Exception = self.retriever.search([query], self.protocol.topk)[0]
-        except Exception as exc:  # flagged or re-raised by finish_step
-            results = exc
-        return self.finish_step(results, time.perf_counter() - start)
+            query = self.begin_step(action)
+            if query is None:
+                return self.finish_step(None)
+            start = time.perf_counter()
+            try:
+                results: list[Passage] | Exception = self.retriever.search([query], self.protocol.topk)[0]
+            except Exception as exc:  # flagged or re-raised by finish_step
+                results = exc
+            return self.finish_step(results, time.perf_counter() - start)
+        except BaseException:
+            self.restore(snapshot)  # so the same action can be retried
+            raise
 
     def begin_step(self, action: Any) -> str | None:
         """Consume the agent's tokens; return the query to retrieve for, if any.
@@ -245,7 +324,7 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
             raise EpisodeOverError("step() called after the episode ended; call reset() first")
         if self._pending is not None:
             raise RuntimeError("begin_step() called twice without finish_step()")
-        ids = self._check_action(action)
+        ids = self.check_action(action)
         if self.action_mode == "chunk":
             end_reason, consumed = self._push_chunk(ids)
         else:
@@ -271,23 +350,28 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         ``lines``: the results already formatted by ``document_lines`` (the vector env
         formats every sub-env's results at once to tokenize them in one batch).
         """
-        pending, self._pending = self._pending, None
+        pending = self._pending
         if pending is None:
             raise RuntimeError("finish_step() called without begin_step()")
         info = pending.info
+        block: np.ndarray | None = None
         if pending.query is not None:
-            info["retrieval_time"] = retrieval_time
+            # Everything that can raise comes first: a raise leaves the step pending.
             if isinstance(results, Exception):
                 if self.on_retrieval_error == "raise":
-                    self._done = True
                     raise results
-                info["retrieval_error"] = str(results)
                 lines = [f"Retrieval failed: {results}\n"]
             elif results is None:
                 raise ValueError("finish_step() needs the retrieval results of the pending query")
             elif lines is None:
                 lines = document_lines(results, self.protocol)
-            self._append(self._information_ids(lines), agent=False)
+            block = self._information_ids(lines)
+            info["retrieval_time"] = retrieval_time
+            if isinstance(results, Exception):
+                info["retrieval_error"] = str(results)
+        self._pending = None
+        if block is not None:
+            self._append(block, agent=False)
         reward = 0.0
         terminated = truncated = False
         if info.get("action") == "answer":
@@ -311,7 +395,8 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         return self._obs(), reward, terminated, truncated, info
 
     # ---------------------------------------------------------------- helpers
-    def _check_action(self, action: Any) -> Sequence[int] | np.ndarray:
+    def check_action(self, action: Any) -> Sequence[int] | np.ndarray:
+        """The action's token ids; raise TypeError / ValueError for a bad action."""
         vocab = self.codec.vocab_size
         if self.action_mode == "token":
             if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
@@ -475,6 +560,48 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
             }
         return {"tokens": self._tokens, "mask": self._mask, "length": np.array([self._len], np.int64)}
 
+    def snapshot(self, *, context: bool = False, rng: bool = False) -> EnvSnapshot:
+        """The state a call that raises must go back to (see :meth:`restore`).
+
+        Steps only append to the context, so ``context=False`` is enough for them;
+        ``context=True`` copies it (before a reset), ``rng=True`` saves ``np_random``.
+        """
+        turn = self._turn
+        snapshot = EnvSnapshot((
+            self._len, self._example, self._index, self._done, self._pending,
+            self._turn_index, self._searches, self._queries, len(self._queries), self._answer,
+            turn, turn.tokens, turn.scan_state, len(turn.data), turn.cut, self._prompt_len,
+        ))
+        if rng:
+            generator = self._np_random
+            state = None if generator is None else generator.bit_generator.state
+            snapshot.rng = (generator, state, self._np_random_seed)
+        if context:
+            snapshot.tokens = self._tokens[: self._len].copy()
+            snapshot.mask = self._mask[: self._len].copy()
+        return snapshot
+
+    def restore(self, snapshot: EnvSnapshot) -> None:
+        """Go back to ``snapshot``; later snapshots must be restored first (an undo stack)."""
+        (length, self._example, self._index, self._done, self._pending,
+         self._turn_index, self._searches, queries, query_count, self._answer,
+         turn, turn.tokens, turn.scan_state, data_len, turn.cut, self._prompt_len) = snapshot.fields
+        if snapshot.tokens is not None and snapshot.mask is not None:
+            self._tokens[: len(snapshot.tokens)] = snapshot.tokens
+            self._mask[: len(snapshot.mask)] = snapshot.mask
+        self._tokens[length:] = 0  # tokens written after the snapshot
+        self._mask[length:] = 0
+        self._len = length
+        del queries[query_count:]
+        self._queries = queries
+        del turn.data[data_len:]
+        self._turn = turn
+        if snapshot.rng is not None:
+            generator, state, seed = snapshot.rng
+            if generator is not None:
+                generator.bit_generator.state = state
+            self._np_random, self._np_random_seed = generator, seed
+
     def bind_buffers(self, tokens: np.ndarray, mask: np.ndarray) -> None:
         """Write the context into caller-owned arrays (the vector env's batch rows).
 
@@ -516,3 +643,41 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         if self.render_mode != "ansi":
             return None
         return self.tokenizer.decode(self.context_ids.tolist())
+
+
+def check_options(options: Any, accepted: Sequence[str]) -> dict[str, Any]:
+    """``options`` as a dict; raise for a non-mapping or an unknown key."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options must be a mapping (a dict), got {type(options).__name__}")
+    unknown = sorted(set(options) - set(accepted), key=str)
+    if unknown:
+        raise ValueError(
+            f"unknown reset option(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(map(repr, sorted(accepted)))}"
+        )
+    return dict(options)
+
+
+def _check_tokenizer(tokenizer: Any, vocab_size: Any) -> None:
+    """Fail at construction for what would otherwise fail mid-episode."""
+    if isinstance(tokenizer, TokenCodec):
+        tokenizer = tokenizer.tokenizer
+    needed = ("encode", "convert_ids_to_tokens", "decode", "__len__", "__call__")
+    if isinstance(tokenizer, (str, bytes)) or not all(hasattr(tokenizer, a) for a in needed):
+        hint = " (load it first: search_env.registration.load_tokenizer or gym.make accept a name)"
+        raise TypeError(
+            "tokenizer must be a Hugging Face tokenizer (encode, convert_ids_to_tokens, "
+            f"decode, len) or a TokenCodec, got {type(tokenizer).__name__}"
+            + (hint if isinstance(tokenizer, str) else "")
+        )
+    if vocab_size is None:
+        return
+    if isinstance(vocab_size, (bool, np.bool_)) or not isinstance(vocab_size, (int, np.integer)):
+        raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
+    if vocab_size < len(tokenizer):
+        raise ValueError(
+            f"vocab_size={vocab_size} is below the tokenizer's size {len(tokenizer)}: "
+            "its ids would fall outside the action space"
+        )

@@ -174,7 +174,7 @@ def evaluate(
                     ids = codec.turn_ids(agent.act(new_text[i]))
                 actions.append(np.asarray(ids, dtype=np.int64))
             obs, rewards, term, trunc, info = vec.step(actions)
-            retrieval += float(info.get("batch_retrieval_time", 0.0))
+            retrieval += vec.last_batch.retrieval_time
             for i in np.flatnonzero(running):
                 turns += 1
                 used = len(actions[i]) - int(info["ignored_tokens"][i])  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any, Literal, Sequence
 
 from search_env.types import Passage
@@ -61,8 +62,21 @@ class ProtocolConfig:
     """Longer queries are cut to this many characters (noted in ``info``)."""
 
     def __post_init__(self) -> None:
+        for name in ("template", "invalid_message", "information_format", "doc_format"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.use_chat_template, bool):
+            raise TypeError(f"use_chat_template must be a bool, got {self.use_chat_template!r}")
+        for name in ("topk", "max_turns", "max_start_length", "max_response_length",
+                     "max_obs_length", "max_prompt_length", "max_query_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral):
+                raise TypeError(f"{name} must be an int, got {value!r}")
         if "{question}" not in self.template:
             raise ValueError("template must contain '{question}'")
+        # Format both once now: a bad placeholder would otherwise raise mid-episode.
+        _check_format("template", self.template, question="q")
+        _check_format("doc_format", self.doc_format, i=1, title="t", text="x")
         if "{docs}" not in self.information_format:
             raise ValueError("information_format must contain '{docs}'")
         for name in ("topk", "max_response_length", "max_obs_length", "max_prompt_length",
@@ -73,6 +87,17 @@ class ProtocolConfig:
             raise ValueError(f"max_turns must be >= 0, got {self.max_turns}")
         if self.max_start_length >= self.max_prompt_length:
             raise ValueError("max_start_length must be smaller than max_prompt_length")
+
+
+def _check_format(name: str, fmt: str, **fields: Any) -> None:
+    """Raise a ValueError naming ``name`` if ``fmt.format(**fields)`` fails."""
+    try:
+        fmt.format(**fields)
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+        raise ValueError(
+            f"{name} {fmt!r} does not format with the fields {sorted(fields)}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def clean_question(question: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -10,9 +11,12 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from search_env.env import SearchQAEnv
+from search_env.env import EnvSnapshot, SearchQAEnv, check_options
 from search_env.protocol import document_lines
 from search_env.types import Passage
+
+_RESET_OPTIONS = ("example", "group_size", "index", "reset_mask")
+_SEED_SALT = 0x5EA4C4  # keeps the vector env's own stream apart from every sub-env's
 
 
 def merge_infos(infos: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
@@ -50,12 +54,60 @@ def merge_infos(infos: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class BatchStats:
+    """The one retriever call of a vector step (:attr:`SearchQAVectorEnv.last_batch`).
+
+    Kept out of ``infos``, where Gymnasium expects one entry per sub-env.
+    """
+
+    queries: int = 0
+    """Queries the sub-envs asked."""
+    unique_queries: int = 0
+    """Distinct queries sent to the retriever."""
+    retrieval_time: float = 0.0
+    """Seconds spent in ``retriever.search``."""
+
+
+class _Undo:
+    """An undo log for one vector call: sub-env snapshots, restored newest first."""
+
+    def __init__(self, vec: "SearchQAVectorEnv") -> None:
+        self.vec = vec
+        rng = vec._np_random
+        self.vec_state = (
+            vec.active.copy(),
+            vec._needs_reset.copy(),
+            vec._started,
+            rng,
+            None if rng is None else rng.bit_generator.state,
+            vec._np_random_seed,
+        )
+        self.entries: list[tuple[SearchQAEnv, EnvSnapshot]] = []
+
+    def save(self, env: SearchQAEnv, *, full: bool = False) -> None:
+        """Remember ``env`` as it is now; ``full`` before a reset (context and RNG too)."""
+        self.entries.append((env, env.snapshot(context=full, rng=full)))
+
+    def restore(self) -> None:
+        for env, snapshot in reversed(self.entries):
+            env.restore(snapshot)
+        vec = self.vec
+        active, needs_reset, vec._started, rng, state, seed = self.vec_state
+        vec.active[:] = active
+        vec._needs_reset[:] = needs_reset
+        if rng is not None:
+            rng.bit_generator.state = state
+        vec._np_random, vec._np_random_seed = rng, seed
+
+
 class SearchQAVectorEnv(VectorEnv):
     """``num_envs`` :class:`SearchQAEnv` copies stepped together in one process.
 
     Every sub-env whose step closes a ``<search>`` contributes its query to a single
     ``retriever.search(queries, k)`` call, so a batched retriever (BM25 over a sparse
-    matrix, faiss, a remote server) sees the whole batch at once.
+    matrix, faiss, a remote server) sees the whole batch at once; :attr:`last_batch`
+    describes that call (``infos`` keeps Gymnasium's one-entry-per-sub-env layout).
 
     Actions: token mode, an int array of shape ``(num_envs,)``; chunk mode, a list of
     ``num_envs`` token-id sequences, where ``None`` lets a sub-env sit the step out
@@ -70,7 +122,19 @@ class SearchQAVectorEnv(VectorEnv):
 
     Reset options: ``{"index": [i_0, ..., i_{n-1}]}`` picks each sub-env's question;
     ``{"group_size": g}`` draws one question per consecutive group of ``g`` sub-envs;
-    ``{"reset_mask": bool array}`` resets only those sub-envs.
+    ``{"reset_mask": bool array}`` resets only those sub-envs (with ``group_size``, whole
+    groups only); ``{"example": QAExample}`` poses one question to every reset sub-env.
+
+    Seeding: ``reset(seed=s)`` seeds sub-env ``i`` with ``s + i`` (a list gives one seed
+    per sub-env) and :attr:`np_random`, which draws the group questions, with a stream
+    derived from all of them, apart from every sub-env's.
+
+    Failures: ``step`` and ``reset`` are atomic. Every action is checked before any
+    sub-env consumes one; if anything raises later (the batched retrieval with
+    ``on_retrieval_error="raise"``, a prompt that does not fit on autoreset), every
+    sub-env, :attr:`active` and every RNG go back to where they were before the call,
+    and the exception propagates. Retrying the same actions once the cause is fixed (a
+    server back up) continues every episode as if the failure never happened.
     """
 
     def __init__(
@@ -81,20 +145,25 @@ class SearchQAVectorEnv(VectorEnv):
         envs: Sequence[SearchQAEnv] | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
     ) -> None:
+        if isinstance(num_envs, (bool, np.bool_)) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        num_envs = int(num_envs)
         if envs is None:
             if env_fn is None:
                 raise ValueError("pass env_fn or envs")
-            if num_envs < 1:
-                raise ValueError(f"num_envs must be >= 1, got {num_envs}")
             envs = [env_fn() for _ in range(num_envs)]
         if len(envs) != num_envs:
             raise ValueError(f"got {len(envs)} envs for num_envs={num_envs}")
         first = envs[0]
         for env in envs:
+            if not isinstance(env, SearchQAEnv):
+                raise TypeError(f"sub-envs must be SearchQAEnv instances, got {type(env).__name__}")
             if env.retriever is not first.retriever:
                 raise ValueError("all sub-envs must share one retriever object")
             if env.action_mode != first.action_mode or env.protocol != first.protocol:
                 raise ValueError("all sub-envs must share the action mode and protocol")
+        if len({id(env) for env in envs}) != num_envs:
+            raise ValueError("the sub-envs must be distinct objects")
         self.envs = list(envs)
         self.num_envs = num_envs
         self.retriever = first.retriever
@@ -120,6 +189,9 @@ class SearchQAVectorEnv(VectorEnv):
         self.active = np.zeros(num_envs, dtype=bool)
         self._needs_reset = np.zeros(num_envs, dtype=bool)
         self._started = False
+        self._vocab = np.array([env.codec.vocab_size for env in self.envs], dtype=np.int64)
+        self.last_batch = BatchStats()
+        """The retriever call of the last step (zeros when it searched nothing)."""
         # The sub-envs write straight into these rows: one copy per step, not two.
         length = first.protocol.max_prompt_length
         self._tokens = np.zeros((num_envs, length), np.int64)
@@ -135,50 +207,95 @@ class SearchQAVectorEnv(VectorEnv):
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        options = dict(options or {})
+        """Reset the sub-envs of ``options["reset_mask"]`` (all by default); atomic."""
+        options = check_options(options, _RESET_OPTIONS)
+        mask = self._reset_mask(options.pop("reset_mask", None))
+        seeds = self._seeds(seed)
+        self._check_question_options(options, mask)
+        undo = _Undo(self)
+        sub_infos: list[dict[str, Any] | None] = [None] * self.num_envs
+        try:
+            if any(s is not None for s in seeds):
+                super().reset(seed=self._vector_seed(seeds))
+            indices = self._question_indices(options)
+            for i in np.flatnonzero(mask):
+                sub_opts = dict(options)
+                if indices is not None:
+                    sub_opts["index"] = int(indices[i])
+                undo.save(self.envs[i], full=True)
+                _, sub_infos[i] = self.envs[i].reset(seed=seeds[i], options=sub_opts)
+        except BaseException:
+            undo.restore()
+            raise
+        self.active[mask] = True
+        self._needs_reset[mask] = False
+        self._started = True
+        return self._batch_obs(), merge_infos(sub_infos)
+
+    def _reset_mask(self, mask: Any) -> np.ndarray:
         n = self.num_envs
-        mask = options.pop("reset_mask", None)
         if mask is None:
-            mask = np.ones(n, dtype=bool)
+            return np.ones(n, dtype=bool)
         mask = np.asarray(mask)
         if mask.shape != (n,) or mask.dtype != np.bool_:
             raise ValueError(f"options['reset_mask'] must be a bool array of shape ({n},)")
-        if seed is None or isinstance(seed, (int, np.integer)):
+        return mask
+
+    def _seeds(self, seed: Any) -> list[int | None]:
+        """One seed (or None) per sub-env, checked before anything is reseeded."""
+        n = self.num_envs
+        if seed is None or isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
             seeds = [None if seed is None else int(seed) + i for i in range(n)]
+        elif isinstance(seed, (str, bytes, bool, np.bool_)) or not hasattr(seed, "__len__"):
+            raise TypeError(f"seed must be an int, a sequence of {n} ints (or None) or None, got {seed!r}")
         else:
             seeds = list(seed)
             if len(seeds) != n:
                 raise ValueError(f"got {len(seeds)} seeds for {n} envs")
-        if seed is not None:
-            self._rng = np.random.default_rng(seeds[0])
-        elif not hasattr(self, "_rng"):
-            self._rng = np.random.default_rng()
-        indices = self._question_indices(options, mask)
-        sub_infos: list[dict[str, Any] | None] = [None] * n
-        self._started = True
-        for i in np.flatnonzero(mask):
-            sub_opts = dict(options)
-            if indices is not None:
-                sub_opts["index"] = int(indices[i])
-            _, sub_infos[i] = self.envs[i].reset(seed=seeds[i], options=sub_opts)
-            self.active[i] = True
-            self._needs_reset[i] = False
-        return self._batch_obs(), merge_infos(sub_infos)
+        for s in seeds:
+            if s is not None and (isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 0):
+                raise ValueError(f"seeds must be ints >= 0 or None, got {s!r}")
+        return [None if s is None else int(s) for s in seeds]
 
-    def _question_indices(self, options: dict[str, Any], mask: np.ndarray) -> np.ndarray | None:
+    @staticmethod
+    def _vector_seed(seeds: Sequence[int | None]) -> int:
+        """The vector env's own seed: a function of every sub-env seed, equal to none of them."""
+        entropy = [_SEED_SALT, *(0 if s is None else s + 1 for s in seeds)]
+        return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+    def _check_question_options(self, options: dict[str, Any], mask: np.ndarray) -> None:
+        """Validate ``index`` / ``group_size`` / ``example`` before anything is drawn."""
         n, size = self.num_envs, len(self.dataset)
+        given = [key for key in ("example", "group_size", "index") if key in options]
+        if len(given) > 1:
+            raise ValueError(f"pass at most one of the reset options 'example', 'group_size', 'index'; got {given}")
         if "index" in options:
-            index = np.asarray(options.pop("index"))
-            if index.shape != (n,):
-                raise ValueError(f"options['index'] must have one entry per sub-env ({n})")
-            if index.dtype.kind not in "iu" or index.min() < 0 or index.max() >= size:
+            index = np.asarray(options["index"])
+            if index.shape != (n,) or index.dtype.kind not in "iu":
+                raise ValueError(
+                    f"options['index'] must hold one int per sub-env ({n}), got {options['index']!r}"
+                )
+            if index.min() < 0 or index.max() >= size:
                 raise ValueError(f"options['index'] entries must be ints in [0, {size})")
-            return index
         if "group_size" in options:
-            g = options.pop("group_size")
-            if not isinstance(g, (int, np.integer)) or g < 1 or n % g:
-                raise ValueError(f"group_size must be a positive divisor of num_envs={n}, got {g!r}")
-            picks = self._rng.integers(size, size=n // g)
+            g = options["group_size"]
+            if isinstance(g, (bool, np.bool_)) or not isinstance(g, (int, np.integer)) or g < 1 or n % g:
+                raise ValueError(f"group_size must be a positive int dividing num_envs={n}, got {g!r}")
+            partial = [j for j, row in enumerate(mask.reshape(-1, g)) if row.any() and not row.all()]
+            if partial:
+                j = partial[0]
+                raise ValueError(
+                    f"reset_mask covers part of group {j} (sub-envs {j * g}..{j * g + g - 1}): with "
+                    f"group_size={g} reset whole groups, or the group would mix two questions"
+                )
+
+    def _question_indices(self, options: dict[str, Any]) -> np.ndarray | None:
+        """Each sub-env's question (already checked), or None to let them draw."""
+        if "index" in options:
+            return np.asarray(options.pop("index"))
+        if "group_size" in options:
+            g = int(options.pop("group_size"))
+            picks = self.np_random.integers(len(self.dataset), size=self.num_envs // g)
             return np.repeat(picks, g)
         return None
 
@@ -186,26 +303,74 @@ class SearchQAVectorEnv(VectorEnv):
     def step(
         self, actions: Any
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        n = self.num_envs
+        """Step every running sub-env; atomic (a step that raises changes nothing)."""
         if not self._started:
             raise RuntimeError("call reset() before step()")
+        actions = self._check_actions(actions)
+        undo = _Undo(self)
+        try:
+            out, stats = self._step(actions, undo)
+        except BaseException:
+            undo.restore()
+            raise
+        self.last_batch = stats
+        return out
+
+    def _resetting(self) -> np.ndarray:
+        """The sub-envs this step resets instead of stepping (``next_step`` autoreset)."""
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            return self._needs_reset.copy()
+        return np.zeros(self.num_envs, dtype=bool)
+
+    def _check_actions(self, actions: Any) -> Any:
+        """Check every action that a sub-env will consume, before any consumes one."""
+        n = self.num_envs
+        consuming = self.active & ~self._resetting()
         if self.action_mode == "token":
             actions = np.asarray(actions)
             if actions.shape != (n,):
                 raise ValueError(f"token-mode actions must have shape ({n},), got {actions.shape}")
-        elif len(actions) != n:
-            raise ValueError(f"chunk-mode actions must be a sequence of {n} token sequences")
+            if actions.dtype.kind not in "iu":
+                raise TypeError(f"token-mode actions must be integer token ids, got dtype {actions.dtype}")
+            # One array test instead of a call per sub-env: this runs on every token.
+            bad = np.flatnonzero(consuming & ((actions < 0) | (actions >= self._vocab)))
+            if len(bad):
+                i = int(bad[0])
+                raise ValueError(f"sub-env {i}: token id {actions[i]} out of range [0, {self._vocab[i]})")
+            return actions
+        try:
+            ok = not isinstance(actions, (str, bytes)) and len(actions) == n
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"chunk-mode actions must be a sequence of {n} token sequences (or None)")
+        for i in np.flatnonzero(consuming):
+            if actions[i] is None:
+                continue  # sits this step out
+            try:
+                self.envs[i].check_action(actions[i])
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"sub-env {i}: {exc}") from exc
+        return actions
+
+    def _step(
+        self, actions: Any, undo: _Undo
+    ) -> tuple[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]], BatchStats]:
+        n = self.num_envs
         rewards = np.zeros(n, dtype=np.float64)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
         sub_infos: list[dict[str, Any] | None] = [None] * n
         stepping: list[int] = []
+        resetting = self._resetting()
         for i, env in enumerate(self.envs):
-            if self._needs_reset[i] and self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            if resetting[i]:
+                undo.save(env, full=True)
                 _, sub_infos[i] = env.reset()
                 self.active[i] = True
                 self._needs_reset[i] = False
-            elif self.active[i] and not (self.action_mode == "chunk" and actions[i] is None):
+            elif self.active[i] and actions[i] is not None:
+                undo.save(env)
                 stepping.append(i)
         # Phase 1: consume agent tokens; collect the queries.
         queries: list[str] = []
@@ -218,6 +383,7 @@ class SearchQAVectorEnv(VectorEnv):
         # Phase 2: one retriever call for the whole batch.
         results: dict[int, Sequence[Passage] | Exception] = {}
         elapsed = 0.0
+        unique: list[str] = []
         if queries:
             start = time.perf_counter()
             unique = list(dict.fromkeys(queries))  # GRPO groups often repeat a query
@@ -229,8 +395,10 @@ class SearchQAVectorEnv(VectorEnv):
                     )
                 found = dict(zip(unique, batch))
                 results = {i: found[q] for i, q in zip(asking, queries)}
-            except Exception as exc:  # each env flags or re-raises it
-                results = {i: exc for i in asking}
+            except Exception as exc:
+                if any(self.envs[i].on_retrieval_error == "raise" for i in asking):
+                    raise  # step() rolls every sub-env back
+                results = {i: exc for i in asking}  # each env shows it as its information
             elapsed = time.perf_counter() - start
         # Phase 3: tokenize every new document in one batch call, then finish every step.
         lines: dict[int, list[str]] = {
@@ -249,23 +417,20 @@ class SearchQAVectorEnv(VectorEnv):
                 if self.autoreset_mode == AutoresetMode.SAME_STEP:
                     final_obs = {key: value.copy() for key, value in obs.items()}
                     final_info = info
+                    undo.save(env, full=True)
                     _, info = env.reset()
                     info = dict(info, final_obs=final_obs, final_info=final_info)
                     self.active[i] = True
                 elif self.autoreset_mode == AutoresetMode.NEXT_STEP:
                     self._needs_reset[i] = True
             sub_infos[i] = info
-        infos = merge_infos(sub_infos)
-        if queries:
-            infos["batch_queries"] = len(queries)
-            infos["batch_unique_queries"] = len(unique)
-            infos["batch_retrieval_time"] = elapsed
-        return self._batch_obs(), rewards, terminated, truncated, infos
+        stats = BatchStats(len(queries), len(unique), elapsed)
+        return (self._batch_obs(), rewards, terminated, truncated, merge_infos(sub_infos)), stats
 
     def _batch_obs(self) -> dict[str, np.ndarray]:
         lengths = np.fromiter((env.context_length for env in self.envs), np.int64, self.num_envs)
         return {"tokens": self._tokens.copy(), "mask": self._mask.copy(), "length": lengths[:, None]}
 
     def close_extras(self, **kwargs: Any) -> None:
-        for env in self.envs:
+        for env in getattr(self, "envs", ()):  # a constructor that raised set none
             env.close()

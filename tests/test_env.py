@@ -8,6 +8,7 @@ import pytest
 from search_env.env import EpisodeOverError
 from search_env.protocol import INVALID_ACTION_MESSAGE
 from search_env.retrievers.base import RetrievalError
+from tests.faults import env_state, plain
 
 
 def feed_tokens(env, ids):
@@ -414,3 +415,139 @@ def test_search_closing_at_the_context_limit_is_not_run(make_env, tokenizer, ret
     obs, r, term, trunc, info = env.step(ids)
     assert info["end_reason"] == "tag" and info["search_skipped"] and trunc
     assert retriever.calls == [] and int(obs["length"][0]) == prompt + len(ids)
+
+
+# ------------------------------------------------------------- failures change nothing
+def test_failed_reset_leaves_the_running_episode_untouched(make_env, tokenizer):
+    import gymnasium
+
+    from tests.faults import LONG_QUESTION
+
+    env = make_env(action_mode="chunk")
+    env.reset(seed=3, options={"index": 0})
+    env.step(tokenizer.encode("<search> capital of Norway </search>"))
+    before = env_state(env)
+    cases = [
+        (None, {"index": 99}, ValueError, "index"),
+        (5, {"index": 99}, ValueError, "index"),
+        (None, {"index": True}, ValueError, "index"),
+        (None, {"index": 1.0}, ValueError, "index"),
+        (5, {"example": LONG_QUESTION}, ValueError, "no room"),
+        (None, {"example": "What is it?"}, TypeError, "QAExample"),
+        (None, {"idx": 1}, ValueError, r"'idx'.*accepted.*'example', 'index'"),
+        (None, [("index", 1)], TypeError, "mapping"),
+        (-1, None, gymnasium.error.Error, "greater or equal to zero"),
+    ]
+    for seed, options, error, match in cases:
+        with pytest.raises(error, match=match):
+            env.reset(seed=seed, options=options)
+        assert env_state(env) == before, (seed, options)
+    # The episode goes on, scored against its own question's answers.
+    obs, reward, term, trunc, info = env.step(tokenizer.encode("<answer> Oslo </answer>"))
+    assert term and reward == 1.0 and info["golden_answers"] == ["Oslo"] and info["index"] == 0
+
+
+def test_failed_reset_does_not_advance_the_rng(tokenizer, retriever):
+    from search_env.env import SearchQAEnv
+    from tests.conftest import QUESTIONS
+    from tests.faults import LONG_QUESTION
+
+    def draws_long(seed):  # what the first unseeded reset after reset(seed=seed) draws
+        return np.random.default_rng(seed).integers(2) == 1
+
+    env = SearchQAEnv([QUESTIONS[0], LONG_QUESTION], retriever, tokenizer)
+    env.reset(seed=0, options={"index": 0})
+    state, seed_before = env.np_random.bit_generator.state, env.np_random_seed
+    long_seeds = [s for s in range(20) if draws_long(s)]
+    assert len(long_seeds) > 3
+    for seed in long_seeds:
+        with pytest.raises(ValueError, match="no room"):
+            env.reset(seed=seed)
+        assert env.np_random.bit_generator.state == state and env.np_random_seed == seed_before
+    # Unseeded: the failing draw is not consumed, so the same draw fails again.
+    env.reset(seed=long_seeds[0], options={"index": 0})
+    state = env.np_random.bit_generator.state
+    for _ in range(2):
+        with pytest.raises(ValueError, match="no room"):
+            env.reset()
+        assert env.np_random.bit_generator.state == state
+    env.reset(options={"index": 0})  # the fixed call goes through
+
+
+@pytest.mark.parametrize("mode", ["token", "chunk"])
+def test_retrieval_failure_can_be_retried_as_if_it_never_happened(make_env, tokenizer, mode):
+    from tests.conftest import PASSAGES, MemoryRetriever
+    from tests.faults import FlakyRetriever
+
+    flaky = FlakyRetriever(failures=1)
+    env = make_env(action_mode=mode, retriever=flaky)
+    ref = make_env(action_mode=mode, retriever=MemoryRetriever(PASSAGES))
+    for e in (env, ref):
+        e.reset(seed=1, options={"index": 0})
+    turns = [tokenizer.encode("<search> capital of Norway </search>"), tokenizer.encode("<answer> Oslo </answer>")]
+    steps = turns if mode == "chunk" else turns[0] + turns[1]
+    search_step = 0 if mode == "chunk" else len(turns[0]) - 1  # the step that closes </search>
+    for n, action in enumerate(steps):
+        if n == search_step:
+            before = env_state(env)
+            with pytest.raises(RetrievalError, match="is down"):
+                env.step(action)
+            assert env_state(env) == before
+        got, want = env.step(action), ref.step(action)
+        for key in ("tokens", "mask", "length"):
+            assert np.array_equal(got[0][key], want[0][key]), key
+        assert got[1:4] == want[1:4] and plain(got[4]) == plain(want[4])
+    assert flaky.failed == 1 and got[2] and got[1] == 1.0
+    assert flaky.calls == [["capital of Norway"]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"doc_format": "Doc {i} {bogus}\n"}, ValueError, "doc_format"),
+        ({"doc_format": "Doc {0}\n"}, ValueError, "doc_format"),
+        ({"doc_format": "Doc {i\n"}, ValueError, "doc_format"),
+        ({"template": "{question} in {context}"}, ValueError, "template"),
+        ({"template": "{question} or {0}"}, ValueError, "template"),
+        ({"invalid_message": None}, TypeError, "invalid_message"),
+        ({"use_chat_template": "no"}, TypeError, "use_chat_template"),
+        ({"topk": 1.5}, TypeError, "topk"),
+        ({"topk": True}, TypeError, "topk"),
+        ({"max_turns": 1.5}, TypeError, "max_turns"),
+        ({"max_obs_length": "500"}, TypeError, "max_obs_length"),
+        ({"vocab_size": 10}, ValueError, "vocab_size"),
+        ({"vocab_size": 600.0}, TypeError, "vocab_size"),
+        ({"vocab_size": True}, TypeError, "vocab_size"),
+        ({"tokenizer": 123}, TypeError, "tokenizer"),
+        ({"tokenizer": "gpt2"}, TypeError, "tokenizer"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(tokenizer, retriever, kwargs, error, match):
+    from search_env.env import SearchQAEnv
+    from tests.conftest import QUESTIONS
+
+    tok = kwargs.pop("tokenizer", tokenizer)
+    with pytest.raises(error, match=match):
+        SearchQAEnv(QUESTIONS, retriever, tok, action_mode="chunk", **kwargs)
+
+
+def test_vocab_size_at_least_the_tokenizers_is_accepted(make_env, tokenizer):
+    env = make_env(vocab_size=len(tokenizer) + 64)
+    assert env.action_space.n == len(tokenizer) + 64
+    assert make_env(vocab_size=len(tokenizer)).action_space.n == len(tokenizer)
+
+
+def test_chunk_action_space_agrees_with_step(make_env):
+    env = make_env(action_mode="chunk")
+    space = env.action_space
+    assert () not in space and (5,) in space and (5, 7) in space
+    assert (10**9,) not in space
+    space.seed(0)
+    for _ in range(30):
+        env.reset(options={"index": 0})
+        action = space.sample()
+        assert action in space
+        env.step(action)  # every sample is a valid action
+    with pytest.raises(ValueError, match="at least one"):
+        space.sample(mask=(0, None))
+    assert len(space.sample(mask=(3, None))) == 3
