@@ -99,6 +99,8 @@ def test_vocabulary_and_special_tokens(tok):
     assert tok.decode(ids, skip_special_tokens=True) == "a<tool_call>b"
     instruct = qwen.load_qwen_tokenizer("qwen2.5-instruct")
     assert instruct.eos_token == "<|im_end|>" and len(instruct) == len(tok)
+    for text in HAND_WRITTEN:  # one BPE for both (the second copies the first's file)
+        assert ids_of(instruct, text) == ids_of(tok, text)
 
 
 def test_real_qwen_merges_of_the_protocol_tags(tok):

@@ -234,12 +234,16 @@ def _cache_root() -> Path:
     return Path(os.environ.get("SEARCH_ENV_CACHE") or Path.home() / ".cache" / "search_env")
 
 
-def build_qwen_tokenizer(out_dir: str | Path, spec: str = "qwen2.5") -> Path:
+def build_qwen_tokenizer(
+    out_dir: str | Path, spec: str = "qwen2.5", backend_file: str | Path | None = None
+) -> Path:
     """Write a ``transformers`` tokenizer directory for ``spec`` (see :data:`VARIANTS`).
 
     Args:
         out_dir: created if missing; gets ``tokenizer.json`` and ``tokenizer_config.json``.
         spec: ``"qwen2.5"`` or ``"qwen2.5-instruct"``.
+        backend_file: a ``tokenizer.json`` this function wrote before (for either spec:
+            they share it) to copy instead of building it again.
 
     Returns:
         ``out_dir``.
@@ -247,7 +251,10 @@ def build_qwen_tokenizer(out_dir: str | Path, spec: str = "qwen2.5") -> Path:
     eos, _ = _variant(spec)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    build_backend(load_ranks()).save(str(out_dir / "tokenizer.json"), pretty=False)
+    if backend_file is not None:
+        shutil.copyfile(backend_file, out_dir / "tokenizer.json")
+    else:
+        build_backend(load_ranks()).save(str(out_dir / "tokenizer.json"), pretty=False)
     config = {
         # loaded as is: a Qwen2Tokenizer class would rebuild the pipeline on its own
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -272,13 +279,18 @@ def build_qwen_tokenizer(out_dir: str | Path, spec: str = "qwen2.5") -> Path:
 def qwen_tokenizer_dir(spec: str = "qwen2.5") -> Path:
     """The cached tokenizer directory of ``spec``, built on first use (a few seconds)."""
     _variant(spec)
-    target = _cache_root() / "tokenizers" / f"{spec}-{cache_key()}"
+    key = cache_key()
+    root = _cache_root() / "tokenizers"
+    target = root / f"{spec}-{key}"
     if (target / "tokenizer_config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec}-", dir=target.parent))
+    built = [root / f"{other}-{key}" for other in VARIANTS if other != spec]
+    backend = next((d / "tokenizer.json" for d in built if (d / "tokenizer_config.json").is_file()),
+                   None)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec}-", dir=root))
     try:
-        build_qwen_tokenizer(tmp, spec)
+        build_qwen_tokenizer(tmp, spec, backend_file=backend)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first: use theirs
