@@ -128,7 +128,8 @@ def load_tokenizer(spec: Any) -> Any:
             "Without internet, download it elsewhere (`hf download Qwen/Qwen2.5-3B "
             "--include 'tokenizer*' --local-dir qwen-tok`) and pass tokenizer='qwen-tok'; "
             "use tokenizer='qwen2.5' (Qwen2.5's tokenizer, built offline); "
-            "or pass a tokenizer object: gym.make(id, tokenizer=AutoTokenizer.from_pretrained(...))."
+            "or pass a tokenizer object: "
+            "gym.make(id, tokenizer=AutoTokenizer.from_pretrained(...))."
         ) from exc
 
 
@@ -244,7 +245,7 @@ def _retriever_problem(retriever: Any, corpus: str | Path | None) -> BaseExcepti
             f"corpus={str(corpus)!r} is not a file; `search-env download wiki18-corpus "
             "--dest data` fetches the Search-R1 corpus to data/wiki-18.jsonl"
         )
-    if isinstance(retriever, (str, Path)) and not str(retriever).startswith(("http://", "https://")):
+    if isinstance(retriever, (str, Path)) and "://" not in str(retriever):
         if not Path(retriever).exists():
             return FileNotFoundError(
                 f"retriever={str(retriever)!r} is neither an index directory nor a server URL"

