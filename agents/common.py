@@ -34,7 +34,13 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def make_env(rollout: RolloutConfig, split: str, num_envs: int, tokenizer: Any = None) -> Any:
+def make_env(
+    rollout: RolloutConfig,
+    split: str,
+    num_envs: int,
+    tokenizer: Any = None,
+    vocab_size: int | None = None,
+) -> Any:
     """A chunk-mode vector env without autoreset, as :func:`agents.rollout.collect` needs.
 
     Args:
@@ -42,6 +48,9 @@ def make_env(rollout: RolloutConfig, split: str, num_envs: int, tokenizer: Any =
         split: dataset split (``train`` / ``test``).
         num_envs: sub-envs.
         tokenizer: passed as ``tokenizer=`` when given (a real model's own tokenizer).
+        vocab_size: the model's logits count (``model.config.vocab_size``) when given:
+            Qwen2.5 has 151,936 logits but 151,665 tokenizer ids, and a padding id
+            sampled past ``len(tokenizer)`` must still be a valid action.
     """
     import gymnasium as gym
 
@@ -51,6 +60,8 @@ def make_env(rollout: RolloutConfig, split: str, num_envs: int, tokenizer: Any =
     kwargs["split"] = split
     if tokenizer is not None:
         kwargs["tokenizer"] = tokenizer
+    if vocab_size is not None:
+        kwargs["vocab_size"] = vocab_size
     return gym.make_vec(
         rollout.env_id, num_envs=num_envs, action_mode="chunk", autoreset_mode="disabled", **kwargs
     )

@@ -177,14 +177,18 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
 
-    env_tokenizer = None
+    env_tokenizer = vocab_size = None
     if cfg.model.path != "tiny":
+        from transformers import AutoConfig
+
         from search_env.registration import load_tokenizer
 
         env_tokenizer = load_tokenizer(cfg.model.path)
+        # the model's logits, not len(tokenizer): Qwen2.5 pads 151,665 ids to 151,936
+        vocab_size = AutoConfig.from_pretrained(cfg.model.path).get_text_config().vocab_size
     r = cfg.rollout
-    train_env = make_env(r, "train", r.num_envs, env_tokenizer)
-    eval_env = make_env(r, r.eval_split, r.eval_num_envs, env_tokenizer)
+    train_env = make_env(r, "train", r.num_envs, env_tokenizer, vocab_size)
+    eval_env = make_env(r, r.eval_split, r.eval_num_envs, env_tokenizer, vocab_size)
     tok = train_env.envs[0].tokenizer
     model, tokenizer = load_model(cfg.model, tok)
     if r.backend == "vllm":  # before the SFT warm start, not after it

@@ -4,7 +4,10 @@ Retrieval is excluded: a retriever that returns fixed passages stands in for BM2
 Goals (issue 2): at most 20 us per token on one core, and flat in context length
 (cost at ~4k tokens at most 1.5x the cost at ~100 tokens).
 
-    python benchmarks/bench_env.py [--repeats 5]
+The tokenizer is Qwen2.5's (``qwen2.5``, built offline: the one Search-R1 users run);
+``--tokenizer synth`` measures with the small synthetic-world BPE instead.
+
+    python benchmarks/bench_env.py [--repeats 5] [--tokenizer qwen2.5]
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gymnasium as gym  # noqa: E402
 
 from benchmarks.common import save_results  # noqa: E402
-from search_env.data.tokenizer import load_synth_tokenizer  # noqa: E402
 from search_env.env import SearchQAEnv  # noqa: E402
+from search_env.registration import load_tokenizer  # noqa: E402
 from search_env.types import Passage, QAExample  # noqa: E402
 
 QUESTIONS = [QAExample("q", "Who founded the Quastad Institute?", ("Velorin Quastad",))]
@@ -74,10 +77,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--tokenizer", default="qwen2.5",
+                        help="a tokenizer= spec: qwen2.5 (default), synth, a path or hub id")
     args = parser.parse_args()
+    tok = load_tokenizer(args.tokenizer)  # loaded (or built, once) before pinning to one core
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as the goal says
-    tok = load_synth_tokenizer()
     filler = tok.encode(" the")[0]
     kwargs = dict(max_prompt_length=4400, max_response_length=5000, max_start_length=300)
     rows = []
@@ -106,6 +111,8 @@ def main() -> None:
         "chunk_mode": chunk,
         "goal": "<= 20 us/token, ratio <= 1.5",
         "cores": 1,
+        "tokenizer": args.tokenizer,
+        "vocab": len(tok),
     })
 
 

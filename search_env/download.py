@@ -49,6 +49,7 @@ from types import MappingProxyType
 from typing import IO, Any, BinaryIO, Protocol
 
 from search_env.data.qa import DATASETS, DatasetUnavailableError, get_dataset_info
+from search_env.hub import hub_reachable, unreachable_reason
 
 __all__ = [
     "ARTIFACTS",
@@ -193,7 +194,12 @@ def _human(n: int) -> str:
 
 # --------------------------------------------------------------------------- registry
 
-_GYM_EXAMPLE = 'gym.make("SearchQA-NQ-v0", dataset="{dest}/flashrag/nq/test.jsonl", corpus="{dest}/wiki-18.jsonl")'
+_TOKENIZER_ARG = 'tokenizer="qwen2.5"'
+"""Qwen2.5's tokenizer, built offline (the same ids as Qwen/Qwen2.5-3B's; see search_env.data.qwen)."""
+_GYM_EXAMPLE = (
+    'gym.make("SearchQA-NQ-v0", dataset="{dest}/flashrag/nq/test.jsonl", '
+    'corpus="{dest}/wiki-18.jsonl", ' + _TOKENIZER_ARG + ")"
+)
 
 # Approximate sizes of the FlashRAG files. nq, triviaqa, popqa and bamboogle are the
 # published byte sizes of their files; hotpotqa, 2wikimultihopqa and musique (whose
@@ -225,7 +231,7 @@ def _qa_artifact(key: str) -> Artifact:
         ),
         usage=(
             f'gym.make("SearchQA-{info.name}-v0", dataset="{{dest}}/flashrag/{info.config}/'
-            f'{info.eval_split}.jsonl", corpus="{{dest}}/wiki-18.jsonl")'
+            f'{info.eval_split}.jsonl", corpus="{{dest}}/wiki-18.jsonl", {_TOKENIZER_ARG})'
         ),
     )
 
@@ -307,7 +313,7 @@ def _build_registry() -> Mapping[str, Artifact]:
             ),
             usage=(
                 'gym.make("SearchQA-v0", dataset="{dest}/nq_hotpotqa_train/train.parquet", '
-                'corpus="{dest}/wiki-18.jsonl")'
+                'corpus="{dest}/wiki-18.jsonl", ' + _TOKENIZER_ARG + ")"
             ),
         ),
     ]
@@ -1158,6 +1164,8 @@ def download(
 
     if _offline_mode():
         fetched = _use_local_files(artifact, dest, "offline mode is on (HF_HUB_OFFLINE is set)")
+    elif hub is None and not hub_reachable():  # one quick probe instead of retries
+        fetched = _use_local_files(artifact, dest, unreachable_reason())
     else:
         fetched = _fetch(
             artifact, dest, hub if hub is not None else HuggingFaceHub(), force, progress

@@ -3,8 +3,12 @@
 ``SearchQA-Synth-v0`` runs fully offline on the built-in synthetic world.
 ``SearchQA-{NQ,TriviaQA,PopQA,HotpotQA,2Wiki,Musique,Bamboogle}-v0`` load a FlashRAG
 dataset (hub or ``dataset=`` local file) and need a retriever (``retriever=`` or
-``corpus=``) and, by default, the Qwen2.5 tokenizer Search-R1 uses.
+``corpus=``) and, by default, the Qwen2.5 tokenizer Search-R1 uses (``Qwen/Qwen2.5-3B``;
+with no hub, the identical copy built offline, ``tokenizer="qwen2.5"``).
 ``SearchQA-v0`` takes everything from the caller.
+
+When pieces are missing (no network, no local files), one :class:`MissingPiecesError`
+lists them all, with the ``gym.make(...)`` call that works once they are in place.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import gymnasium as gym
 
 from search_env.env import SearchQAEnv
+from search_env.hub import hub_offline, hub_reachable, unreachable_reason
 from search_env.types import QAExample
 from search_env.vector import SearchQAVectorEnv
 
@@ -33,6 +38,26 @@ SYNTH_SIZES = {"tiny": 100, "small": 400, "medium": 5_000, "large": 100_000}
 
 class TokenizerUnavailableError(RuntimeError):
     """A tokenizer named by hub id or path could not be loaded (offline, missing files)."""
+
+
+class MissingPiecesError(RuntimeError):
+    """Pieces a dataset env needs (tokenizer, dataset, retriever) are missing.
+
+    Attributes:
+        problems: piece name (``"tokenizer"``, ``"dataset"``, ``"retriever"``) -> the
+            error that piece raised. The message lists every one, then the ``gym.make``
+            call to run once they are in place.
+    """
+
+    def __init__(self, env_id: str, problems: dict[str, BaseException], call: str) -> None:
+        self.problems = dict(problems)
+        noun = "piece is" if len(problems) == 1 else f"{len(problems)} pieces are"
+        lines = [f"cannot make {env_id}: the following {noun} missing."]
+        for number, (piece, exc) in enumerate(problems.items(), start=1):
+            lines += ["", f"{number}. {piece}: {exc}"]
+        them = "it" if len(problems) == 1 else "them"
+        lines += ["", f"With {them} in place, make the env with", f"    {call}"]
+        super().__init__("\n".join(lines))
 
 
 def cache_dir() -> Path:
@@ -61,21 +86,50 @@ def _from_pretrained(name: str) -> Any:
 
 
 def load_tokenizer(spec: Any) -> Any:
-    """A tokenizer object as is; ``"synth"`` for the built-in one; else a hub id or local path."""
+    """Resolve ``tokenizer=``.
+
+    A tokenizer object is used as is; ``"synth"`` is the built-in synthetic-world BPE;
+    ``"qwen2.5"`` / ``"qwen2.5-instruct"`` are Qwen2.5's tokenizers built offline (see
+    :mod:`search_env.data.qwen`); anything else is a local directory or a hub id. When
+    the hub cannot be reached, a hub id is looked up in the local cache only (at once,
+    no retries). A general Qwen2.5 model's name that cannot be loaded falls back to the
+    offline copy of its tokenizer, with a warning.
+    """
     if not isinstance(spec, (str, Path)):
         return spec
-    if str(spec) == "synth":
+    name = str(spec)
+    if name == "synth":
         from search_env.data.tokenizer import load_synth_tokenizer
 
         return load_synth_tokenizer()
+    from search_env.data import qwen
+
+    if name in qwen.VARIANTS:
+        return qwen.load_qwen_tokenizer(name)
+    local = Path(name).exists()
+    reachable = local or hub_reachable()
     try:
-        return _from_pretrained(str(spec))
+        if reachable:
+            return _from_pretrained(name)
+        with hub_offline():
+            return _from_pretrained(name)
     except Exception as exc:  # offline, missing repo, corrupt files
+        fallback = None if local else qwen.offline_spec_for(name)
+        if fallback is not None:
+            why = (f"{unreachable_reason()} and it is not cached" if not reachable
+                   else f"loading it failed ({type(exc).__name__}: {exc})")
+            logger.warning(
+                "tokenizer %r: %s; using its offline copy, tokenizer=%r "
+                "(built from qwen-tokenizer's BPE ranks: the same ids)", name, why, fallback)
+            return qwen.load_qwen_tokenizer(fallback)
+        why = "" if reachable else f"{unreachable_reason()}, and "
         raise TokenizerUnavailableError(
-            f"could not load tokenizer {str(spec)!r} ({type(exc).__name__}: {exc}). "
+            f"could not load tokenizer {name!r}: {why}{type(exc).__name__}: {exc}. "
             "Without internet, download it elsewhere (`hf download Qwen/Qwen2.5-3B "
-            "--include 'tokenizer*' --local-dir qwen-tok`) and pass tokenizer='qwen-tok', "
-            "or pass a tokenizer object: gym.make(id, tokenizer=AutoTokenizer.from_pretrained(...))."
+            "--include 'tokenizer*' --local-dir qwen-tok`) and pass tokenizer='qwen-tok'; "
+            "use tokenizer='qwen2.5' (Qwen2.5's tokenizer, built offline); "
+            "or pass a tokenizer object: "
+            "gym.make(id, tokenizer=AutoTokenizer.from_pretrained(...))."
         ) from exc
 
 
@@ -153,12 +207,99 @@ def _dataset_parts(
     retriever_backend: str = "auto",
     retriever_options: dict[str, Any] | None = None,
 ) -> tuple[Sequence[QAExample], Any, Any]:
-    tok = load_tokenizer(tokenizer)
-    examples = load_dataset_examples(name, dataset, split)
-    retriever = load_retriever(
+    """Tokenizer, examples and retriever; every missing one is reported in one error.
+
+    The retriever is only built (a BM25 index of ``corpus=`` can take long) once the
+    tokenizer and the dataset are there.
+    """
+    from search_env.data.qa import DatasetUnavailableError
+
+    if retriever is not None and corpus is not None:  # bad input: fail before any loading
+        raise ValueError("pass retriever= or corpus=, not both")
+    missing = (TokenizerUnavailableError, DatasetUnavailableError, FileNotFoundError, ImportError)
+    problems: dict[str, BaseException] = {}
+    tok = examples = None
+    try:
+        tok = load_tokenizer(tokenizer)
+    except missing as exc:
+        problems["tokenizer"] = exc
+    try:
+        examples = load_dataset_examples(name, dataset, split)
+    except missing as exc:
+        problems["dataset"] = exc
+    except ValueError as exc:
+        if dataset is not None or name is not None:
+            raise  # a bad file or split, not a missing piece
+        problems["dataset"] = exc
+    retriever_problem = _retriever_problem(retriever, corpus)
+    if retriever_problem is not None:
+        problems["retriever"] = retriever_problem
+    if problems:
+        raise MissingPiecesError(
+            _env_id(name), problems, _make_call(name, dataset, split, corpus, retriever, tokenizer)
+        ) from next(iter(problems.values()))
+    return examples, load_retriever(
         retriever, corpus, backend=retriever_backend, options=retriever_options
-    )
-    return examples, retriever, tok
+    ), tok
+
+
+def _env_id(name: str | None) -> str:
+    return "SearchQA-v0" if name is None else f"SearchQA-{name}-v0"
+
+
+def _retriever_problem(retriever: Any, corpus: str | Path | None) -> BaseException | None:
+    """Why ``retriever=``/``corpus=`` cannot give a retriever, checked without building it."""
+    if retriever is None and corpus is None:
+        return ValueError(
+            "this env needs a retriever: pass retriever=<Retriever object, index directory or "
+            "server URL> or corpus=<wiki-18 style JSONL> (a BM25 index is built and cached); "
+            "`search-env download wiki18-corpus` fetches the Search-R1 corpus"
+        )
+    if corpus is not None and retriever is None and not Path(corpus).is_file():
+        return FileNotFoundError(
+            f"corpus={str(corpus)!r} is not a file; `search-env download wiki18-corpus "
+            "--dest data` fetches the Search-R1 corpus to data/wiki-18.jsonl"
+        )
+    if isinstance(retriever, (str, Path)) and "://" not in str(retriever):
+        if not Path(retriever).exists():
+            return FileNotFoundError(
+                f"retriever={str(retriever)!r} is neither an index directory nor a server URL"
+            )
+    return None
+
+
+def _make_call(
+    name: str | None,
+    dataset: Any,
+    split: str | None,
+    corpus: str | Path | None,
+    retriever: Any,
+    tokenizer: Any,
+) -> str:
+    """The ``gym.make(...)`` line with every piece: the caller's, or where the data goes."""
+    def shown(value: Any) -> str:
+        if isinstance(value, (str, Path)):
+            return repr(str(value))
+        return f"<your {type(value).__name__} object>"
+
+    args = [repr(_env_id(name))]
+    if dataset is not None:
+        args.append(f"dataset={shown(dataset)}")
+    elif name is not None:
+        from search_env.data.qa import get_dataset_info
+
+        info = get_dataset_info(name)
+        args.append(f"dataset='data/flashrag/{info.config}/{split or info.eval_split}.jsonl'")
+    else:
+        args.append("dataset='path/to/test.jsonl'")
+    if split is not None and dataset is not None:
+        args.append(f"split={split!r}")
+    if retriever is not None:
+        args.append(f"retriever={shown(retriever)}")
+    else:
+        args.append(f"corpus={shown(corpus if corpus is not None else 'data/wiki-18.jsonl')}")
+    args.append(f"tokenizer={shown(tokenizer)}")
+    return f"gym.make({', '.join(args)})"
 
 
 def _synth_parts(

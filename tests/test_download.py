@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
+import search_env.download as download_module
 from search_env.data.qa import DATASETS, DatasetUnavailableError
 from search_env.download import (
     ARTIFACTS,
@@ -119,8 +120,10 @@ def tar_gz(member: str, data: bytes) -> bytes:
 
 @pytest.fixture
 def online(monkeypatch):
-    """The test conftest sets HF_HUB_OFFLINE=1; these tests simulate a reachable hub."""
+    """The test conftest sets HF_HUB_OFFLINE=1; these tests simulate a reachable hub
+    (the connection probe says yes without trying)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(download_module, "hub_reachable", lambda: True)
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -224,6 +227,24 @@ def test_offline_mode_fails_at_once_and_says_what_to_fetch(monkeypatch, tmp_path
     with pytest.raises(DownloadUnavailableError) as info:
         download("wiki18-bm25-index", dest, hub=hub)
     assert "--include 'bm25/*'" in str(info.value) and "index build" in str(info.value)
+
+
+def test_unreachable_hub_fails_at_once_without_asking_it(monkeypatch, tmp_path):
+    """No offline flag but no connection: one quick probe, the offline message, the full
+    gym.make line (tokenizer= included)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(download_module, "hub_reachable", lambda: False)
+    monkeypatch.setattr(download_module, "unreachable_reason",
+                        lambda: "the Hugging Face hub is unreachable (no connection to x:443)")
+    calls = []
+    monkeypatch.setattr(download_module, "HuggingFaceHub", lambda: calls.append(1))
+    with pytest.raises(DownloadUnavailableError) as info:
+        download("NQ", tmp_path)
+    assert calls == []  # no client was even made
+    msg = str(info.value)
+    assert "unreachable (no connection to x:443)" in msg
+    assert (f'gym.make("SearchQA-NQ-v0", dataset="{tmp_path}/flashrag/nq/test.jsonl", '
+            f'corpus="{tmp_path}/wiki-18.jsonl", tokenizer="qwen2.5")') in msg
 
 
 def test_cli_offline_exits_1_with_the_message_on_stderr(monkeypatch, capsys, tmp_path):

