@@ -789,3 +789,23 @@ def test_gpu_search_matches_cpu(tmp_path, backend):
 def test_faiss_uses_all_cores(retriever):
     assert retriever.n_threads == len(os.sched_getaffinity(0))
     assert faiss.omp_get_max_threads() == retriever.n_threads
+
+
+def test_resumed_build_removes_the_killed_builds_staging_dir(tmp_path):
+    import socket
+    import subprocess
+
+    passages = _many_passages(12)
+    target = tmp_path / "idx"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _build(passages, target, encoder=CrashingEncoder(crash_on=2), chunk_size=4)
+    # A SIGKILL skips the cleanup: what it leaves is a staging dir of a PID that is gone.
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    stale = tmp_path / f".idx.tmp-{socket.gethostname()}-{proc.pid}-k1ll3d"
+    stale.mkdir()
+    (stale / "passages.jsonl").write_bytes(b"half a corpus copy\n")
+    live = tmp_path / f".idx.tmp-{socket.gethostname()}-{os.getpid()}-busy"  # a concurrent build
+    live.mkdir()
+    _build(passages, target, encoder=TableEncoder(), chunk_size=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", live.name])
