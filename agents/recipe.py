@@ -125,7 +125,7 @@ def run_recipe(
             from agents.grpo import train_grpo as train
         else:
             from agents.ppo import train_ppo as train
-        summary = train(cfg)
+        summary = train(cfg, overwrite=True)  # a rerun of the recipe replaces its runs
         results["runs"][name] = {
             "overrides": RUNS[name],
             "test_em_start": summary.get("eval_em_start"),
