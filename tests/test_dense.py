@@ -809,3 +809,18 @@ def test_resumed_build_removes_the_killed_builds_staging_dir(tmp_path):
     live.mkdir()
     _build(passages, target, encoder=TableEncoder(), chunk_size=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", live.name])
+
+
+@pytest.mark.parametrize("name", ["../corpus.jsonl", "/etc/hostname", "a/b.npy"])
+def test_manifest_may_name_only_plain_files(tmp_path, name):
+    target = tmp_path / "idx"
+    enc = TableEncoder()
+    _build(_many_passages(6), target, encoder=enc, chunk_size=4)
+    (tmp_path / "corpus.jsonl").write_text("not part of the index\n")
+    path = target / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"][name] = {"size": 1, "sha256": "0" * 64, "hash": "full"}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CorruptIndexError, match="only plain file names") as err:
+        DenseRetriever.load(target, encoder=enc, device="cpu")
+    assert str(target) in str(err.value)
