@@ -98,6 +98,27 @@ def _write_state(state: dict[str, Any], path: Path) -> dict[str, Any]:
     return {"size": writer.size, "sha256": writer.sha256.hexdigest()}
 
 
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary sibling and a rename (for ``init_model.pt``).
+
+    Raises:
+        OSError: ``errno.ENOSPC`` naming ``path`` when the disk is full.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _write_state(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on device while saving {path}",
+                          str(path)) from e
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def step_of(path: Path) -> int | None:
     """The step of a ``step_{N}`` checkpoint directory, or None for other names."""
     match = _STEP_DIR.fullmatch(path.name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.checkpoint import CHECKPOINT_DIR, load_checkpoint, resume_checkpoint, save_checkpoint, step_of
+from agents.checkpoint import (
+    CHECKPOINT_DIR,
+    atomic_torch_save,
+    load_checkpoint,
+    resume_checkpoint,
+    save_checkpoint,
+    step_of,
+)
 from agents.common import (
     evaluate_greedy,
     frozen_copy,
@@ -240,9 +246,7 @@ def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
             data, classes = warm_start_data(train_env, cfg.sft, tokenizer, cfg.seed)
             records = train_sft(model, data, cfg.sft, pad_id, seed=cfg.seed, progress=True,
                                 name_classes=classes)
-            tmp_init = init_path.with_name(f".{INIT_WEIGHTS}.tmp-{os.getpid()}")
-            torch.save(model.state_dict(), tmp_init)
-            os.replace(tmp_init, init_path)  # a kill mid-save leaves no cut init_model.pt
+            atomic_torch_save(model.state_dict(), init_path)  # never a cut init_model.pt
             sft_summary = {
                 "sft_steps": cfg.sft.steps,
                 "sft_trajectories": len(data),

@@ -504,7 +504,7 @@ def test_resume_past_a_damaged_checkpoint_and_a_cut_metrics_line(finished_run, t
     train_grpo(full)
 
     def final(cfg):
-        from agents.checkpoint import latest_checkpoint, load_checkpoint
+        from agents.checkpoint import latest_checkpoint
 
         path = latest_checkpoint(cfg.out_dir)
         assert path.name == "step_00000003"

@@ -223,3 +223,21 @@ def test_a_failed_csv_rewrite_leaves_the_old_csv(tmp_path, monkeypatch):
         metrics.log({"step": 2, "reward": 1.0})
     assert (tmp_path / "metrics.csv").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "metrics.jsonl"]
+
+
+def test_full_disk_while_saving_the_warm_start_says_so(tmp_path, monkeypatch):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux)")
+    from agents.checkpoint import atomic_torch_save
+
+    target = tmp_path / "init_model.pt"
+    atomic_torch_save({"w": torch.ones(3)}, target)
+    monkeypatch.setattr(checkpoint_module, "open",
+                        lambda path, mode="r", *a, **k: builtins.open("/dev/full", mode, *a, **k),
+                        raising=False)
+    with pytest.raises(OSError, match="no space left on device while saving") as err:
+        atomic_torch_save({"w": torch.zeros(1000)}, target)
+    assert err.value.errno == errno.ENOSPC and str(target) in str(err.value)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["init_model.pt"]
+    torch.testing.assert_close(torch.load(target)["w"], torch.ones(3))
