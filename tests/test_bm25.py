@@ -454,3 +454,28 @@ def test_save_removes_a_killed_saves_staging_dir(retriever, tmp_path):
     retriever.save(tmp_path / "idx", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", other.name])
     assert not stale.exists() and not stale_old.exists()
+
+
+def test_a_build_killed_mid_corpus_leaves_a_spool_the_next_build_removes(corpus_file, tmp_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal
+from search_env.retrievers.bm25 import BM25Retriever
+from search_env.types import Passage
+
+def passages():
+    for i in range(100):
+        if i == 50:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup code runs
+        yield Passage(str(i), "passage number " + str(i))
+
+BM25Retriever.build(passages(), tmp_dir={str(tmp_path)!r}, backend="numpy", show_progress=False)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()
+    (left,) = tmp_path.iterdir()  # the killed build's corpus copy
+    assert left.name.startswith(bm25_module.SPOOL_PREFIX) and (left / "passages.jsonl").is_file()
+    r = BM25Retriever.build(corpus_file, tmp_dir=tmp_path, **FAST)
+    assert [p.name for p in tmp_path.iterdir()] == [Path(r._store.path).parent.name]
