@@ -231,8 +231,9 @@ class TrainConfig:
     """Greedy evaluation every N steps (and before the first and after the last)."""
     checkpoint_every: int = 10
     """Checkpoint every N steps (and after the last); 0 disables."""
-    keep_checkpoints: int = 1
-    """How many recent checkpoints to keep."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep (>= 1); resume falls back to an older intact
+    one when the newest is damaged."""
     out_dir: str = "runs/train"
     """Run directory: ``config.json``, ``metrics.jsonl``, ``metrics.csv``, checkpoints."""
     threads: int = 0
@@ -253,6 +254,8 @@ class TrainConfig:
             raise ValueError(f"algo must be 'grpo' or 'ppo', got {self.algo!r}")
         if self.steps < 0 or self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("steps, eval_every and checkpoint_every must be >= 0")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         r = self.rollout
         if r.num_envs < 1 or r.group_size < 1 or r.num_envs % r.group_size:
             raise ValueError(

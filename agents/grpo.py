@@ -69,10 +69,10 @@ def grpo_loss(
                   "loss": float(loss.detach())}
 
 
-def train_grpo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train with GRPO; returns the run summary (also in ``{out_dir}/summary.json``)."""
     g, r = cfg.grpo, cfg.rollout
-    run = setup_run(cfg, resume)
+    run = setup_run(cfg, resume, overwrite)
     model, ref_model, policy = run.model, run.ref_model, run.policy
     optimizer = torch.optim.AdamW(model.parameters(), lr=g.lr, weight_decay=g.weight_decay)
     scheduler = warmup_schedule(optimizer, g.warmup_ratio, cfg.steps)

@@ -77,10 +77,10 @@ def ppo_loss(
                   "loss": float(loss.detach())}
 
 
-def train_ppo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train with PPO; returns the run summary (also in ``{out_dir}/summary.json``)."""
     p, r = cfg.ppo, cfg.rollout
-    run = setup_run(cfg, resume)
+    run = setup_run(cfg, resume, overwrite)
     model, ref_model, policy = run.model, run.ref_model, run.policy
     hidden = model.get_output_embeddings().weight.shape[1]
     value_head = ValueHead(hidden).to(next(model.parameters()).device)

@@ -176,7 +176,7 @@ def run_recipe(
         else:
             from agents.ppo import train_ppo as train
         run_started = time.perf_counter()
-        summary = train(cfg)
+        summary = train(cfg, overwrite=True)  # a rerun of the recipe replaces its runs
         wall[name] = time.perf_counter() - run_started
         results["runs"][name] = {
             "overrides": RUNS[name],

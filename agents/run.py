@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from agents.checkpoint import (
+    CHECKPOINT_DIR,
+    atomic_torch_save,
+    load_checkpoint,
+    resume_checkpoint,
+    save_checkpoint,
+    step_of,
+)
 from agents.common import (
     evaluate_greedy,
     frozen_copy,
@@ -26,15 +34,51 @@ from agents.common import (
     make_env,
     seed_everything,
 )
-from agents.config import TrainConfig, save_config
+from agents.config import TrainConfig, to_dict
 from agents.metrics import MetricsLogger
 from agents.plots import plot_run
 from agents.progress import progress_interval
+from search_env.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 INIT_WEIGHTS = "init_model.pt"
 """The model after the SFT warm start (the KL reference), kept in the run directory."""
+
+RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "summary.json", "curves.png",
+             INIT_WEIGHTS, "sft_metrics.jsonl", CHECKPOINT_DIR)
+"""What a run writes into its directory (and ``overwrite`` removes)."""
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory.
+
+    A non-empty ``run_dir`` needs ``resume`` (continue the run there) or ``overwrite``
+    (remove its run files first; files a run does not write are left alone).
+
+    Raises:
+        ValueError: both ``resume`` and ``overwrite``.
+        FileExistsError: ``run_dir`` holds files and neither flag is given, or it is a file.
+    """
+    if resume and overwrite:
+        raise ValueError("pass --resume or --overwrite, not both")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"run directory {run_dir} is a file")
+    held = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if not held or resume:
+        return
+    if not overwrite:
+        shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        raise FileExistsError(
+            f"run directory {run_dir} is not empty ({shown}): pass --resume to continue "
+            "the run there, or --overwrite to replace it (or choose another --out)")
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    logger.info("--overwrite: removed the earlier run's files from %s", run_dir)
 
 
 def run_label(run_dir: str | Path, algo: str) -> str:
@@ -60,6 +104,8 @@ class Run:
     pad_id: int
     metrics: MetricsLogger
     resume: bool = False
+    resume_from: Path | None = None
+    """The verified checkpoint :meth:`begin` loads (None: a fresh start)."""
     sft_summary: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
@@ -72,15 +118,19 @@ class Run:
     def begin(self, modules: dict[str, Any]) -> int:
         """Start the loop: the step to start at.
 
-        Loads the latest checkpoint into ``modules`` when resuming, hands the model's
-        weights to the sampler (a vLLM engine holds a copy), and on a fresh start logs
-        the step-0 evaluation.
+        Loads the checkpoint chosen by :func:`setup_run` into ``modules`` when resuming,
+        writes ``config.json`` (only now: a resume that fails, e.g. into a run of another
+        model size, leaves the run's config as it was), hands the model's weights to the
+        sampler (a vLLM engine holds a copy), and on a fresh start logs the step-0
+        evaluation.
         """
-        path = latest_checkpoint(self.run_dir) if self.resume else None
+        path = self.resume_from if self.resume else None
         step = 0
         if path is not None:
-            step, _ = load_checkpoint(path, modules)
+            step, _ = load_checkpoint(path, modules, verify=False)  # setup_run verified it
             logger.info("resumed from %s (step %d)", path, step)
+        atomic_write_text(self.run_dir / "config.json",
+                          json.dumps(to_dict(self.cfg), indent=2, sort_keys=True) + "\n")
         self.policy.update_weights(self.model.state_dict())
         if step == 0:
             self.metrics.log({"step": 0, **self.evaluate()})
@@ -154,17 +204,23 @@ class Run:
                        episodes=r.num_envs // r.group_size * r.group_size,
                        eval_questions=len(self.eval_indices))
         summary["curves_png"] = str(png) if fig is not None else None
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
 
-def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
+def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Run:
     """Build envs, model, warm start, reference policy and run directory.
 
     Args:
-        cfg: the resolved config (saved as ``config.json`` in ``cfg.out_dir``).
-        resume: continue from the latest checkpoint in ``cfg.out_dir`` (the SFT warm start
-            is then not rerun: its result is loaded from ``init_model.pt``).
+        cfg: the resolved config (saved as ``config.json`` in ``cfg.out_dir`` once the
+            run has started, by :meth:`Run.begin`).
+        resume: continue from the newest intact checkpoint in ``cfg.out_dir`` (the SFT
+            warm start is then not rerun: its result is loaded from ``init_model.pt``).
+        overwrite: replace the run in a non-empty ``cfg.out_dir``.
+
+    Raises:
+        FileExistsError: ``cfg.out_dir`` is not empty and neither flag is given.
+        CorruptCheckpointError: resuming, and every checkpoint is damaged.
     """
     from agents.policy import HFPolicy
     from agents.sft import train_sft, warm_start_data
@@ -172,10 +228,12 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
     started = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
     run_dir = Path(cfg.out_dir)
+    prepare_run_dir(run_dir, resume, overwrite)
+    # Chosen (and its sha256 checked) before hours of set-up, so a damaged one fails fast.
+    last = resume_checkpoint(run_dir) if resume else None
+    seed_everything(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.json")
 
     env_tokenizer = vocab_size = None
     if cfg.model.path != "tiny":
@@ -199,10 +257,9 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
 
     init_path = run_dir / INIT_WEIGHTS
     sft_summary: dict[str, float] = {}
-    last = latest_checkpoint(run_dir) if resume else None
     can_resume = last is not None
     # On resume, keep the metrics of the steps up to the checkpoint, drop any later ones.
-    metrics = MetricsLogger(run_dir, resume_step=int(last.name.split("_")[-1]) if last else None)
+    metrics = MetricsLogger(run_dir, resume_step=step_of(last) if last else None)
     if cfg.sft.steps > 0:
         if can_resume and init_path.exists():
             model.load_state_dict(torch.load(init_path, map_location="cpu"))
@@ -211,7 +268,7 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
             data, classes = warm_start_data(train_env, cfg.sft, tokenizer, cfg.seed)
             records = train_sft(model, data, cfg.sft, pad_id, seed=cfg.seed, progress=True,
                                 name_classes=classes)
-            torch.save(model.state_dict(), init_path)
+            atomic_torch_save(model.state_dict(), init_path)  # never a cut init_model.pt
             sft_summary = {
                 "sft_steps": cfg.sft.steps,
                 "sft_trajectories": len(data),
@@ -219,9 +276,8 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
                 "sft_final_loss": records[-1]["sft_loss"],
                 "sft_seconds": time.perf_counter() - start,
             }
-            with (run_dir / "sft_metrics.jsonl").open("w") as f:
-                for rec in records:
-                    f.write(json.dumps(rec) + "\n")
+            atomic_write_text(run_dir / "sft_metrics.jsonl",
+                              "".join(json.dumps(rec) + "\n" for rec in records))
     ref_model = frozen_copy(model)
     if r.backend == "vllm":
         from agents.policy import VLLMPolicy
@@ -243,6 +299,6 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
         cfg=cfg, run_dir=run_dir, model=model, ref_model=ref_model, tokenizer=tokenizer,
         policy=policy, train_env=train_env, eval_env=eval_env,
         eval_indices=list(range(min(n_eval, len(eval_env.dataset)))), pad_id=int(pad_id),
-        metrics=metrics, resume=can_resume,
+        metrics=metrics, resume=can_resume, resume_from=last,
         sft_summary=sft_summary, started=started,
     )

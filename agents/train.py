@@ -5,6 +5,7 @@ Examples::
     python -m agents.train --preset tiny-cpu --algo grpo --out runs/grpo
     python -m agents.train --preset tiny-cpu --algo grpo --no-mask --out runs/grpo-nomask
     python -m agents.train --config runs/grpo/config.json --resume
+    python -m agents.train --preset tiny-cpu --out runs/grpo --overwrite   # replace that run
     python -m agents.train --preset tiny-cpu --set grpo.lr=1e-3 --set rollout.num_envs=16
 
 Precedence: preset (or ``--config``), then ``--set`` overrides, then the dedicated flags.
@@ -28,7 +29,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--model", help="'tiny' (random-init Qwen2) or a hub id / local path")
     add_config_arguments(parser, PRESETS, default="tiny-cpu")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the latest checkpoint in the run directory")
+                        help="continue from the newest intact checkpoint in the run directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in a non-empty run directory (without --resume or "
+                             "--overwrite, a non-empty one is refused)")
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--steps", type=int, help="RL steps")
     parser.add_argument("--seed", type=int, help="run seed")
@@ -58,11 +62,20 @@ def run_train(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.resume and args.overwrite:
+        print("error: pass --resume or --overwrite, not both", file=sys.stderr)
+        return 2
+    from agents.checkpoint import CorruptCheckpointError
+
     if cfg.algo == "grpo":
         from agents.grpo import train_grpo as train
     else:
         from agents.ppo import train_ppo as train
-    summary = train(cfg, resume=bool(args.resume))
+    try:
+        summary = train(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite))
+    except (FileExistsError, CorruptCheckpointError) as exc:  # raised before any training
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2))
     return 0
 

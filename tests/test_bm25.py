@@ -394,3 +394,88 @@ def test_numba_backend_matches_numpy(retriever, saved_index):
     assert built.search(queries, k=3) == expected
     assert loaded.search(queries, k=3, n_threads=2) == expected
     assert loaded.search(queries, k=100) == retriever.search(queries, k=100)
+
+
+# ---------------------------------------------------------------- manifest file names
+@pytest.mark.parametrize("name", ["../outside.bin", "/etc/hostname", "sub/file.npy", "..", "."])
+def test_manifest_names_only_plain_files(index_copy, tmp_path, name):
+    (tmp_path / "outside.bin").write_bytes(b"secret")
+    path = index_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"][name] = {"size": 6, "sha256": "0" * 64, "hash": "full"}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CorruptIndexError, match="only plain file names") as err:
+        _load(index_copy)
+    assert repr(name) in str(err.value)
+
+
+# ---------------------------------------------------------------- files left behind
+def dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _stale_dir(parent: Path, prefix: str, pid: int) -> Path:
+    import socket
+
+    path = parent / f"{prefix}{socket.gethostname()}-{pid}-abc123"
+    path.mkdir(parents=True)
+    (path / "passages.jsonl").write_bytes(b"left by a killed process\n")
+    return path
+
+
+def test_build_spools_in_tmp_dir_and_removes_a_killed_builds_spool(corpus_file, tmp_path):
+    import os
+
+    stale = _stale_dir(tmp_path, bm25_module.SPOOL_PREFIX, dead_pid())
+    alive = _stale_dir(tmp_path, bm25_module.SPOOL_PREFIX, os.getpid())  # a concurrent build
+    r = BM25Retriever.build(corpus_file, tmp_dir=tmp_path, **FAST)
+    assert not stale.exists() and alive.exists()
+    spool = Path(r._store.path).parent
+    assert spool.parent == tmp_path and spool.name.startswith(bm25_module.SPOOL_PREFIX)
+    assert str(os.getpid()) in spool.name
+    del r
+    import gc
+
+    gc.collect()
+    assert not spool.exists()
+
+
+def test_save_removes_a_killed_saves_staging_dir(retriever, tmp_path):
+    stale = _stale_dir(tmp_path, ".idx.tmp-", dead_pid())
+    stale_old = _stale_dir(tmp_path, ".idx.old-", dead_pid())
+    other = _stale_dir(tmp_path, ".other.tmp-", dead_pid())  # another index's: not ours to judge
+    retriever.save(tmp_path / "idx")
+    retriever.save(tmp_path / "idx", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", other.name])
+    assert not stale.exists() and not stale_old.exists()
+
+
+def test_a_build_killed_mid_corpus_leaves_a_spool_the_next_build_removes(corpus_file, tmp_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal
+from search_env.retrievers.bm25 import BM25Retriever
+from search_env.types import Passage
+
+def passages():
+    for i in range(100):
+        if i == 50:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup code runs
+        yield Passage(str(i), "passage number " + str(i))
+
+BM25Retriever.build(passages(), tmp_dir={str(tmp_path)!r}, backend="numpy", show_progress=False)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()
+    (left,) = tmp_path.iterdir()  # the killed build's corpus copy
+    assert left.name.startswith(bm25_module.SPOOL_PREFIX) and (left / "passages.jsonl").is_file()
+    r = BM25Retriever.build(corpus_file, tmp_dir=tmp_path, **FAST)
+    assert [p.name for p in tmp_path.iterdir()] == [Path(r._store.path).parent.name]

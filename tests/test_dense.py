@@ -789,3 +789,38 @@ def test_gpu_search_matches_cpu(tmp_path, backend):
 def test_faiss_uses_all_cores(retriever):
     assert retriever.n_threads == len(os.sched_getaffinity(0))
     assert faiss.omp_get_max_threads() == retriever.n_threads
+
+
+def test_resumed_build_removes_the_killed_builds_staging_dir(tmp_path):
+    import socket
+    import subprocess
+
+    passages = _many_passages(12)
+    target = tmp_path / "idx"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _build(passages, target, encoder=CrashingEncoder(crash_on=2), chunk_size=4)
+    # A SIGKILL skips the cleanup: what it leaves is a staging dir of a PID that is gone.
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    stale = tmp_path / f".idx.tmp-{socket.gethostname()}-{proc.pid}-k1ll3d"
+    stale.mkdir()
+    (stale / "passages.jsonl").write_bytes(b"half a corpus copy\n")
+    live = tmp_path / f".idx.tmp-{socket.gethostname()}-{os.getpid()}-busy"  # a concurrent build
+    live.mkdir()
+    _build(passages, target, encoder=TableEncoder(), chunk_size=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", live.name])
+
+
+@pytest.mark.parametrize("name", ["../corpus.jsonl", "/etc/hostname", "a/b.npy"])
+def test_manifest_may_name_only_plain_files(tmp_path, name):
+    target = tmp_path / "idx"
+    enc = TableEncoder()
+    _build(_many_passages(6), target, encoder=enc, chunk_size=4)
+    (tmp_path / "corpus.jsonl").write_text("not part of the index\n")
+    path = target / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"][name] = {"size": 1, "sha256": "0" * 64, "hash": "full"}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CorruptIndexError, match="only plain file names") as err:
+        DenseRetriever.load(target, encoder=enc, device="cpu")
+    assert str(target) in str(err.value)

@@ -19,7 +19,6 @@ import mmap as _mmap
 import os
 import shutil
 import sys
-import tempfile
 from array import array
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -27,6 +26,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from search_env.data.corpus import corpus_fingerprint, record_to_passage
+from search_env.files import fsync, make_staging_dir
 from search_env.retrievers.base import CorruptIndexError
 from search_env.types import Passage
 
@@ -62,6 +62,7 @@ __all__ = [
     "read_manifest",
     "sha256_file",
     "stage_dir",
+    "stage_prefix",
     "verify_corpus",
 ]
 
@@ -250,6 +251,8 @@ def read_manifest(
         if name not in files:
             raise corrupt(f"{MANIFEST_NAME} does not list required file {name}")
     for name, rec in files.items():
+        if not _plain_file_name(name):
+            raise corrupt(f"{MANIFEST_NAME} names {name!r}: only plain file names are allowed")
         file = index_dir / name
         if not file.is_file():
             raise corrupt(f"missing file {name}")
@@ -268,6 +271,19 @@ def read_manifest(
     if extra:
         logger.warning("%s: files not in the manifest are ignored: %s", index_dir, ", ".join(extra))
     return manifest
+
+
+def _plain_file_name(name: object) -> bool:
+    """A bare file name: no directory part, not ``.``/``..``, not absolute, no NUL."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and Path(name).name == name
+        and not Path(name).is_absolute()
+    )
 
 
 def verify_corpus(
@@ -293,19 +309,18 @@ def verify_corpus(
 
 
 # ---------------------------------------------------------------------- atomic writes
-def fsync(path: Path) -> None:
-    """Flushes a file or directory to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def stage_prefix(final: Path) -> str:
+    """The name prefix of ``final``'s staging directories (see `stage_dir`)."""
+    return f".{final.name}.tmp-"
 
 
 def stage_dir(final: Path) -> Path:
-    """A new empty temporary sibling of ``final`` to write an index into."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    """A new empty temporary sibling of ``final`` to write an index into.
+
+    It is named after this process, and staging directories of ``final`` left by a
+    process that no longer runs (a killed build or save) are removed first.
+    """
+    return make_staging_dir(final.parent, stage_prefix(final))
 
 
 def publish_dir(tmp: Path, final: Path) -> None:
@@ -318,7 +333,7 @@ def publish_dir(tmp: Path, final: Path) -> None:
         fsync(p)
     fsync(tmp)
     if final.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        trash = make_staging_dir(final.parent, f".{final.name}.old-")
         os.replace(final, trash / final.name)
         os.replace(tmp, final)
         shutil.rmtree(trash, ignore_errors=True)

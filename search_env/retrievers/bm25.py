@@ -39,6 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from search_env.data.corpus import corpus_fingerprint, iter_corpus
+from search_env.files import make_staging_dir
 from search_env.retrievers import _index_files
 from search_env.retrievers._index_files import MANIFEST_NAME, OFFSETS_NAME, PASSAGES_NAME, available_cpus
 from search_env.retrievers._index_files import PassageStore as _PassageStore
@@ -78,6 +79,8 @@ SAMPLE_BYTES = _index_files.SAMPLE_BYTES
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # bm25s' default: words of two or more characters
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 BACKENDS = ("auto", "numba", "numpy")
+SPOOL_PREFIX = "search_env_bm25_"
+"""Name prefix of the passage spool directories made by `BM25Retriever.build`."""
 WORD_CACHE_SIZE = 1 << 20
 _UNSEEN: Any = object()
 
@@ -277,7 +280,9 @@ class BM25Retriever:
             backend: "numba", "numpy" or "auto" (numba when importable). Numba compiles
                 for several seconds on first use; "numpy" suits tiny corpora and tests.
             n_threads: Threads for `search`; -1 means all usable cores.
-            tmp_dir: Where to spool the passages (default: the system temp dir).
+            tmp_dir: Where to spool the passages (default: the system temp dir). Pass the
+                index's parent directory to keep the copy on the same file system; spools
+                left there by killed builds are removed.
 
         Returns:
             The retriever, ready to search.
@@ -300,7 +305,9 @@ class BM25Retriever:
             total = len(corpus) if isinstance(corpus, Sized) else None
 
         tokenizer = _make_tokenizer(params)
-        spool_dir = Path(tempfile.mkdtemp(prefix="search_env_bm25_", dir=tmp_dir))
+        # Named after this process: a later build removes the spool of a killed one.
+        spool_parent = Path(tmp_dir) if tmp_dir is not None else Path(tempfile.gettempdir())
+        spool_dir = make_staging_dir(spool_parent, SPOOL_PREFIX)
         writer = _PassageWriter(spool_dir / PASSAGES_NAME)
         try:
             columns = _TokenIdColumns()
@@ -376,8 +383,7 @@ class BM25Retriever:
         final = Path(index_dir)
         if final.exists() and not overwrite:
             raise FileExistsError(f"{final} already exists (pass overwrite=True to replace it)")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        tmp = _index_files.stage_dir(final)  # also removes stale ones of killed saves
         try:
             self._model.save(tmp, show_progress=False)
             self._tokenizer.save_vocab(str(tmp), TOKENIZER_VOCAB_NAME)

@@ -1,0 +1,130 @@
+"""Small file-system helpers shared by index builds and training checkpoints.
+
+* staging directories named after their owner (host and PID), so that a later build or
+  save recognises the ones a killed process left behind and removes them;
+* atomic text writes (temporary sibling, fsync, rename);
+* the sha256 of a whole file.
+
+``agents`` may import this module; nothing here imports ``agents``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "atomic_write_text",
+    "fsync",
+    "make_staging_dir",
+    "pid_alive",
+    "remove_stale_staging",
+    "sha256_of",
+    "staging_owner",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def fsync(path: Path) -> None:
+    """Flushes a file or directory to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of the whole file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID runs on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def _host() -> str:
+    # '-' separates the name's fields; a host name keeps its own dashes (parsed from the right).
+    return socket.gethostname().replace(os.sep, "_") or "localhost"
+
+
+def make_staging_dir(parent: Path, prefix: str) -> Path:
+    """A new empty directory ``{parent}/{prefix}{host}-{pid}-{random}``.
+
+    Stale directories of the same ``prefix`` (their owner no longer runs) are removed
+    first, so a killed build or save leaves its files behind only until the next one.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(parent, prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{_host()}-{os.getpid()}-", dir=parent))
+
+
+def staging_owner(name: str, prefix: str) -> tuple[str, int] | None:
+    """``(host, pid)`` of a staging directory name made by :func:`make_staging_dir`."""
+    if not name.startswith(prefix):
+        return None
+    parts = name[len(prefix):].rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
+def remove_stale_staging(parent: Path, prefix: str) -> list[Path]:
+    """Removes ``parent``'s staging directories of ``prefix`` whose owner has exited.
+
+    Only directories made on this host are judged (a PID means nothing elsewhere), and
+    those of live processes (a concurrent build) are left alone.
+
+    Returns:
+        The directories removed.
+    """
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    host = _host()
+    for path in parent.iterdir():
+        owner = staging_owner(path.name, prefix)
+        if owner is None or owner[0] != host or pid_alive(owner[1]) or not path.is_dir():
+            continue
+        logger.info("removing %s, left by process %d that no longer runs", path, owner[1])
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Writes ``text`` to ``path`` through a temporary sibling and a rename.
+
+    A kill or a full disk during the write leaves the old file (or none), never a cut one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
