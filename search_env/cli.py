@@ -243,7 +243,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.kind == "bm25":
         from search_env.retrievers.bm25 import BM25Retriever
 
-        retriever: Any = BM25Retriever.build(args.corpus, backend=args.backend)
+        # spool beside the destination (same file system), not in the system temp dir
+        retriever: Any = BM25Retriever.build(
+            args.corpus, backend=args.backend, tmp_dir=Path(args.out).resolve().parent
+        )
         retriever.save(args.out, overwrite=args.overwrite)
     else:
         from search_env.retrievers.dense import DenseRetriever

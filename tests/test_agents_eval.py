@@ -268,6 +268,18 @@ def test_run_with_a_missing_model_path_is_one_clear_line(tmp_path, model_dir, mo
     assert "HFValidationError" not in err
 
 
+def test_a_damaged_checkpoint_is_refused_not_evaluated(tmp_path, model_dir, monkeypatch):
+    run = _relative_run(tmp_path / "work", model_dir, "models/sft")
+    monkeypatch.chdir(tmp_path / "work")
+    assert load_model_for_eval(run, device="cpu").name.endswith("@step3")
+    (state,) = (run / "checkpoints").glob("step_*/state.pt")
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one flipped bit
+    state.write_bytes(bytes(data))
+    with pytest.raises(EvalSetupError, match="state.pt"):
+        load_model_for_eval(run, device="cpu")
+
+
 def test_env_kwargs_routing_and_method_names():
     extra = {"topk": 2, "size": "medium", "SearchQA-NQ-v0:dataset": "nq.jsonl"}
     synth = env_kwargs_for(SYNTH, size="tiny", extra=extra)

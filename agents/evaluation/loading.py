@@ -150,7 +150,7 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
     """
     import torch
 
-    from agents.checkpoint import latest_checkpoint
+    from agents.checkpoint import CorruptCheckpointError, latest_checkpoint, verify_checkpoint
     from agents.common import load_model, resolve_device
     from agents.config import ModelConfig, from_dict
 
@@ -204,6 +204,10 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
     model_cfg = dataclasses.replace(cfg.model, dtype=dtype, device=str(dev),
                                     gradient_checkpointing=False)
     model, tokenizer = _load_run_model(model_cfg, tokenizer, config, run_dir, cfg.out_dir)
+    try:  # a damaged checkpoint is refused, not evaluated
+        verify_checkpoint(checkpoint)
+    except CorruptCheckpointError as e:
+        raise EvalSetupError(str(e)) from e
     # Our own run's file; it also holds the optimizer and RNG states (not tensors only).
     state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
     if "model" not in state:
