@@ -31,8 +31,12 @@ class _AfterGymnasium:
                 from search_env.registration import register_envs
 
                 register_envs()
-            except Exception:  # never break Gymnasium's own import
-                pass
+            except Exception:  # never break Gymnasium's own import, but say why the ids are missing
+                import logging  # only now: at start-up this module must stay light
+
+                logging.getLogger("search_env").warning(
+                    "search-env could not register its Gymnasium ids when Gymnasium was "
+                    "imported (import search_env to register them)", exc_info=True)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec

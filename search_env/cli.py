@@ -1,19 +1,42 @@
-"""The ``search-env`` command line."""
+"""The ``search-env`` command line: the env commands, and the hook other packages add theirs by.
+
+This layer owns ``envs``, ``eval`` (scripted agents), ``synth``, ``index``, ``serve`` and
+``download``. Other packages (this distribution's ``agents``: ``train``, ``recipe``,
+``eval --model``) add commands through the :data:`COMMANDS_GROUP` entry points, so nothing
+here imports them; only the entry points named by the command being run are loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import platform
 import sys
 import time
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+logger = logging.getLogger(__name__)
 
 SCRIPTED_AGENTS = ("oracle", "no-search", "random")
 SYNTH_ID = "SearchQA-Synth-v0"
 DEFAULT_AGENTS = ",".join(SCRIPTED_AGENTS)
+
+EvalRunner = Callable[[argparse.Namespace, list[str], dict[str, Any]], int | None]
+"""An ``eval`` extension: ``(args, env ids, env kwargs)`` -> exit status, or None to leave
+the command to the next runner and, last, to the scripted agents."""
+
+BeforeParse = Callable[[list[str]], int | None]
+"""A command's first look at its arguments (those after its name), before any parsing:
+an exit status when it handled them itself, None to have them parsed."""
+
+COMMANDS_GROUP = "search_env.commands"
+"""Entry-point group of the commands other packages add. An entry point's name is the
+command it adds (or, for an env command, extends); it loads to a callable that takes the
+:class:`CommandLine` and adds its parsers to it."""
 
 
 def _agent_factory(name: str, vocab_size: int, seed: int) -> Callable[[], Any]:
@@ -124,48 +147,9 @@ def _eval_scripted(args: argparse.Namespace, env_id: str, agents: Sequence[str],
     }
 
 
-def _eval_model(args: argparse.Namespace, env_ids: Sequence[str], env_args: dict[str, Any]) -> int:
-    """``eval --model``: the model on the search protocol plus the requested baselines."""
-    try:
-        import torch
-    except ImportError:
-        print("error: evaluating a model needs torch: pip install 'search-env[torch]'",
-              file=sys.stderr)
-        return 2
-    from agents.evaluation import EvalSetupError, evaluate_model, parse_methods
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        baselines = parse_methods(args.baselines)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        report = evaluate_model(
-            args.model, env_ids, baselines=baselines, limit=args.limit, num_envs=args.num_envs,
-            split=args.split, size=args.size, qa_dir=args.qa_dir, retriever=args.retriever,
-            env_kwargs=env_args, max_new_tokens=args.max_new_tokens, device=args.device,
-            dtype=args.dtype, progress=not args.quiet,
-        )
-    except (EvalSetupError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print()
-    print(report.markdown_table("em"))
-    print(report.avg_note())
-    out = "runs/eval-model.json" if args.out is None else args.out
-    markdown = args.markdown
-    if markdown is None:
-        markdown = str(Path(out).with_suffix(".md")) if out else ""
-    report.save(out or None, markdown or None)
-    for path in (out, markdown):
-        if path:
-            print(f"wrote {path}")
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace, runners: Sequence[EvalRunner] = ()) -> int:
+    """``eval``: each of ``runners`` first (see :meth:`CommandLine.extend_eval`), else the
+    scripted agents."""
     env_ids = [e.strip() for e in args.env.split(",") if e.strip()]
     if not env_ids or len(set(env_ids)) != len(env_ids):
         print(f"error: --env must name each env id once, got {args.env!r}", file=sys.stderr)
@@ -178,11 +162,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.model:
-        return _eval_model(args, env_ids, env_args)
-    if args.baselines:
-        print("error: --baselines needs --model (scripted agents: --agents)", file=sys.stderr)
-        return 2
+    for run in runners:
+        code = run(args, env_ids, env_args)
+        if code is not None:
+            return code
 
     agents = [a.strip() for a in (args.agents or DEFAULT_AGENTS).split(",") if a.strip()]
     for a in agents:
@@ -264,38 +247,19 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _needs_torch(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            print("error: training needs torch: pip install 'search-env[torch]' "
-                  "(on a CPU-only machine: pip install torch==2.13.0)", file=sys.stderr)
-            return 2
-        return func(args)
-
-    return run
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="search-env", description=__doc__)
+def _env_parser() -> tuple[argparse.ArgumentParser, Any, argparse.ArgumentParser]:
+    """The parser of the env commands: ``(parser, its subparsers, the eval parser)``."""
+    parser = argparse.ArgumentParser(prog="search-env",
+                                     description="The ``search-env`` command line.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser(
-        "eval", help="evaluate scripted agents, or a model (--model) and baselines, on SearchQA envs"
-    )
+    ev = sub.add_parser("eval", help="evaluate agents on SearchQA envs (scripted ones: --agents)")
     arg = ev.add_argument
     arg("--env", default="SearchQA-Synth-v0", help="registered SearchQA ids, comma-separated")
     arg("--agents", default=None,
-        help=f"scripted agents (without --model), comma-separated: oracle (Synth only), "
+        help=f"scripted agents, comma-separated: oracle (Synth only), "
              f"no-search, random (default: {DEFAULT_AGENTS})")
-    arg("--model", default=None,
-        help="a Hugging Face model directory, a `search-env train` run directory or one of its "
-             "checkpoints: greedy evaluation on the search protocol (needs torch)")
-    arg("--baselines", default="",
-        help="with --model, also run these, comma-separated: direct (no search), "
-             "rag (retrieve on the question), oracle (scripted; Synth only)")
     arg("--split", default=None,
         help="dataset split (default: test for Synth, the Search-R1 eval split otherwise)")
     arg("--size", default=None, help="synthetic world size: tiny, small (default), medium, large")
@@ -308,20 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="env kwarg (VALUE parsed as JSON): topk=5, SearchQA-NQ-v0:dataset=nq.jsonl")
     arg("--num-envs", type=int, default=32, help="episodes run (and searches batched) together")
     arg("--limit", type=int, default=None, help="at most this many questions per env")
-    arg("--max-new-tokens", type=int, default=None,
-        help="--model: one turn's token budget (default: the run's, else the protocol's)")
-    arg("--device", default="auto", help="--model: auto, cpu or cuda")
-    arg("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-        help="--model: parameter dtype (auto: bfloat16 on CUDA, else float32)")
-    arg("--threads", type=int, default=0, help="--model: torch threads (0: torch's default)")
     arg("--seed", type=int, default=0)
     arg("--out", default=None,
-        help="JSON results path (default runs/eval-scripted.json, with --model "
-             "runs/eval-model.json; '' to skip)")
-    arg("--markdown", default=None,
-        help="--model: markdown tables path (default: the JSON path with .md; '' to skip)")
+        help="JSON results path (default: runs/eval-scripted.json for scripted agents; '' to skip)")
     arg("--quiet", action="store_true", help="no progress bar")
-    ev.set_defaults(func=cmd_eval)
 
     envs = sub.add_parser("envs", help="list the registered env ids")
     envs.set_defaults(func=cmd_envs)
@@ -343,21 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_download_arguments(download)
     download.set_defaults(func=run_download)
 
-    from agents.train import add_train_arguments, run_train
-
-    train = sub.add_parser("train", help="train an LLM policy with GRPO or PPO (agents package)")
-    add_train_arguments(train)
-    train.add_argument("--backend", choices=["native", *TRAIN_BACKENDS], default="native",
-                       help="native: this package's GRPO/PPO; rllib / sb3: every other option goes "
-                            "to `python -m agents.rllib.train` / `agents.sb3.train` (see their --help)")
-    train.set_defaults(func=_needs_torch(run_train))
-
-    recipe = sub.add_parser(
-        "recipe", add_help=False,
-        help="the tiny-cpu recipe: SFT warm start, then GRPO, GRPO without the loss mask and "
-             "PPO on the offline world (`python -m agents.recipe`; see `recipe --help`)")
-    recipe.set_defaults(func=None)
-
     index = sub.add_parser("index", help="index a corpus")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     build = index_sub.add_parser("build", help="build an index directory from a wiki-18 style JSONL corpus")
@@ -372,53 +311,115 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--batch-size", type=int, default=128, help="dense encoder batch size")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
     build.set_defaults(func=cmd_index)
-    return parser
+    return parser, sub, ev
 
 
-TRAIN_BACKENDS = {"rllib": "agents.rllib.train", "sb3": "agents.sb3.train"}
-"""``search-env train --backend NAME``: the module whose ``main(argv)`` trains."""
+class CommandLine:
+    """The ``search-env`` parser as the :data:`COMMANDS_GROUP` entry points see it."""
+
+    def __init__(self) -> None:
+        self.parser, self._sub, self._eval = _env_parser()
+        self.env_commands = frozenset(self._sub.choices)
+        self.before_parse: dict[str, BeforeParse] = {}
+        self.eval_runners: list[EvalRunner] = []
+        self._eval.set_defaults(func=functools.partial(cmd_eval, runners=self.eval_runners))
+
+    def add_command(self, name: str, *, help: str, before_parse: BeforeParse | None = None,
+                    add_help: bool = True) -> argparse.ArgumentParser:
+        """Add the command ``name``; returns its parser (give it a ``func`` default, the
+        ``args -> exit status`` that runs it).
+
+        Raises:
+            ValueError: a command of that name exists already.
+        """
+        if name in self._sub.choices:
+            raise ValueError(f"search-env already has a {name!r} command")
+        parser = self._sub.add_parser(name, help=help, add_help=add_help)
+        if before_parse is not None:
+            self.before_parse[name] = before_parse
+        return parser
+
+    def extend_eval(self, run: EvalRunner) -> argparse.ArgumentParser:
+        """Have ``eval`` try ``run`` before its scripted agents; returns the ``eval`` parser
+        (for ``run``'s options)."""
+        self.eval_runners.append(run)
+        return self._eval
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """The commands it has now."""
+        return tuple(self._sub.choices)
+
+    def load(self, command: str | None) -> str | None:
+        """Load the entry points named ``command``, or every one when none is (or no command
+        is given: the help lists them all).
+
+        Returns:
+            Why the command ``command`` (not an env command) could not be imported, or None.
+            The other entry points that cannot be imported are logged and skipped: the env
+            commands work without the packages that extend them.
+        """
+        every = entry_points(group=COMMANDS_GROUP)
+        named = [ep for ep in every if ep.name == command]
+        failed = None
+        for ep in named if named or command in self.env_commands else every:
+            try:
+                register = ep.load()
+            except ImportError as exc:  # a package (or one of its dependencies) is missing
+                problem = (f"the {ep.name!r} command's entry point {_provider(ep)} could not "
+                           f"be imported: {exc}")
+                if ep.name == command and command not in self.env_commands:
+                    failed = problem
+                else:
+                    logger.warning("%s", problem)
+                continue
+            register(self)
+        return failed
 
 
-def _train_backend(argv: Sequence[str]) -> tuple[str, list[str]] | None:
-    """``(module, other args)`` when ``argv`` is ``train ... --backend rllib|sb3 ...`` or
-    ``recipe ...``."""
+def _provider(ep: EntryPoint) -> str:
+    """``module:attr (package NAME)``: where the entry point ``ep`` comes from."""
+    dist = getattr(ep, "dist", None)
+    return ep.value + (f" (package {dist.name})" if dist is not None else "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``search-env`` parser: the env commands and every contributed one."""
+    cli = CommandLine()
+    cli.load(None)
+    return cli.parser
+
+
+def _command_of(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``(command, the arguments after it)``; None when ``argv`` names none."""
     argv = list(argv)
     while argv and argv[0] in ("-v", "--verbose"):  # the global flag may come first
         argv = argv[1:]
-    if argv and argv[0] == "recipe":
-        return "agents.recipe", argv[1:]
-    if not argv or argv[0] != "train":
-        return None
-    rest = argv[1:]
-    for i, arg in enumerate(rest):
-        if arg == "--backend" and i + 1 < len(rest):
-            name, drop = rest[i + 1], 2
-        elif arg.startswith("--backend="):
-            name, drop = arg.partition("=")[2], 1
-        else:
-            continue
-        if name in TRAIN_BACKENDS:
-            return TRAIN_BACKENDS[name], rest[:i] + rest[i + drop :]
-        return None
-    return None
+    if not argv or argv[0].startswith("-"):
+        return None, []
+    return argv[0], argv[1:]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``search-env ARGV`` (default: the process's arguments); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    delegated = _train_backend(argv)
-    if delegated is not None:
-        import importlib
-
-        module, rest = delegated
-        try:
-            entry = importlib.import_module(module).main
-        except ImportError as exc:
-            print(f"error: {module} needs a missing package ({exc}); the recipe and native "
-                  "training need 'search-env[torch]' (on a CPU-only machine: pip install "
-                  "torch==2.13.0 first)", file=sys.stderr)
-            return 2
-        return int(entry(rest))
-    args = build_parser().parse_args(argv)
+    command, rest = _command_of(argv)
+    cli = CommandLine()
+    failed = cli.load(command)
+    if failed is not None:
+        print(f"error: {failed}", file=sys.stderr)
+        return 2
+    if command is not None and command not in cli.commands:
+        cli.parser.error(
+            f"no command {command!r} (choose from {', '.join(cli.commands)}); other packages "
+            f"add commands through the {COMMANDS_GROUP!r} entry points, and none installed adds "
+            f"{command!r} (in a source checkout, `pip install -e .` registers them)"
+        )
+    if command in cli.before_parse:
+        code = cli.before_parse[command](rest)
+        if code is not None:
+            return int(code)
+    args = cli.parser.parse_args(argv)
     from search_env.logs import configure_logging
 
     configure_logging(logging.INFO if args.verbose else logging.WARNING)

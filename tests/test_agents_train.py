@@ -89,9 +89,26 @@ def grads_of(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
 
 # ------------------------------------------------------------------ updates
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
-def test_two_updates_change_parameters(tmp_path, algo):
-    cfg = small_config(tmp_path, algo)
+def test_two_updates_change_parameters(tmp_path, algo, monkeypatch):
+    from agents.run import Run
+
+    # checkpoints after both steps; the weights the loop starts from, as it starts
+    cfg = small_config(tmp_path, algo, checkpoint_every=1, keep_checkpoints=2)
+    start: dict[str, torch.Tensor] = {}
+    begin = Run.begin
+
+    def begin_and_keep_the_weights(run, modules):
+        step = begin(run, modules)
+        start.update({k: v.clone() for k, v in modules["model"].state_dict().items()})
+        return step
+
+    monkeypatch.setattr(Run, "begin", begin_and_keep_the_weights)
     summary = (train_grpo if algo == "grpo" else train_ppo)(cfg)
+    after = [torch.load(tmp_path / algo / "checkpoints" / f"step_{n:08d}" / "state.pt",
+                        weights_only=False)["model"] for n in (1, 2)]
+    assert start and all(set(a) == set(start) for a in after)
+    for before, now in zip([start, after[0]], after):  # each update moved the weights
+        assert any(not torch.equal(before[k], now[k]) for k in start)
     records = [json.loads(line) for line in (tmp_path / algo / "metrics.jsonl").open()]
     steps = [r for r in records if r["step"] > 0]
     assert [r["step"] for r in steps] == [1, 2]

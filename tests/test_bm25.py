@@ -225,8 +225,15 @@ def test_manifest_contents(saved_index, corpus_file):
     assert all(rec["hash"] == "full" for rec in manifest["files"].values())
 
 
-def test_expected_corpus_matches(saved_index, corpus_file):
-    BM25Retriever.load(saved_index, expected_corpus=corpus_file, backend="numpy")
+def test_expected_corpus_matches(saved_index, corpus_file, retriever):
+    """The corpus the index was built from is accepted, and the index loads whole."""
+    recorded = json.loads((saved_index / "manifest.json").read_text())["corpus"]
+    assert recorded["sha256"] == corpus_fingerprint(corpus_file)
+    loaded = BM25Retriever.load(saved_index, expected_corpus=corpus_file, backend="numpy")
+    assert len(loaded) == len(retriever) == len(PASSAGES)
+    results = loaded.search(list(QUERIES), k=3)
+    assert [hits[0].id for hits in results] == list(QUERIES.values())
+    assert _ids(results) == _ids(retriever.search(list(QUERIES), k=3))
 
 
 def test_saved_index_of_a_loaded_index_loads(saved_index, tmp_path):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
+from importlib.metadata import EntryPoint
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from search_env.cli import build_parser, main
+from search_env import cli
+from search_env.cli import COMMANDS_GROUP, build_parser, main
 from search_env.evaluate import RandomTokenAgent, evaluate
 from search_env.scripted import NoSearchAgent, OracleAgent
 
@@ -235,3 +238,86 @@ def test_recipe_command_runs_agents_recipe(capsys, monkeypatch):
     monkeypatch.setattr(importlib, "import_module", no_torch)
     assert main(["recipe"]) == 2
     assert "search-env[torch]" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ contributed commands
+def test_the_agents_commands_come_from_the_installed_entry_points(capsys):
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep.value for ep in entry_points(group=COMMANDS_GROUP)}
+    assert found.items() >= {"train": "agents.commands:train", "recipe": "agents.commands:recipe",
+                             "eval": "agents.commands:eval_model"}.items()
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0 and text.startswith("usage: search-env train")
+    assert "--backend" in text and "--preset" in text
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0 and "--agents" in text and "--model" in text and "--baselines" in text
+
+
+@pytest.fixture
+def without_agents(monkeypatch):
+    """As if the agents package were not installed: its entry points are still in the
+    metadata, but importing it fails."""
+    for name in [m for m in sys.modules if m == "agents" or m.startswith("agents.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "agents", None)  # `import agents` raises ImportError
+
+
+def test_without_agents_the_env_commands_work_and_train_names_its_provider(without_agents, capsys,
+                                                                           caplog, tmp_path):
+    assert main(["envs"]) == 0
+    assert "SearchQA-NQ-v0" in capsys.readouterr().out
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--size", "tiny", "--agents", "no-search", "--num-envs", "2",
+                 "--limit", "2", "--quiet", "--out", str(out)]) == 0
+    assert [r["agent"] for r in json.loads(out.read_text())["results"]] == ["no-search"]
+    assert any("'eval' command's entry point agents.commands:eval_model" in r.getMessage()
+               for r in caplog.records)  # the extension that could not load is logged
+    for argv in (["train", "--preset", "tiny-cpu"], ["-v", "train", "--backend", "rllib"],
+                 ["recipe"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        command = argv[-1] if argv == ["recipe"] else "train"
+        assert err.startswith(f"error: the {command!r} command's entry point agents.commands:")
+        assert "(package search-env) could not be imported" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--model", "runs/grpo", "--quiet"])
+    assert e.value.code == 2 and "unrecognized arguments: --model" in capsys.readouterr().err
+
+
+def test_with_no_contributed_commands_train_is_unknown_and_says_where_commands_come_from(
+        monkeypatch, capsys):
+    monkeypatch.setattr(cli, "entry_points", lambda group: [])
+    assert main(["envs"]) == 0
+    assert "train" not in build_parser().format_help()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--preset", "tiny-cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no command 'train' (choose from eval, envs," in err
+    assert f"{COMMANDS_GROUP!r} entry points" in err
+
+
+def _hello(command_line: cli.CommandLine) -> None:
+    """A third package's command."""
+    parser = command_line.add_command("hello", help="say hello")
+    parser.add_argument("--name", default="world")
+    parser.set_defaults(func=lambda args: print(f"hello {args.name}") or 0)
+
+
+def _take_envs(command_line: cli.CommandLine) -> None:
+    command_line.add_command("envs", help="a second envs")
+
+
+def test_another_package_adds_a_command_but_cannot_replace_an_env_command(monkeypatch, capsys):
+    eps = [EntryPoint("hello", f"{__name__}:_hello", COMMANDS_GROUP),
+           EntryPoint("envs", f"{__name__}:_take_envs", COMMANDS_GROUP)]
+    monkeypatch.setattr(cli, "entry_points", lambda group: eps if group == COMMANDS_GROUP else [])
+    assert main(["-v", "hello", "--name", "you"]) == 0
+    assert capsys.readouterr().out == "hello you\n"
+    with pytest.raises(ValueError, match="already has a 'envs' command"):
+        main(["envs"])

@@ -263,9 +263,16 @@ def test_empty_corpus_is_rejected(tmp_path):
 
 
 def test_expected_corpus_matches(saved_index, corpus_file, offline_encoder):
-    DenseRetriever.load(
+    """The corpus the index was built from is accepted, and the index loads whole."""
+    from search_env.data.corpus import corpus_fingerprint
+
+    recorded = json.loads((saved_index / "manifest.json").read_text())["corpus"]
+    assert recorded["sha256"] == corpus_fingerprint(corpus_file)
+    loaded = DenseRetriever.load(
         saved_index, expected_corpus=corpus_file, encoder=offline_encoder, device="cpu"
     )
+    assert len(loaded) == len(PASSAGES)
+    assert [r[0].id for r in loaded.search([q for q, _ in QUERIES], k=1)] == [e for _, e in QUERIES]
 
 
 # ---------------------------------------------------------------------- index types
