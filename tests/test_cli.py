@@ -275,6 +275,7 @@ def test_without_agents_the_env_commands_work_and_train_names_its_provider(witho
     assert main(["eval", "--size", "tiny", "--agents", "no-search", "--num-envs", "2",
                  "--limit", "2", "--quiet", "--out", str(out)]) == 0
     assert [r["agent"] for r in json.loads(out.read_text())["results"]] == ["no-search"]
+    capsys.readouterr()
     assert any("'eval' command's entry point agents.commands:eval_model" in r.getMessage()
                for r in caplog.records)  # the extension that could not load is logged
     for argv in (["train", "--preset", "tiny-cpu"], ["-v", "train", "--backend", "rllib"],

@@ -11,11 +11,11 @@ HOOK = Path(__file__).resolve().parents[1] / "hooks" / "_search_env_gym_hook.py"
 
 # In a fresh interpreter: this checkout's hook in place of the installed copy, and a
 # stand-in search_env whose registration fails; then Gymnasium is imported.
-FAILING_REGISTRATION = f"""
+FAILING_REGISTRATION = """
 import importlib.util, sys, types
 
 sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_AfterGymnasium"]
-spec = importlib.util.spec_from_file_location("hook_under_test", {str(HOOK)!r})
+spec = importlib.util.spec_from_file_location("hook_under_test", HOOK)
 hook = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(hook)
 hook.install()
@@ -30,7 +30,7 @@ registration.register_envs = register_envs
 sys.modules.update({"search_env": package, "search_env.registration": registration})
 import gymnasium
 print("imported", "SearchQA-NQ-v0" in gymnasium.registry)
-"""
+""".replace("HOOK", repr(str(HOOK)))
 
 
 def test_a_failing_registration_is_logged_and_gymnasium_still_imports():
