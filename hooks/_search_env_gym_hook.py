@@ -27,6 +27,8 @@ class _AfterGymnasium:
 
         def exec_module(module):  # type: ignore[no-untyped-def]
             original(module)
+            if "search_env" in sys.modules:  # search_env is importing Gymnasium: it registers
+                return  # the ids itself once loaded (registering now would be a circular import)
             try:
                 from search_env.registration import register_envs
 
