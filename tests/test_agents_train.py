@@ -103,6 +103,14 @@ def test_two_updates_change_parameters(tmp_path, algo, monkeypatch):
         return step
 
     monkeypatch.setattr(Run, "begin", begin_and_keep_the_weights)
+    if algo == "grpo":
+        # The random-init model never answers, so every reward is 0 and GRPO's advantages
+        # with them: give the episodes fixed, nonzero ones so that an update has a gradient
+        # (PPO's value loss has one anyway).
+        import agents.grpo
+
+        monkeypatch.setattr(agents.grpo, "grpo_advantages",
+                            lambda rewards, group_ids, **_: torch.linspace(-1.0, 1.0, len(rewards)))
     summary = (train_grpo if algo == "grpo" else train_ppo)(cfg)
     after = [torch.load(tmp_path / algo / "checkpoints" / f"step_{n:08d}" / "state.pt",
                         weights_only=False)["model"] for n in (1, 2)]
@@ -119,6 +127,7 @@ def test_two_updates_change_parameters(tmp_path, algo, monkeypatch):
     assert (tmp_path / algo / "metrics.csv").read_text().startswith("step,")
     assert load_config(tmp_path / algo / "config.json") == cfg
     assert summary["eval_questions"] == 4
+    assert all(r["grad_norm"] > 0 for r in steps)  # a real gradient moved them
 
 
 def test_grpo_update_moves_the_policy(oracle_batch, tmp_path):
