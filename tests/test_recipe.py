@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-import search_env  # noqa: F401  (registers the env ids)
+pytest.importorskip("torch", reason="needs the [torch] extra")
+
+import search_env  # noqa: F401,E402  (registers the env ids)
 from agents.config import load_config
 from agents.plots import plot_curves, plot_run, smooth
 from agents.provenance import PACKAGES, git_state, package_versions
