@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from agents.config.values import decode_text, key_type
 

@@ -149,8 +149,8 @@ def test_unknown_preset_lists_the_names():
     ({"rollout.group_size": 1}, r"algo 'grpo' needs rollout.group_size >= 2"),
     ({"rollout.num_envs": 12, "rollout.group_size": 8, "grpo.minibatch_size": 12},
      r"rollout.group_size \(8\) must divide rollout.num_envs \(12\)"),
-    ({"rollout.num_envs": 16}, r"grpo.minibatch_size \(48\) must be between 1 and the batch, "
-                               r"rollout.num_envs \(16\)"),
+    ({"rollout.num_envs": 16}, (r"grpo.minibatch_size \(48\) must be between 1 and the batch, "
+                                r"rollout.num_envs \(16\)")),
     ({"grpo.minibatch_size": 0}, r"grpo.minibatch_size \(0\) must be between 1"),
     ({"algo": "ppo", "rollout.num_envs": 16, "rollout.group_size": 1, "grpo.minibatch_size": 16},
      r"ppo.minibatch_size \(48\) must be between 1 and the batch"),

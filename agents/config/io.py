@@ -38,9 +38,10 @@ def build_config(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
         ValueError: an unknown field, a value of the wrong type (naming its dotted key),
             or a failed check of ``cls`` itself.
     """
-    if not isinstance(data, Mapping):
-        raise ValueError(f"config key {prefix.rstrip('.') or cls.__name__!r} expects an object "
-                         f"of {cls.__name__} fields, got {data!r}")
+    if not isinstance(data, Mapping):  # ValueError like every other bad value: callers catch it
+        raise ValueError(  # noqa: TRY004
+            f"config key {prefix.rstrip('.') or cls.__name__!r} expects an object of "
+            f"{cls.__name__} fields, got {data!r}")
     types = field_types(cls)
     unknown = [name for name in data if name not in types]
     if unknown:
@@ -109,7 +110,7 @@ def apply_overrides(config: C, overrides: Mapping[str, Any]) -> C:
         *parents, leaf = key.split(".")
         for part in parents:
             if not isinstance(node.get(part), dict):  # below an open dict: a missing sub-dict
-                raise ValueError(f"unknown config key {key!r}")
+                raise ValueError(f"unknown config key {key!r}")  # noqa: TRY004
             node = node[part]
         node[leaf] = value
     return build_config(cls, data)

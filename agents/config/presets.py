@@ -9,7 +9,8 @@ users.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from agents.config.schema import (
     GRPOConfig,

@@ -29,7 +29,7 @@ def is_open_dict(tp: Any) -> bool:
     return typing.get_origin(tp) is dict or tp is dict
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotation of each field of dataclass ``cls``, in field order."""
     hints = typing.get_type_hints(cls)

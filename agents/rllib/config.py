@@ -15,9 +15,10 @@ This module imports no Ray: :func:`build_ppo_config` does, when called.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # The generic config helpers, re-exported: a dict field (``env_config``) is open there.
 from agents.config import apply_overrides, read_config, save_config, to_dict  # noqa: F401
