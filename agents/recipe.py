@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     overrides: dict[str, Any] = dict(QUICK) if args.quick else {}
     try:
-        overrides.update(overrides_from_args(args))
+        overrides.update(overrides_from_args(args, TrainConfig))
         apply_overrides(tiny_cpu(), overrides)  # a bad key fails here, before any work
     except ValueError as exc:
         parser.error(str(exc))

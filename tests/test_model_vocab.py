@@ -49,6 +49,7 @@ def test_trainer_builds_its_envs_with_the_models_logits(padded_model_dir, tmp_pa
         **TINY_WORLD, "model.path": str(path), "sft.steps": 0, "steps": 1, "eval_every": 0,
         "checkpoint_every": 0, "threads": 1, "out_dir": str(tmp_path / "run"),
         "rollout.num_envs": 2, "rollout.group_size": 2, "rollout.eval_num_envs": 2,
+        "grpo.minibatch_size": 2,
     })
     run = setup_run(cfg)
     for vec in (run.train_env, run.eval_env):

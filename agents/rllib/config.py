@@ -15,13 +15,13 @@ This module imports no Ray: :func:`build_ppo_config` does, when called.
 from __future__ import annotations
 
 import dataclasses
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from agents.config import apply_overrides as _apply_overrides
-from agents.config import build_config, save_config, to_dict  # noqa: F401  (re-exported)
+# The generic config helpers, re-exported: a dict field (``env_config``) is open there.
+from agents.config import apply_overrides, read_config, save_config, to_dict  # noqa: F401
 from agents.rllib.task import TASK_ENV_CONFIG, TASK_ENV_ID, TASK_WORDS, env_tokenizer, token_ids
 
 
@@ -148,20 +148,9 @@ class RLlibRunConfig:
 
 
 # ----------------------------------------------------------------- serialisation
-# The generic helpers of :mod:`agents.config` (``to_dict`` and ``save_config`` as they are).
-def from_dict(data: dict[str, Any]) -> RLlibRunConfig:
-    """Inverse of :func:`to_dict`; missing fields take their defaults, unknown ones raise."""
-    return build_config(RLlibRunConfig, data)
-
-
 def load_config(path: str | Path) -> RLlibRunConfig:
-    """Read a config written by :func:`save_config`."""
-    return from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def apply_overrides(config: RLlibRunConfig, overrides: dict[str, Any]) -> RLlibRunConfig:
-    """A copy with dotted keys replaced, e.g. ``{"ppo.lr": 1e-4, "env_config.size": "small"}``."""
-    return _apply_overrides(config, overrides, open_dicts=("env_config",))
+    """Read a config written by :func:`save_config` (values checked against their types)."""
+    return read_config(path, RLlibRunConfig)
 
 
 # ----------------------------------------------------------------------- presets

@@ -183,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         require_sb3()
-        overrides = overrides_from_args(args, (("out", "out_dir"), ("timesteps", "timesteps"),
-                                               ("seed", "seed")))
-        cfg = apply_overrides(SB3RunConfig(), overrides, open_dicts=("env_config",))
+        overrides = overrides_from_args(args, SB3RunConfig, (
+            ("out", "out_dir"), ("timesteps", "timesteps"), ("seed", "seed")))
+        cfg = apply_overrides(SB3RunConfig(), overrides)
     except (ImportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
