@@ -50,7 +50,7 @@ def play(env, actions_fn, episodes: int, seed: int = 0):
 
 # ------------------------------------------------------------------ task and tokenizer
 def test_tag_tokens_are_single_tokens_and_the_shared_tokenizer_is_untouched():
-    from search_env.data.tokenizer import load_synth_tokenizer
+    from search_env.synth.tokenizer import load_synth_tokenizer
 
     tok = tagged_tokenizer("synth")
     assert len(load_synth_tokenizer()) == 4096  # the cached shared tokenizer: no tags added

@@ -204,7 +204,7 @@ class SFTConfig:
     copied from a quoted sentence, a pattern a small model learns far sooner."""
     closed_book: float = 0.0
     """Share of the warm-start questions answered closed-book: at once, without searching,
-    with an invented guess (:class:`~search_env.scripted.NoSearchAgent`), as an LLM
+    with an invented guess (:class:`~search_env.baselines.NoSearchAgent`), as an LLM
     answers from memory. The warm-started model then searches only part of the time and
     RL has to find out that searching pays."""
     swap_names: bool = True
