@@ -24,8 +24,8 @@ from typing import Any
 
 from agents.cli_args import add_set_argument, overrides_from_args
 from agents.config import apply_overrides
-from agents.tokenlevel.task import TASK_ENV_CONFIG, TASK_ENV_ID, TASK_WORDS
 from agents.sb3.deps import require_sb3
+from agents.tokenlevel.task import TASK_ENV_CONFIG, TASK_ENV_ID, TASK_WORDS
 
 
 @dataclass
