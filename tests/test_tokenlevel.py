@@ -89,3 +89,16 @@ def test_encoder_rejects_out_of_range_ids():
     enc = TokenEncoder(10, EncoderConfig(d_model=8, layers=1, heads=2, ff=8, window=4))
     with pytest.raises(ValueError, match="out of range"):
         enc(torch.tensor([[3, 12]]), torch.zeros(1, 2), torch.tensor([[2]]))
+
+
+# ------------------------------------------------------------------------ layering
+def test_trainers_import_only_what_they_use():
+    """SB3 reaches the shared pieces without RLlib, and PPO without GRPO (a fresh process,
+    so no other test's imports count)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, agents.sb3.train, agents.ppo; "
+            "print(sorted(m for m in sys.modules if m.startswith(('agents.rllib', 'agents.grpo'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
