@@ -22,9 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.common import evaluate_greedy, load_model, make_env, seed_everything
 from agents.config import TINY_WORLD, TrainConfig, apply_overrides, tiny_cpu, to_dict
+from agents.evaluation.greedy import evaluate_greedy
+from agents.model import load_model
 from agents.provenance import provenance
+from agents.rollout import make_env
+from agents.seeding import seed_everything
 from agents.sft import train_sft, warm_start_data
 
 logger = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from agents.advantages import masked_mean
-from agents.common import forward_tokens
 from agents.config import SFTConfig
+from agents.model import forward_tokens
 from agents.rollout import Trajectory, to_batch
 
 logger = logging.getLogger(__name__)

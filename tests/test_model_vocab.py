@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 
 import search_env  # noqa: E402,F401  (registers the env ids)
-from agents.common import make_env  # noqa: E402
+from agents.rollout import make_env  # noqa: E402
 from agents.config import TINY_WORLD, apply_overrides, tiny_cpu  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

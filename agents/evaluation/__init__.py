@@ -17,8 +17,9 @@ then Avg. :class:`EvalReport` writes JSON (summaries and every episode) and mark
 
 Modules: ``report`` (table layout, records, JSON / markdown), ``prompts`` (the baselines'
 prompts), ``envs`` (env kwargs, vector envs), ``runner`` (the methods, :func:`evaluate_policy`),
-``loading`` (a model by path, :func:`evaluate_model`). Nothing here imports torch until a
-model is loaded.
+``loading`` (a model by path, :func:`evaluate_model`), ``greedy`` (the trainers' in-run
+``eval_*`` metrics, :func:`~agents.evaluation.greedy.evaluate_greedy`). Nothing here imports
+torch until a model is loaded.
 """
 
 from agents.evaluation.envs import (

@@ -4,7 +4,7 @@ One dataclass per component, nested in :class:`RLlibRunConfig` and saved as JSON
 every run. Presets:
 
 - ``laptop``: local Ray on 2 CPUs (one env runner with 8 envs, the learner in the
-  driver), the small synthetic task of :mod:`agents.rllib.task`; learns in minutes.
+  driver), the small synthetic task of :mod:`agents.tokenlevel.task`; learns in minutes.
 - ``test``: the smallest sizes, for the test suite (one or two iterations).
 - ``cluster``: a documented starting point for a Ray cluster (env runners spread over
   the nodes, one shared retrieval server, GPU learners); see ``docs/rllib.md``.
@@ -22,7 +22,8 @@ from typing import Any
 
 # The generic config helpers, re-exported: a dict field (``env_config``) is open there.
 from agents.config import apply_overrides, read_config, save_config, to_dict  # noqa: F401
-from agents.rllib.task import TASK_ENV_CONFIG, TASK_ENV_ID, TASK_WORDS, env_tokenizer, token_ids
+from agents.tokenlevel.env import env_tokenizer, token_ids
+from agents.tokenlevel.task import TASK_ENV_CONFIG, TASK_ENV_ID, TASK_WORDS
 
 
 @dataclass
@@ -112,7 +113,7 @@ class RLlibRunConfig:
     env_id: str = TASK_ENV_ID
     """A search-env id (registered with Ray by :func:`agents.rllib.env.register_search_envs`)."""
     env_config: dict[str, Any] = field(default_factory=lambda: dict(TASK_ENV_CONFIG))
-    """``gym.make`` keywords of the env, plus ``tag_tokens`` (see :mod:`agents.rllib.task`)."""
+    """``gym.make`` keywords of the env, plus ``tag_tokens`` (see :mod:`agents.tokenlevel.env`)."""
     module: ModuleConfig = field(default_factory=ModuleConfig)
     """The RLModule."""
     runners: RunnerConfig = field(default_factory=RunnerConfig)
