@@ -1,11 +1,14 @@
-"""Command-line pieces the trainers share (``agents.train``, ``agents.rllib.train``,
-``agents.sb3.train``): ``--preset`` / ``--config`` and ``--set KEY=VALUE`` overrides."""
+"""Command-line pieces the trainers share (``agents.train``, ``agents.recipe``,
+``agents.rllib.train``, ``agents.sb3.train``): ``--preset`` / ``--config`` and typed
+``--set KEY=VALUE`` overrides (each VALUE decoded by the type of the field KEY names)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any, Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from agents.config.values import decode_text, key_type
 
 C = TypeVar("C")
 
@@ -21,15 +24,28 @@ def add_config_arguments(parser: argparse.ArgumentParser, presets: Iterable[str]
 def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
     """``--set KEY=VALUE`` (repeatable); ``example`` shows a key, e.g. ``grpo.lr=1e-4``."""
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override any config field, e.g. {example} (VALUE parsed as JSON)")
+                        help=f"override any config field, e.g. {example}; VALUE is checked "
+                             f"against the field's type (numbers, true/false, null, JSON lists "
+                             f"and objects; text as it is)")
 
 
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: JSON where it parses, else the text itself."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+def parse_set(cls: type, items: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` texts as dotted-key overrides of config dataclass ``cls``, each VALUE
+    decoded by the type of the field KEY names
+    (:func:`~agents.config.values.decode_text`).
+
+    Raises:
+        ValueError: an item without ``=``, an unknown key (close names suggested), or a
+            VALUE that is not of the field's type (naming the key, type and value).
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
+        key = key.strip()
+        overrides[key] = decode_text(key, text, key_type(cls, key))
+    return overrides
 
 
 def base_config(args: argparse.Namespace, load: Callable[[str], C],
@@ -41,16 +57,12 @@ def base_config(args: argparse.Namespace, load: Callable[[str], C],
     return load(args.config) if args.config else preset(args.preset or default)
 
 
-def overrides_from_args(args: argparse.Namespace,
+def overrides_from_args(args: argparse.Namespace, cls: type,
                         flags: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
-    """Dotted-key overrides: every ``--set KEY=VALUE`` (in order), then each dedicated
-    flag of ``flags`` (``(attribute, config key)`` pairs) that was given."""
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = parse_value(value)
+    """Typed dotted-key overrides of config dataclass ``cls``: every ``--set KEY=VALUE``
+    (in order, see :func:`parse_set`), then each dedicated flag of ``flags``
+    (``(attribute, config key)`` pairs) that was given."""
+    overrides = parse_set(cls, args.set)
     for flag, key in flags:
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)

@@ -18,27 +18,13 @@ import torch
 from torch import nn
 
 from agents.advantages import grpo_advantages
-from agents.common import forward_tokens, question_indices, response_mask, rollout_stats
 from agents.config import GRPOConfig, TrainConfig
 from agents.losses import aggregate, kl_loss, policy_loss_clipped
-from agents.rollout import Batch, collect, to_batch
+from agents.model import forward_tokens
+from agents.optim import minibatches, warmup_schedule
+from agents.rollout import Batch, collect, response_mask, rollout_stats, to_batch
 from agents.run import setup_run
-
-
-def warmup_schedule(
-    optimizer: torch.optim.Optimizer, warmup_ratio: float, steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_ratio * steps`` RL steps, then constant (as verl)."""
-    warmup = int(warmup_ratio * steps)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
-    )
-
-
-def minibatches(n: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A seeded shuffle of ``range(n)`` cut into mini-batches of ``size`` (last may be short)."""
-    order = torch.randperm(n, generator=generator)
-    return [order[i : i + size] for i in range(0, n, size)]
+from agents.seeding import question_indices
 
 
 def grpo_loss(

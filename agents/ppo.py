@@ -24,18 +24,13 @@ import torch
 from torch import nn
 
 from agents.advantages import gae, kl_penalty, masked_whiten, terminal_rewards
-from agents.common import (
-    ValueHead,
-    forward_tokens,
-    question_indices,
-    response_mask,
-    rollout_stats,
-)
 from agents.config import PPOConfig, TrainConfig
-from agents.grpo import minibatches, warmup_schedule
 from agents.losses import aggregate, kl_loss, policy_loss_clipped, value_loss_clipped
-from agents.rollout import Batch, collect, to_batch
+from agents.model import ValueHead, forward_tokens
+from agents.optim import minibatches, warmup_schedule
+from agents.rollout import Batch, collect, response_mask, rollout_stats, to_batch
 from agents.run import setup_run
+from agents.seeding import question_indices
 
 
 def ppo_loss(

@@ -22,9 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.common import evaluate_greedy, load_model, make_env, seed_everything
 from agents.config import TINY_WORLD, TrainConfig, apply_overrides, tiny_cpu, to_dict
+from agents.evaluation.greedy import evaluate_greedy
+from agents.model import load_model
 from agents.provenance import provenance
+from agents.rollout import make_env
+from agents.seeding import seed_everything
 from agents.sft import train_sft, warm_start_data
 
 logger = logging.getLogger(__name__)
@@ -321,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     overrides: dict[str, Any] = dict(QUICK) if args.quick else {}
     try:
-        overrides.update(overrides_from_args(args))
+        overrides.update(overrides_from_args(args, TrainConfig))
         apply_overrides(tiny_cpu(), overrides)  # a bad key fails here, before any work
     except ValueError as exc:
         parser.error(str(exc))

@@ -5,7 +5,9 @@
 :class:`~agents.policy.base.Policy`, one turn per step, all sub-envs' turns generated in
 one batch and their searches retrieved in one call. Agent tokens are kept exactly as
 generated (ids and sampling log-probs); environment tokens come from the env.
-:func:`to_batch` pads trajectories into training tensors.
+:func:`make_env` builds the vector env it needs, :func:`rollout_stats` summarises the
+episodes, :func:`to_batch` pads them into training tensors and :func:`response_mask` marks
+their response tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from agents.policy.base import Policy
 if TYPE_CHECKING:
     import torch
 
+    from agents.config import RolloutConfig
     from search_env.vector import SearchQAVectorEnv
 
 
@@ -77,6 +80,39 @@ class Trajectory:
         """``[start, end)`` of each maximal run of agent tokens (roughly, each turn)."""
         edges = np.diff(np.concatenate([[0], self.loss_mask.astype(np.int8), [0]]))
         return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def make_env(
+    rollout: RolloutConfig,
+    split: str,
+    num_envs: int,
+    tokenizer: Any = None,
+    vocab_size: int | None = None,
+) -> Any:
+    """A chunk-mode vector env without autoreset, as :func:`collect` needs.
+
+    Args:
+        rollout: env id and kwargs.
+        split: dataset split (``train`` / ``test``).
+        num_envs: sub-envs.
+        tokenizer: passed as ``tokenizer=`` when given (a real model's own tokenizer).
+        vocab_size: the model's logits count (``model.config.vocab_size``) when given:
+            Qwen2.5 has 151,936 logits but 151,665 tokenizer ids, and a padding id
+            sampled past ``len(tokenizer)`` must still be a valid action.
+    """
+    import gymnasium as gym
+
+    import search_env  # noqa: F401  (registers the ids)
+
+    kwargs = dict(rollout.env_kwargs)
+    kwargs["split"] = split
+    if tokenizer is not None:
+        kwargs["tokenizer"] = tokenizer
+    if vocab_size is not None:
+        kwargs["vocab_size"] = vocab_size
+    return gym.make_vec(
+        rollout.env_id, num_envs=num_envs, action_mode="chunk", autoreset_mode="disabled", **kwargs
+    )
 
 
 def _episode_plan(
@@ -224,6 +260,23 @@ def collect(
     return trajectories
 
 
+def rollout_stats(trajectories: Sequence[Trajectory], prefix: str = "") -> dict[str, float]:
+    """Mean reward, EM, searches, turns and agent tokens per episode."""
+    n = max(len(trajectories), 1)
+
+    def mean(values: Sequence[float]) -> float:
+        return float(sum(values) / n)
+
+    return {
+        f"{prefix}reward": mean([t.reward for t in trajectories]),
+        f"{prefix}em": mean([t.scores.get("em", 0.0) for t in trajectories]),
+        f"{prefix}searches": mean([t.searches for t in trajectories]),
+        f"{prefix}turns": mean([t.turns for t in trajectories]),
+        f"{prefix}response_length": mean([t.agent_tokens for t in trajectories]),
+        f"{prefix}answered": mean([float(t.answer is not None) for t in trajectories]),
+    }
+
+
 @dataclass(frozen=True, eq=False)
 class Batch:
     """Trajectories as right-padded tensors, aligned token by token.
@@ -285,3 +338,16 @@ def to_batch(trajectories: Sequence[Trajectory], pad_id: int) -> Batch:
         group_ids=torch.tensor([t.group for t in trajectories], dtype=torch.long),
         prompt_lengths=torch.tensor([t.prompt_length for t in trajectories], dtype=torch.long),
     )
+
+
+def response_mask(batch: Batch) -> torch.Tensor:
+    """1 at every real token after the prompt (agent and env tokens alike) ``# (B, T)``.
+
+    The actor's loss mask without retrieved-token masking, and the reference's critic
+    mask.
+    """
+    import torch
+
+    positions = torch.arange(batch.input_ids.shape[1]).expand_as(batch.input_ids)
+    after_prompt = positions >= batch.prompt_lengths[:, None]
+    return (after_prompt & (batch.attention_mask != 0)).float()

@@ -27,17 +27,14 @@ from agents.checkpoint import (
     save_checkpoint,
     step_of,
 )
-from agents.common import (
-    evaluate_greedy,
-    frozen_copy,
-    load_model,
-    make_env,
-    seed_everything,
-)
 from agents.config import TrainConfig, to_dict
+from agents.evaluation.greedy import evaluate_greedy
 from agents.metrics import MetricsLogger
+from agents.model import frozen_copy, load_model
 from agents.plots import plot_run
 from agents.progress import progress_interval
+from agents.rollout import make_env
+from agents.seeding import seed_everything, step_seed
 from search_env.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -112,7 +109,7 @@ class Run:
     # ----------------------------------------------------------------- seeding
     def step_seed(self, step: int, stream: int) -> int:
         """A seed that depends only on (run seed, step, stream): resume-safe randomness."""
-        return int(np.random.default_rng([self.cfg.seed, step, stream]).integers(2**62))
+        return step_seed(self.cfg.seed, step, stream)
 
     # ------------------------------------------------------------- checkpoints
     def begin(self, modules: dict[str, Any]) -> int:

@@ -1,6 +1,6 @@
 """Supervised warm start: teach a model the protocol from the text oracle's episodes.
 
-The scripted :class:`~search_env.scripted.OracleAgent` plays train-split questions
+The scripted :class:`~search_env.synth.oracle.OracleAgent` plays train-split questions
 through the real env (chunk mode; its turns are encoded with the env's tokenizer), which
 gives token trajectories with the env's own loss mask. The causal LM is then trained with
 cross-entropy on mask-1 tokens only: the prompt and information blocks are context, never
@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from agents.advantages import masked_mean
-from agents.common import forward_tokens
 from agents.config import SFTConfig
+from agents.model import forward_tokens
 from agents.rollout import Trajectory, to_batch
 
 logger = logging.getLogger(__name__)
@@ -38,12 +38,12 @@ def oracle_trajectories(
             (the oracle needs ``metadata["hops"]``).
         indices: dataset indices of the questions.
         max_searches: the oracle's search budget; defaults to the env's ``max_turns``.
-        quote_evidence: see :class:`~search_env.scripted.OracleAgent`.
+        quote_evidence: see :class:`~search_env.synth.oracle.OracleAgent`.
 
     Returns:
         One :class:`~agents.rollout.Trajectory` per question (``logprobs`` all 0).
     """
-    from search_env.scripted import OracleAgent
+    from search_env.synth.oracle import OracleAgent
 
     budget = vec_env.envs[0].protocol.max_turns if max_searches is None else max_searches
     return scripted_trajectories(
@@ -53,68 +53,29 @@ def oracle_trajectories(
 def scripted_trajectories(
     vec_env: Any, indices: Sequence[int], make_agent: Callable[[], Any]
 ) -> list[Trajectory]:
-    """Play a scripted text agent (``reset(example)`` / ``act(text) -> turn``, see
-    :mod:`search_env.scripted`) on ``indices``; one trajectory per question, in order.
+    """Play a scripted text agent (see :mod:`search_env.baselines`) on ``indices``
+    through :func:`~search_env.baselines.play_episodes`; one trajectory per question, in
+    the order of ``indices``.
 
     Args:
         vec_env: chunk-mode vector env with autoreset disabled.
         indices: dataset indices of the questions.
-        make_agent: builds a fresh agent (one per episode).
+        make_agent: builds an agent (one per sub-env, reset on every question).
     """
-    codec = vec_env.envs[0].codec
-    eos = sorted(codec.eos_ids)[:1]
-    n = vec_env.num_envs
-    out: list[Trajectory] = []
-    for lo in range(0, len(indices), n):
-        chunk = [int(i) for i in indices[lo : lo + n]]
-        live = len(chunk)
-        padded = np.asarray(chunk + [chunk[0]] * (n - live))
-        reset_mask = np.zeros(n, bool)
-        reset_mask[:live] = True
-        obs, _ = vec_env.reset(options={"index": padded, "reset_mask": reset_mask})
-        agents = [make_agent() for _ in range(live)]
-        seen = obs["length"][:, 0].copy()
-        prompt_lengths = seen.copy()
-        text = [codec.tokenizer.decode(obs["tokens"][i, : seen[i]].tolist()) for i in range(live)]
-        for i in range(live):
-            agents[i].reset(vec_env.dataset[chunk[i]])
-        running = reset_mask.copy()
-        finals: dict[int, tuple[float, dict[str, float], int, int, Any, bool]] = {}
-        while running.any():
-            actions: list[np.ndarray | None] = [None] * n
-            for i in np.flatnonzero(running):
-                ids = codec.encode(agents[i].act(text[i])) or eos
-                actions[i] = np.asarray(ids, dtype=np.int64)
-            obs, rewards, term, trunc, info = vec_env.step(actions)
-            for i in np.flatnonzero(running):
-                used = len(actions[i]) - int(info["ignored_tokens"][i])
-                length = int(obs["length"][i, 0])
-                text[i] = codec.tokenizer.decode(obs["tokens"][i, seen[i] + used : length].tolist())
-                seen[i] = length
-                if term[i] or trunc[i]:
-                    running[i] = False
-                    finals[int(i)] = (
-                        float(rewards[i]),
-                        {k: float(v[i]) for k, v in info["scores"].items() if not k.startswith("_")},
-                        int(info["searches"][i]),
-                        int(info["turn"][i]),
-                        info["answer"][i],
-                        bool(term[i]),
-                    )
-        for i in range(live):
-            reward, scores, searches, turns, answer, terminated = finals[i]
-            length = int(seen[i])
-            out.append(
-                Trajectory(
-                    tokens=obs["tokens"][i, :length].copy(),
-                    loss_mask=obs["mask"][i, :length].copy(),
-                    logprobs=np.zeros(length, np.float32),
-                    prompt_length=int(prompt_lengths[i]),
-                    reward=reward, scores=scores, searches=searches, turns=turns,
-                    answer=answer, index=chunk[i], terminated=terminated,
-                )
-            )
-    return out
+    from search_env.baselines import play_episodes
+
+    episodes = sorted(play_episodes(vec_env, indices, make_agent), key=lambda e: e.position)
+    return [
+        Trajectory(
+            tokens=e.tokens,
+            loss_mask=e.loss_mask,
+            logprobs=np.zeros(len(e.tokens), np.float32),
+            prompt_length=e.prompt_length,
+            reward=e.reward, scores=e.scores, searches=e.searches, turns=e.turns,
+            answer=e.answer, index=e.index, terminated=e.terminated,
+        )
+        for e in episodes
+    ]
 
 
 def warm_start_data(
@@ -124,9 +85,9 @@ def warm_start_data(
 
     The first ``cfg.questions`` train questions (all by default) are played by the text
     oracle, except a seeded ``cfg.closed_book`` share of them, which
-    :class:`~search_env.scripted.NoSearchAgent` answers at once with an invented guess.
+    :class:`~search_env.baselines.NoSearchAgent` answers at once with an invented guess.
     """
-    from search_env.scripted import NoSearchAgent
+    from search_env.baselines import NoSearchAgent
 
     total = len(train_env.dataset)
     n = total if cfg.questions is None else min(cfg.questions, total)

@@ -6,9 +6,12 @@ Examples::
     python -m agents.train --preset tiny-cpu --algo grpo --no-mask --out runs/grpo-nomask
     python -m agents.train --config runs/grpo/config.json --resume
     python -m agents.train --preset tiny-cpu --out runs/grpo --overwrite   # replace that run
-    python -m agents.train --preset tiny-cpu --set grpo.lr=1e-3 --set rollout.num_envs=16
+    python -m agents.train --preset tiny-cpu --set grpo.lr=1e-3 --set rollout.eval_questions=50
+    python -m agents.train --preset tiny-cpu --set rollout.num_envs=16 --set grpo.minibatch_size=16
 
 Precedence: preset (or ``--config``), then ``--set`` overrides, then the dedicated flags.
+Every value is checked against its field's type, and the config as a whole, before any
+work (a bad one exits with status 2).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The resolved config of a ``train`` command line."""
     cfg = base_config(args, load_config, preset, default="tiny-cpu")
-    overrides = overrides_from_args(args, (
+    overrides = overrides_from_args(args, TrainConfig, (
         ("algo", "algo"), ("env", "rollout.env_id"), ("model", "model.path"),
         ("out", "out_dir"), ("steps", "steps"), ("seed", "seed"),
     ))

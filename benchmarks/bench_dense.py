@@ -206,7 +206,7 @@ def bench_gpu(n_rows: int, dim: int, k: int, batch: int) -> dict[str, Any]:
         return {"skipped": "torch is not installed"}
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA GPU"}
-    from search_env.retrievers import dense
+    from search_env.retrievers.dense import placement
 
     device = "cuda:0"
     out: dict[str, Any] = {
@@ -226,11 +226,11 @@ def bench_gpu(n_rows: int, dim: int, k: int, batch: int) -> dict[str, Any]:
 
     queries = rows(10**12, 10**12 + batch).cpu().numpy()
     def torch_flat() -> Any:
-        return dense._TorchFlat.from_rows(n_rows, dim, rows, devices=[device], dtype=torch.float16)
+        return placement.TorchFlat.from_rows(n_rows, dim, rows, devices=[device], dtype=torch.float16)
 
     engines = [("torch_fp16", torch_flat)]
-    if dense._faiss_gpu_count() > 0:
-        engines.append(("faiss_gpu_fp16", lambda: dense._FaissGpuFlat(n_rows, dim, rows, gpus=[0])))
+    if placement.faiss_gpu_count() > 0:
+        engines.append(("faiss_gpu_fp16", lambda: placement.FaissGpuFlat(n_rows, dim, rows, gpus=[0])))
     else:
         out["faiss_gpu"] = "not available (faiss-cpu installed)"
     results = []

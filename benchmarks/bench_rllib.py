@@ -1,6 +1,6 @@
 """Env steps/s through RLlib's env runners (1, 2 runners) vs the bare vector env.
 
-Every row steps the same token env (the small synthetic task of ``agents.rllib.task``:
+Every row steps the same token env (the small synthetic task of ``agents.tokenlevel.task``:
 tiny world, 8-token turns, contexts under 128 tokens) with ``--envs`` sub-envs per
 process, and counts agent tokens (env steps) per second of wall time:
 
@@ -43,13 +43,8 @@ def bare_vector_env(envs: int, steps: int, seed: int = 0) -> dict[str, Any]:
     import gymnasium as gym
     import numpy as np
 
-    from agents.rllib.task import (
-        OUR_KEYS,
-        TASK_ENV_CONFIG,
-        TASK_ENV_ID,
-        env_tokenizer,
-        task_token_ids,
-    )
+    from agents.tokenlevel.env import OUR_KEYS, env_tokenizer
+    from agents.tokenlevel.task import TASK_ENV_CONFIG, TASK_ENV_ID, task_token_ids
 
     config = {k: v for k, v in TASK_ENV_CONFIG.items() if k not in OUR_KEYS}
     tokenizer = env_tokenizer(TASK_ENV_ID, TASK_ENV_CONFIG)
@@ -149,7 +144,7 @@ def learning_curves(out: Path, rllib_seconds: float, sb3_timesteps: int) -> None
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         curves[name] = [{k: r[k] for k in keep if k in r} for r in records]
     save_results("rllib_sb3_learning_curves", {
-        "task": "agents.rllib.task.TASK_ENV_CONFIG: return = 1 for EM, 0.5 for a well-formed "
+        "task": "agents.tokenlevel.task.TASK_ENV_CONFIG: return = 1 for EM, 0.5 for a well-formed "
                 "wrong answer, 0 without an answer",
         "load_average_1min": os.getloadavg()[0],
         "rllib_summary": rllib_summary,
@@ -201,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     save_results(name, {
         "steps_per_runner": args.steps,
         "envs_per_process": args.envs,
-        "task": "agents.rllib.task.TASK_ENV_CONFIG (tiny synth world, 8-token vocabulary)",
+        "task": "agents.tokenlevel.task.TASK_ENV_CONFIG (tiny synth world, 8-token vocabulary)",
         "load_average_1min": os.getloadavg()[0],
         "rows": rows,
     })

@@ -84,8 +84,9 @@ class Stopwatch:
 def rollout_speed(cfg: Any, rounds: int) -> dict[str, float]:
     """Agent tokens/s, episodes/s and the env's share of the wall time of ``collect``."""
     import torch
-    from agents.common import load_model, make_env, question_indices
-    from agents.rollout import collect
+    from agents.model import load_model
+    from agents.rollout import collect, make_env
+    from agents.seeding import question_indices
     from search_env.registration import load_tokenizer
 
     torch.set_num_threads(cfg.threads)

@@ -40,8 +40,8 @@ command it adds (or, for an env command, extends); it loads to a callable that t
 
 
 def _agent_factory(name: str, vocab_size: int, seed: int) -> Callable[[], Any]:
-    from search_env.evaluate import RandomTokenAgent
-    from search_env.scripted import NoSearchAgent, OracleAgent
+    from search_env.baselines import NoSearchAgent, RandomTokenAgent
+    from search_env.synth.oracle import OracleAgent
 
     counter = iter(range(10**9))
     if name == "oracle":
@@ -209,7 +209,7 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from search_env.registration import synth_world_dir
+    from search_env.synth.files import synth_world_dir
 
     path = synth_world_dir(args.size, args.num_entities, args.seed)
     print(path)

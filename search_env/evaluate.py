@@ -1,15 +1,17 @@
-"""Run agents through the vector env and measure EM, searches and throughput."""
+"""Score agents played through the vector env: EM, searches and throughput.
+
+The agents and the loop that plays them live in :mod:`search_env.baselines`;
+:func:`eval_env_kwargs` gives the ``gym.make_vec`` kwargs of each env of an evaluation.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
-from search_env.types import QAExample
+from search_env.baselines import TextAgent, TokenAgent, play_episodes
 from search_env.vector import SearchQAVectorEnv
 
 
@@ -69,41 +71,6 @@ def eval_env_kwargs(
     return kwargs
 
 
-@runtime_checkable
-class TextAgent(Protocol):
-    """Sees the text the env appended last; returns its next turn as text."""
-
-    def reset(self, example: QAExample) -> None: ...
-
-    def act(self, observation: str) -> str: ...
-
-
-@runtime_checkable
-class TokenAgent(Protocol):
-    """Sees the new environment token ids; returns its next turn as token ids."""
-
-    def reset(self, example: QAExample) -> None: ...
-
-    def act_tokens(self, observation: np.ndarray) -> Sequence[int]: ...
-
-
-class RandomTokenAgent:
-    """Writes turns of uniformly random token ids (a floor for every metric)."""
-
-    def __init__(self, vocab_size: int, max_tokens: int = 64, seed: int = 0) -> None:
-        if vocab_size < 1 or max_tokens < 1:
-            raise ValueError("vocab_size and max_tokens must be >= 1")
-        self.vocab_size, self.max_tokens = vocab_size, max_tokens
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self, example: QAExample) -> None:
-        pass
-
-    def act_tokens(self, observation: np.ndarray) -> list[int]:
-        n = int(self.rng.integers(1, self.max_tokens + 1))
-        return self.rng.integers(0, self.vocab_size, size=n).tolist()
-
-
 @dataclass
 class EvalResult:
     """Aggregate scores of one agent over a set of episodes."""
@@ -135,73 +102,38 @@ def evaluate(
     indices: Sequence[int],
     progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Play one episode per question index; ``vec`` must be in chunk mode.
+    """Play one episode per question index (:func:`~search_env.baselines.play_episodes`)
+    and score them; ``vec`` must be in chunk mode with autoreset disabled.
 
-    Episodes run ``vec.num_envs`` at a time, so their searches are batched.
+    Episodes run ``vec.num_envs`` at a time, so their searches are batched;
+    ``per_episode`` lists them in the order they ended.
     """
-    if vec.action_mode != "chunk" or vec.autoreset_mode.name != "DISABLED":
-        raise ValueError("evaluate() needs a chunk-mode vector env with autoreset disabled")
-    n = vec.num_envs
-    agents = [make_agent() for _ in range(n)]
-    codec = vec.envs[0].codec
+    retrieval = 0.0
+
+    def add_retrieval(stats: Any) -> None:
+        nonlocal retrieval
+        retrieval += stats.retrieval_time
+
     records: list[dict[str, Any]] = []
     turns = 0
-    retrieval = 0.0
     start = time.perf_counter()
-    for lo in range(0, len(indices), n):
-        batch = list(indices[lo : lo + n])
-        live = len(batch)
-        padded = batch + [batch[0]] * (n - live)
-        obs, _ = vec.reset(options={"index": np.asarray(padded), "reset_mask": np.ones(n, bool)})
-        seen = obs["length"][:, 0].copy()
-        new_text = [codec.tokenizer.decode(obs["tokens"][i, : seen[i]].tolist()) for i in range(n)]
-        new_ids = [obs["tokens"][i, : seen[i]] for i in range(n)]
-        running = np.zeros(n, bool)
-        running[:live] = True
-        for i in range(live):
-            agents[i].reset(vec.dataset[padded[i]])
-        agent_tokens = np.zeros(n, np.int64)
-        while running.any():
-            actions: list[Sequence[int] | None] = []
-            for i in range(n):
-                if not running[i]:
-                    actions.append(None)
-                    continue
-                agent = agents[i]
-                if isinstance(agent, TokenAgent):
-                    ids = list(agent.act_tokens(new_ids[i]))
-                else:
-                    ids = codec.turn_ids(agent.act(new_text[i]))
-                actions.append(np.asarray(ids, dtype=np.int64))
-            obs, rewards, term, trunc, info = vec.step(actions)
-            retrieval += vec.last_batch.retrieval_time
-            for i in np.flatnonzero(running):
-                turns += 1
-                used = len(actions[i]) - int(info["ignored_tokens"][i])  # type: ignore[arg-type]
-                agent_tokens[i] += used
-                start_env = int(seen[i]) + used
-                length = int(obs["length"][i, 0])
-                new_ids[i] = obs["tokens"][i, start_env:length]
-                new_text[i] = codec.tokenizer.decode(new_ids[i].tolist())
-                seen[i] = length
-                if term[i] or trunc[i]:
-                    running[i] = False
-                    scores = info["scores"]
-                    records.append(
-                        {
-                            "index": int(padded[i]),
-                            "answer": info["answer"][i],
-                            "em": float(scores["em"][i]),
-                            "f1": float(scores["f1"][i]),
-                            "cover_em": float(scores["cover_em"][i]),
-                            "searches": int(info["searches"][i]),
-                            "turns": int(info["turn"][i]),
-                            "agent_tokens": int(agent_tokens[i]),
-                            "terminated": bool(term[i]),
-                        }
-                    )
-                    if progress is not None:
-                        progress(1)
+    for ep in play_episodes(vec, indices, make_agent, on_step=add_retrieval):
+        turns += ep.steps
+        records.append(
+            {
+                "index": ep.index,
+                "answer": ep.answer,
+                "em": ep.scores["em"],
+                "f1": ep.scores["f1"],
+                "cover_em": ep.scores["cover_em"],
+                "searches": ep.searches,
+                "turns": ep.turns,
+                "agent_tokens": ep.agent_tokens,
+                "terminated": ep.terminated,
+            }
+        )
+        if progress is not None:
+            progress(1)
     seconds = time.perf_counter() - start
     count = max(len(records), 1)
 

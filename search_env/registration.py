@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import gymnasium as gym
 
@@ -26,14 +26,10 @@ from search_env.hub import hub_offline, hub_reachable, unreachable_reason
 from search_env.types import QAExample
 from search_env.vector import SearchQAVectorEnv
 
-if TYPE_CHECKING:
-    from search_env.data.synth import SynthConfig
-
 logger = logging.getLogger(__name__)
 
 DATASET_NAMES = ("NQ", "TriviaQA", "PopQA", "HotpotQA", "2Wiki", "Musique", "Bamboogle")
 DEFAULT_TOKENIZER = "Qwen/Qwen2.5-3B"
-SYNTH_SIZES = {"tiny": 100, "small": 400, "medium": 5_000, "large": 100_000}
 
 
 class TokenizerUnavailableError(RuntimeError):
@@ -99,7 +95,7 @@ def load_tokenizer(spec: Any) -> Any:
         return spec
     name = str(spec)
     if name == "synth":
-        from search_env.data.tokenizer import load_synth_tokenizer
+        from search_env.synth.tokenizer import load_synth_tokenizer
 
         return load_synth_tokenizer()
     from search_env.data import qwen
@@ -314,50 +310,27 @@ def _synth_parts(
     retriever_options: dict[str, Any] | None = None,
 ) -> tuple[Sequence[QAExample], Any, Any]:
     from search_env.data.qa import load_flashrag_jsonl
+    from search_env.synth.config import SynthConfig
+    from search_env.synth.files import synth_world_dir
+    from search_env.synth.questions import of_types
+    from search_env.synth.tokenizer import world_tokenizer, world_tokenizer_spec
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    config = SynthConfig.of_size(size, num_entities, seed)
     world_dir = synth_world_dir(size, num_entities, seed)
     examples = load_flashrag_jsonl(world_dir / f"{split}.jsonl")
     if question_types is not None:
-        examples = _of_types(examples, question_types)
+        examples = of_types(examples, question_types)
     if retriever is None:
         retriever = _cached_bm25(world_dir / "corpus.jsonl", world_dir / "bm25", retriever_backend)
-    if isinstance(tokenizer, str) and tokenizer.split(":")[0] == "world":
-        tok = _world_tokenizer(tokenizer, synth_config(size, num_entities, seed), world_dir)
+    vocab = world_tokenizer_spec(tokenizer) if isinstance(tokenizer, str) else None
+    if vocab is not None:
+        tok = world_tokenizer(config, world_dir, vocab)
     else:
         tok = load_tokenizer(tokenizer)
     retriever = load_retriever(retriever, backend=retriever_backend, options=retriever_options)
     return examples, retriever, tok
-
-
-def _world_tokenizer(spec: str, config: SynthConfig, world_dir: Path) -> Any:
-    """``tokenizer="world"`` or ``"world:VOCAB"``: a BPE trained on this synthetic world."""
-    from search_env.data.tokenizer import WORLD_VOCAB_SIZE, world_tokenizer
-
-    _, _, vocab = spec.partition(":")
-    if vocab and not vocab.isdigit():
-        raise ValueError(f"tokenizer={spec!r}: expected 'world' or 'world:<vocab size>'")
-    return world_tokenizer(config, world_dir, int(vocab) if vocab else WORLD_VOCAB_SIZE)
-
-
-SYNTH_QUESTION_TYPES = ("single", "bridge", "comparison")
-
-
-def _of_types(examples: Sequence[QAExample], types: Sequence[str]) -> list[QAExample]:
-    """The synthetic questions whose ``metadata["type"]`` is one of ``types``."""
-    if isinstance(types, str):
-        types = [types]
-    bad = sorted(set(types) - set(SYNTH_QUESTION_TYPES))
-    if bad or not types:
-        raise ValueError(
-            f"question_types must be a non-empty subset of {SYNTH_QUESTION_TYPES}, "
-            f"got {list(types)!r}"
-        )
-    kept = [ex for ex in examples if ex.metadata.get("type") in types]
-    if not kept:
-        raise ValueError(f"no synthetic question of type {list(types)} in this split")
-    return kept
 
 
 def _cached_bm25(corpus: Path, index_dir: Path, backend: str, show_progress: bool = False) -> Any:
@@ -372,25 +345,6 @@ def _cached_bm25(corpus: Path, index_dir: Path, backend: str, show_progress: boo
         except FileExistsError:  # another process saved it first: use theirs
             pass
     return BM25Retriever.load(index_dir, expected_corpus=corpus, backend=backend)
-
-
-def synth_config(
-    size: str = "small", num_entities: int | None = None, seed: int = 0
-) -> SynthConfig:
-    """The world config of ``size`` (or of ``num_entities``, when given)."""
-    from search_env.data.synth import SynthConfig
-
-    if size not in SYNTH_SIZES:
-        raise ValueError(f"size must be one of {sorted(SYNTH_SIZES)}, got {size!r}")
-    return SynthConfig(seed=seed, num_entities=num_entities or SYNTH_SIZES[size])
-
-
-def synth_world_dir(size: str = "small", num_entities: int | None = None, seed: int = 0) -> Path:
-    """The cached directory of a synthetic world (built on first use)."""
-    from search_env.data.synth import build_cached
-
-    config = synth_config(size, num_entities, seed)
-    return build_cached(config, cache_dir() / "synth")
 
 
 _SYNTH_KEYS = (

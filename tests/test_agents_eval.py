@@ -152,7 +152,8 @@ def test_avg_uses_the_paper_datasets_and_needs_all_of_them(tmp_path, model_dir):
 def test_model_from_a_training_run(tmp_path, tok):
     """A run directory loads its latest checkpoint and brings its own prompt and budgets."""
     from agents.checkpoint import save_checkpoint
-    from agents.common import load_model, make_env
+    from agents.model import load_model
+    from agents.rollout import make_env
 
     cfg = apply_overrides(tiny_cpu(), {
         "model.hidden_size": 32, "model.intermediate": 64, "model.layers": 1,
@@ -191,7 +192,7 @@ def _relative_run(work: Path, model_dir: Path, model_path: str, **env_kwargs: st
     import shutil
 
     from agents.checkpoint import save_checkpoint
-    from agents.common import load_model
+    from agents.model import load_model
 
     shutil.copytree(model_dir, work / "models" / "sft")
     cfg = apply_overrides(tiny_cpu(), {**TINY_WORLD, "model.path": model_path, "out_dir": "runs/grpo",
@@ -232,7 +233,7 @@ def test_cli_eval_of_a_relative_run_from_another_directory(tmp_path, model_dir, 
 def test_tiny_run_with_a_relative_tokenizer_path_loads_from_any_directory(tmp_path, tok, monkeypatch):
     """A tiny model is rebuilt on the run's env tokenizer: its relative path resolves too."""
     from agents.checkpoint import save_checkpoint
-    from agents.common import load_model
+    from agents.model import load_model
 
     work = tmp_path / "work"
     tok.save_pretrained(work / "tok")

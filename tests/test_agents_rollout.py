@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 import search_env  # noqa: F401  (registers the env ids)
 from search_env.protocol import clean_question
 from search_env.rewards import exact_match
-from search_env.scripted import OracleAgent
+from search_env.synth.oracle import OracleAgent
 
 from agents.policy import Generation, HFPolicy, Policy, ScriptedPolicy, StopChecker
 from agents.policy.scripted import default_logprobs

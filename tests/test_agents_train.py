@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 import search_env  # noqa: F401  (registers the env ids)
 
-from agents.common import forward_tokens, load_model, make_env, response_mask
+from agents.model import ValueHead, forward_tokens, load_model
+from agents.rollout import make_env, response_mask
 from agents.config import (
     TINY_WORLD,
     ModelConfig,
@@ -27,7 +28,6 @@ from agents.config import (
 )
 from agents.grpo import grpo_loss, train_grpo
 from agents.ppo import ppo_loss, train_ppo
-from agents.common import ValueHead
 from agents.rollout import to_batch
 from agents.sft import oracle_trajectories, sft_loss
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 from agents import checkpoint as checkpoint_module
 from agents.checkpoint import (

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from search_env import cli
+from search_env.baselines import NoSearchAgent, RandomTokenAgent
 from search_env.cli import COMMANDS_GROUP, build_parser, main
-from search_env.evaluate import RandomTokenAgent, evaluate
-from search_env.scripted import NoSearchAgent, OracleAgent
+from search_env.evaluate import evaluate
+from search_env.synth.oracle import OracleAgent
 
 
 def test_eval_command_writes_results(tmp_path, capsys):

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from search_env.data.corpus import iter_corpus, write_corpus  # noqa: E402
-from search_env.retrievers import dense as dense_module  # noqa: E402
+from search_env.retrievers.dense import faiss_io, flat_file, placement  # noqa: E402
 from search_env.retrievers import encoders as encoders_module  # noqa: E402
 from search_env.retrievers.base import CorruptIndexError, Retriever  # noqa: E402
 from search_env.retrievers.dense import (  # noqa: E402
@@ -239,7 +239,7 @@ def test_flat_index_is_built_in_memory_if_faiss_layout_is_unknown(tmp_path, monk
     def unknown(d):
         raise RuntimeError("unrecognised faiss IndexFlat file layout")
 
-    monkeypatch.setattr(dense_module, "_flat_file_layout", unknown)
+    monkeypatch.setattr(flat_file, "flat_file_layout", unknown)
     enc = TableEncoder()
     r = _build(PASSAGES, tmp_path / "idx", encoder=enc, chunk_size=3)
     results = r.search([p.contents for p in PASSAGES], k=1)
@@ -698,7 +698,7 @@ def test_missing_dependencies_name_the_extra(monkeypatch):
         encoders_module._import_torch_transformers()
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ImportError, match=r"search-env\[dense\]"):
-        dense_module._import_faiss()
+        faiss_io.import_faiss()
 
 
 # ---------------------------------------------------------------------- devices
@@ -711,7 +711,7 @@ def test_torch_flat_search_matches_faiss(dtype):
     index = faiss.IndexFlatIP(24)
     index.add(x)
     want_scores, want_ids = index.search(q, 5)
-    flat = dense_module._TorchFlat.from_rows(
+    flat = placement.TorchFlat.from_rows(
         1000,
         24,
         lambda a, b: x[a:b],
@@ -767,10 +767,10 @@ def test_cpu_search_option_is_validated(tmp_path):
 
 def test_device_validation():
     with pytest.raises(ValueError, match="device"):
-        dense_module._wants_gpu("tpu", "auto")
+        placement.wants_gpu("tpu", "auto")
     with pytest.raises(ValueError, match="gpu_backend"):
-        dense_module._wants_gpu("cpu", "cupy")
-    assert dense_module._wants_gpu("cpu", "auto") is False
+        placement.wants_gpu("cpu", "cupy")
+    assert placement.wants_gpu("cpu", "auto") is False
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")

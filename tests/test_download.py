@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import search_env.download as download_module
+import search_env.download.core as download_core
 from search_env.data.qa import DATASETS, DatasetUnavailableError
 from search_env.download import (
     ARTIFACTS,
@@ -123,7 +123,7 @@ def online(monkeypatch):
     """The test conftest sets HF_HUB_OFFLINE=1; these tests simulate a reachable hub
     (the connection probe says yes without trying)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(download_module, "hub_reachable", lambda: True)
+    monkeypatch.setattr(download_core, "hub_reachable", lambda: True)
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -233,11 +233,11 @@ def test_unreachable_hub_fails_at_once_without_asking_it(monkeypatch, tmp_path):
     """No offline flag but no connection: one quick probe, the offline message, the full
     gym.make line (tokenizer= included)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(download_module, "hub_reachable", lambda: False)
-    monkeypatch.setattr(download_module, "unreachable_reason",
+    monkeypatch.setattr(download_core, "hub_reachable", lambda: False)
+    monkeypatch.setattr(download_core, "unreachable_reason",
                         lambda: "the Hugging Face hub is unreachable (no connection to x:443)")
     calls = []
-    monkeypatch.setattr(download_module, "HuggingFaceHub", lambda: calls.append(1))
+    monkeypatch.setattr(download_core, "HuggingFaceHub", lambda: calls.append(1))
     with pytest.raises(DownloadUnavailableError) as info:
         download("NQ", tmp_path)
     assert calls == []  # no client was even made
@@ -560,7 +560,7 @@ def test_offline_with_raw_files_copied_in_finishes_without_the_hub(monkeypatch, 
 
 
 def test_cli_downloads_and_prints_the_path(online, monkeypatch, capsys, tmp_path):
-    import search_env.download as mod
+    import search_env.download.core as mod
 
     hub = FakeHub({"RUC-NLPIR/FlashRAG_datasets": {"popqa/test.jsonl": b"{}\n"}})
     monkeypatch.setattr(mod, "HuggingFaceHub", lambda: hub)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-import search_env  # noqa: F401  (registers the env ids)
+pytest.importorskip("torch", reason="needs the [torch] extra")
+
+import search_env  # noqa: F401,E402  (registers the env ids)
 from agents.config import load_config
 from agents.plots import plot_curves, plot_run, smooth
 from agents.provenance import PACKAGES, git_state, package_versions
@@ -201,6 +203,8 @@ def test_recipe_help_names_the_command_describes_it_and_lists_the_runs(capsys):
     (["--runs", "ppo,grpo,ppo"], "given twice: ppo"),
     (["--set", "seed"], "--set needs KEY=VALUE"),
     (["--set", "grpo.nope=1"], "unknown config key 'grpo.nope'"),
+    (["--set", "grpo.lr=abc"], "config key 'grpo.lr' expects float, got 'abc'"),
+    (["--set", "rollout.num_envs=16"], "grpo.minibatch_size (48) must be between 1 and the batch"),
 ])
 def test_recipe_bad_arguments_fail_before_any_work(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -14,10 +14,11 @@ torch = pytest.importorskip("torch")
 
 from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
 
-from agents.rllib.task import TASK_ENV_CONFIG, TASK_ENV_ID, make_search_env, task_token_ids  # noqa: E402
 from agents.sb3.features import TokenFeaturesExtractor  # noqa: E402
 from agents.sb3.train import SB3RunConfig, build_model, train_sb3  # noqa: E402
 from agents.sb3.wrappers import TokenSubset  # noqa: E402
+from agents.tokenlevel.env import make_search_env  # noqa: E402
+from agents.tokenlevel.task import TASK_ENV_CONFIG, TASK_ENV_ID, task_token_ids  # noqa: E402
 
 
 def test_sb3_check_env_token_mode():

@@ -1,4 +1,5 @@
-"""Tests for search_env.scripted: the oracle and no-search agents on strings alone."""
+"""The oracle (search_env.synth.oracle) and no-search (search_env.baselines) agents on
+strings alone."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ from typing import Callable, Sequence
 
 import pytest
 
-from search_env.data.synth import FACT_TEMPLATES, SynthConfig, generate_world
+from search_env.baselines import NoSearchAgent, TextAgent
 from search_env.protocol import ProtocolConfig, clean_question, format_documents, parse_turn
 from search_env.rewards import exact_match
-from search_env.scripted import NoSearchAgent, OracleAgent, TextAgent
+from search_env.synth.config import SynthConfig
+from search_env.synth.oracle import OracleAgent
+from search_env.synth.relations import FACT_TEMPLATES
+from search_env.synth.world import generate_world
 from search_env.types import Passage, QAExample
 
 PROTOCOL = ProtocolConfig()

@@ -1,4 +1,4 @@
-"""Tests for search_env.data.synth: determinism, gold paths, splits, files, cache."""
+"""Tests for search_env.synth: determinism, gold paths, splits, files, cache."""
 
 from __future__ import annotations
 
@@ -10,21 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from search_env.data import synth
-from search_env.data.synth import (
-    RELATIONS,
-    SynthConfig,
-    build_cached,
-    extract_fact,
-    generate_world,
-    write_corpus,
-    write_qa,
-)
+from search_env.synth import files
+from search_env.synth.config import QUESTION_MIX, QUESTION_TYPES, SynthConfig
+from search_env.synth.files import build_cached, write_corpus, write_qa
+from search_env.synth.relations import RELATIONS, extract_fact
+from search_env.synth.world import SynthWorld, generate_world
 from search_env.rewards import normalize
 
 
 @pytest.fixture(scope="module")
-def world() -> synth.SynthWorld:
+def world() -> SynthWorld:
     return generate_world(SynthConfig())
 
 
@@ -229,6 +224,34 @@ def test_bad_configs_raise(kwargs):
         SynthConfig(**kwargs)
 
 
+def test_question_types_have_one_spelling(world):
+    assert QUESTION_TYPES == ("single", "bridge", "comparison")
+    assert [tuple(s) for s in QUESTION_MIX] == [
+        ("single", 1), ("bridge", 2), ("bridge", 3), ("comparison", 2)]
+    shapes = {(q.metadata["type"], len(q.metadata["hops"])) for q in _all_questions(world)}
+    assert shapes == set(QUESTION_MIX)
+    with pytest.raises(ValueError, match="4 weights .*2-hop bridge, 3-hop bridge"):
+        SynthConfig(question_mix=(1.0, 1.0))
+
+
+def test_only_one_question_shape_when_the_mix_says_so():
+    for i, shape in enumerate(QUESTION_MIX[:3]):  # a comparison may fall back to a bridge
+        mix = tuple(1.0 if j == i else 0.0 for j in range(len(QUESTION_MIX)))
+        world = generate_world(SynthConfig(num_entities=60, question_mix=mix))
+        hops = {len(q.metadata["hops"]) for q in _all_questions(world)}
+        types = {q.metadata["type"] for q in _all_questions(world)}
+        assert shape.type in types and shape.hops in hops
+        assert types <= {shape.type, "single"}  # a bridge falls back to one hop at worst
+
+
+def test_named_sizes():
+    assert SynthConfig.of_size("tiny") == SynthConfig(num_entities=100)
+    assert SynthConfig.of_size("small", seed=3) == SynthConfig(num_entities=400, seed=3)
+    assert SynthConfig.of_size("tiny", num_entities=2000).num_entities == 2000
+    with pytest.raises(ValueError, match="size must be one of"):
+        SynthConfig.of_size("huge")
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
@@ -271,7 +294,7 @@ def test_build_cached_writes_once_and_reuses(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a cached world")
 
-    monkeypatch.setattr(synth, "generate_world", fail)
+    monkeypatch.setattr(files, "generate_world", fail)
     assert build_cached(config, tmp_path) == path
     with pytest.raises(AssertionError):
         build_cached(SynthConfig(num_entities=50, seed=2), tmp_path)

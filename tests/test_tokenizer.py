@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("tokenizers")
 pytest.importorskip("transformers")
 
-from search_env.data.tokenizer import (  # noqa: E402
+from search_env.synth.tokenizer import (  # noqa: E402
     ASSET_DIR,
     EOS_TOKEN,
     PAD_TOKEN,
@@ -85,3 +85,46 @@ def test_training_is_deterministic(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     with pytest.raises(ValueError):
         train_synth_tokenizer(tmp_path / "c", vocab_size=100)
+
+
+def test_texts_digest_sees_every_text_and_its_boundaries():
+    from search_env.synth.tokenizer import texts_digest
+
+    assert texts_digest(["ab", "c"]) == texts_digest(iter(["ab", "c"]))
+    assert texts_digest(["ab", "c"]) != texts_digest(["a", "bc"])
+    assert texts_digest(["ab", "c"]) != texts_digest(["ab", "c", ""])
+
+
+@pytest.fixture
+def fresh_digests():
+    from search_env.synth import tokenizer
+
+    tokenizer._world_digest.cache_clear()
+    yield
+    tokenizer._world_digest.cache_clear()  # no digest of patched code outlives the test
+
+
+def test_world_tokenizer_is_keyed_on_its_training_texts(tmp_path, monkeypatch, fresh_digests):
+    from search_env.synth import oracle, tokenizer
+    from search_env.synth.config import SynthConfig
+    from search_env.synth.files import build_cached
+
+    config = SynthConfig(num_entities=30)
+    world_dir = build_cached(config, tmp_path)
+    first = tokenizer.world_tokenizer(config, world_dir, 400)
+    (trained,) = world_dir.glob("tokenizer-400-*")
+    assert len(first) == 400
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained a cached tokenizer")
+
+    with monkeypatch.context() as m:  # the same texts: the cached tokenizer
+        m.setattr(tokenizer, "train_synth_tokenizer", no_training)
+        assert tokenizer.world_tokenizer(config, world_dir, 400) is first
+    # the oracle's wording changes the training texts, so a stale tokenizer is not reused
+    tokenizer._world_digest.cache_clear()
+    monkeypatch.setattr(oracle, "answer_turn", lambda thought, answer: f"<answer>{answer}</answer>")
+    second = tokenizer.world_tokenizer(config, world_dir, 400)
+    assert second is not first
+    (retrained,) = set(world_dir.glob("tokenizer-400-*")) - {trained}
+    assert (retrained / "tokenizer.json").read_bytes() != (trained / "tokenizer.json").read_bytes()

@@ -7,7 +7,7 @@ Methods (rows of the table):
   no search is executed (``max_turns=0``).
 - ``rag``: the env's retriever is queried once with the question; the top-k documents go
   into the prompt (:data:`RAG_TEMPLATE`); one turn, no search.
-- ``oracle``: the scripted :class:`~search_env.scripted.OracleAgent` (needs the gold hops of
+- ``oracle``: the scripted :class:`~search_env.synth.oracle.OracleAgent` (needs the gold hops of
   ``SearchQA-Synth-v0`` questions; skipped on other envs).
 
 Every method runs through a chunk-mode vector env, so answers are read from the agent's
@@ -17,8 +17,9 @@ then Avg. :class:`EvalReport` writes JSON (summaries and every episode) and mark
 
 Modules: ``report`` (table layout, records, JSON / markdown), ``prompts`` (the baselines'
 prompts), ``envs`` (env kwargs, vector envs), ``runner`` (the methods, :func:`evaluate_policy`),
-``loading`` (a model by path, :func:`evaluate_model`). Nothing here imports torch until a
-model is loaded.
+``loading`` (a model by path, :func:`evaluate_model`), ``greedy`` (the trainers' in-run
+``eval_*`` metrics, :func:`~agents.evaluation.greedy.evaluate_greedy`). Nothing here imports
+torch until a model is loaded.
 """
 
 from agents.evaluation.envs import (

@@ -108,7 +108,7 @@ def _run_relative(path: str, run_dir: Path, out_dir: str) -> str:
 def _load_run_model(cfg: Any, tokenizer: Any, config: Path, run_dir: Path,
                     out_dir: str) -> tuple[Any, Any]:
     """``load_model`` on a run's model config; a path that is not there is one clear error."""
-    from agents.common import load_model
+    from agents.model import load_model
 
     if cfg.path == "tiny":
         return load_model(cfg, tokenizer)
@@ -151,7 +151,7 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
     import torch
 
     from agents.checkpoint import CorruptCheckpointError, latest_checkpoint, verify_checkpoint
-    from agents.common import load_model, resolve_device
+    from agents.model import load_model, resolve_device
     from agents.config import ModelConfig, from_dict
 
     root = Path(path)
@@ -190,7 +190,7 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
     rollout = dataclasses.replace(cfg.rollout, env_kwargs=env_kwargs)
     tokenizer = None
     if cfg.model.path == "tiny":  # built on the env's own tokenizer, as the trainer did
-        from agents.common import make_env
+        from agents.rollout import make_env
 
         try:
             env = make_env(rollout, rollout.eval_split, 1)  # resolves "synth", "world:N", hub ids

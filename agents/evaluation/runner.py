@@ -79,7 +79,7 @@ def run_policy(
 def run_oracle(vec: Any, indices: Sequence[int], bar: Any = None) -> list[EpisodeRecord]:
     """The scripted oracle (through :func:`search_env.evaluate.evaluate`) on ``indices``."""
     from search_env.evaluate import evaluate
-    from search_env.scripted import OracleAgent
+    from search_env.synth.oracle import OracleAgent
 
     env = vec.envs[0]
     max_searches = env.protocol.max_turns

@@ -7,7 +7,8 @@
   become loss rows.
 - :mod:`agents.rllib.config`: run configs (presets ``laptop``, ``test``, ``cluster``) and
   the ``PPOConfig`` they build; :mod:`agents.rllib.train`: ``python -m agents.rllib.train``.
-- :mod:`agents.rllib.task` and :mod:`agents.rllib.encoder` need no Ray (SB3 uses them too).
+- The env builder, the synthetic task and the token encoder it shares with SB3 live in
+  :mod:`agents.tokenlevel`.
 
 Names are imported on first use, so ``import agents.rllib`` works without Ray; using one
 that needs Ray without it raises an ImportError naming the ``[rllib]`` extra.
@@ -28,9 +29,6 @@ _EXPORTS = {
     "build_ppo_config": "agents.rllib.config",
     "preset": "agents.rllib.config",
     "train_rllib": "agents.rllib.train",
-    "make_search_env": "agents.rllib.task",
-    "TokenEncoder": "agents.rllib.encoder",
-    "EncoderConfig": "agents.rllib.encoder",
     "audit_chunk": "agents.rllib.audit",
 }
 _NEEDS_RAY = {"agents.rllib.env", "agents.rllib.module", "agents.rllib.learner",

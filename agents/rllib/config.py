@@ -4,7 +4,7 @@ One dataclass per component, nested in :class:`RLlibRunConfig` and saved as JSON
 every run. Presets:
 
 - ``laptop``: local Ray on 2 CPUs (one env runner with 8 envs, the learner in the
-  driver), the small synthetic task of :mod:`agents.rllib.task`; learns in minutes.
+  driver), the small synthetic task of :mod:`agents.tokenlevel.task`; learns in minutes.
 - ``test``: the smallest sizes, for the test suite (one or two iterations).
 - ``cluster``: a documented starting point for a Ray cluster (env runners spread over
   the nodes, one shared retrieval server, GPU learners); see ``docs/rllib.md``.
@@ -15,14 +15,15 @@ This module imports no Ray: :func:`build_ppo_config` does, when called.
 from __future__ import annotations
 
 import dataclasses
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from agents.config import apply_overrides as _apply_overrides
-from agents.config import build_config, save_config, to_dict  # noqa: F401  (re-exported)
-from agents.rllib.task import TASK_ENV_CONFIG, TASK_ENV_ID, TASK_WORDS, env_tokenizer, token_ids
+# The generic config helpers, re-exported: a dict field (``env_config``) is open there.
+from agents.config import apply_overrides, read_config, save_config, to_dict  # noqa: F401
+from agents.tokenlevel.env import env_tokenizer, token_ids
+from agents.tokenlevel.task import TASK_ENV_CONFIG, TASK_ENV_ID, TASK_WORDS
 
 
 @dataclass
@@ -112,7 +113,7 @@ class RLlibRunConfig:
     env_id: str = TASK_ENV_ID
     """A search-env id (registered with Ray by :func:`agents.rllib.env.register_search_envs`)."""
     env_config: dict[str, Any] = field(default_factory=lambda: dict(TASK_ENV_CONFIG))
-    """``gym.make`` keywords of the env, plus ``tag_tokens`` (see :mod:`agents.rllib.task`)."""
+    """``gym.make`` keywords of the env, plus ``tag_tokens`` (see :mod:`agents.tokenlevel.env`)."""
     module: ModuleConfig = field(default_factory=ModuleConfig)
     """The RLModule."""
     runners: RunnerConfig = field(default_factory=RunnerConfig)
@@ -148,20 +149,9 @@ class RLlibRunConfig:
 
 
 # ----------------------------------------------------------------- serialisation
-# The generic helpers of :mod:`agents.config` (``to_dict`` and ``save_config`` as they are).
-def from_dict(data: dict[str, Any]) -> RLlibRunConfig:
-    """Inverse of :func:`to_dict`; missing fields take their defaults, unknown ones raise."""
-    return build_config(RLlibRunConfig, data)
-
-
 def load_config(path: str | Path) -> RLlibRunConfig:
-    """Read a config written by :func:`save_config`."""
-    return from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def apply_overrides(config: RLlibRunConfig, overrides: dict[str, Any]) -> RLlibRunConfig:
-    """A copy with dotted keys replaced, e.g. ``{"ppo.lr": 1e-4, "env_config.size": "small"}``."""
-    return _apply_overrides(config, overrides, open_dicts=("env_config",))
+    """Read a config written by :func:`save_config` (values checked against their types)."""
+    return read_config(path, RLlibRunConfig)
 
 
 # ----------------------------------------------------------------------- presets

@@ -4,7 +4,7 @@ RLlib looks env names up in Ray's own registry (shipped to every env runner, loc
 on other nodes); Gymnasium's registry and its import hook live only in processes that
 imported Gymnasium with this package installed. :func:`register_search_envs` registers
 one creator per id in ``search_env.registration.ENV_IDS``, each calling
-:func:`agents.rllib.task.make_search_env`.
+:func:`agents.tokenlevel.env.make_search_env`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import gymnasium as gym
 
 from agents.rllib.deps import require_ray
-from agents.rllib.task import make_search_env
+from agents.tokenlevel.env import make_search_env
 
 
 def env_creator(env_id: str) -> Callable[[Mapping[str, Any]], gym.Env]:

@@ -2,11 +2,11 @@
 
 RLlib's default encoders take flat float vectors; the token env observes a Dict of an
 int token buffer, its env-token mask and the context length. :class:`TokenPolicyModule`
-embeds the token ids with :class:`~agents.rllib.encoder.TokenEncoder` and puts two heads
+embeds the token ids with :class:`~agents.tokenlevel.encoder.TokenEncoder` and puts two heads
 on the newest token's hidden state: logits over the vocabulary (the env's
 ``Discrete(vocab_size)`` action: one agent token per RLlib step) and a scalar value.
 
-``model_config`` keys: the :class:`~agents.rllib.encoder.EncoderConfig` fields, plus
+``model_config`` keys: the :class:`~agents.tokenlevel.encoder.EncoderConfig` fields, plus
 ``allowed_token_ids`` (optional list): the policy may only write these tokens (every
 other logit is a large negative number, so it is never sampled and carries no entropy);
 actions stay token ids of the full vocabulary.
@@ -23,7 +23,7 @@ from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
-from agents.rllib.encoder import EncoderConfig, TokenEncoder
+from agents.tokenlevel.encoder import EncoderConfig, TokenEncoder
 
 MASKED_LOGIT = -1e9
 """Logit of a token outside ``allowed_token_ids``: probability exactly 0 in float32."""

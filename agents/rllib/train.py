@@ -193,7 +193,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> RLlibRunConfig:
     """The resolved config of a command line."""
     cfg = base_config(args, load_config, preset, default="laptop")
-    return apply_overrides(cfg, overrides_from_args(args, (
+    return apply_overrides(cfg, overrides_from_args(args, RLlibRunConfig, (
         ("env", "env_id"), ("out", "out_dir"), ("iterations", "iterations"),
         ("time_budget", "time_budget_s"), ("seed", "seed"),
         ("address", "ray_address"), ("num_cpus", "num_cpus"),

@@ -8,18 +8,18 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
-from agents.rllib.encoder import EncoderConfig, TokenEncoder
+from agents.tokenlevel.encoder import EncoderConfig, TokenEncoder
 
 
 class TokenFeaturesExtractor(BaseFeaturesExtractor):
-    """Embeds the token buffer with :class:`~agents.rllib.encoder.TokenEncoder`.
+    """Embeds the token buffer with :class:`~agents.tokenlevel.encoder.TokenEncoder`.
 
     Use with ``"MultiInputPolicy"``: SB3 hands Dict observations over as float tensors
     (token ids below 2**24 are exact in float32), which are cast back to ids here.
 
     Args:
         observation_space: the token env's ``Dict(tokens, mask, length)``.
-        **encoder: :class:`~agents.rllib.encoder.EncoderConfig` fields (``d_model``,
+        **encoder: :class:`~agents.tokenlevel.encoder.EncoderConfig` fields (``d_model``,
             ``layers``, ``heads``, ``ff``, ``window``, ``dropout``).
     """
 

@@ -1,7 +1,7 @@
 """``python -m agents.sb3.train``: Stable-Baselines3 PPO on the token-level env.
 
 An example, not a trainer of record: SB3's PPO with :class:`TokenFeaturesExtractor` over
-the token buffer, on the small synthetic task of :mod:`agents.rllib.task` (the policy's
+the token buffer, on the small synthetic task of :mod:`agents.tokenlevel.task` (the policy's
 vocabulary cut to its eight tokens with :class:`TokenSubset`). Same run-directory
 conventions as the other trainers: ``config.json``, ``metrics.jsonl`` / ``metrics.csv``
 (one record per rollout), ``curves.png`` (with matplotlib), ``summary.json``, and the SB3
@@ -24,8 +24,8 @@ from typing import Any
 
 from agents.cli_args import add_set_argument, overrides_from_args
 from agents.config import apply_overrides
-from agents.rllib.task import TASK_ENV_CONFIG, TASK_ENV_ID, TASK_WORDS
 from agents.sb3.deps import require_sb3
+from agents.tokenlevel.task import TASK_ENV_CONFIG, TASK_ENV_ID, TASK_WORDS
 
 
 @dataclass
@@ -35,7 +35,7 @@ class SB3RunConfig:
     env_id: str = TASK_ENV_ID
     """A search-env id."""
     env_config: dict[str, Any] = field(default_factory=lambda: dict(TASK_ENV_CONFIG))
-    """``gym.make`` keywords (plus ``tag_tokens``, see :mod:`agents.rllib.task`)."""
+    """``gym.make`` keywords (plus ``tag_tokens``, see :mod:`agents.tokenlevel.env`)."""
     words: list[str] | None = field(default_factory=lambda: list(TASK_WORDS))
     """The policy's vocabulary (single tokens); ``None``: the whole vocabulary."""
     d_model: int = 64
@@ -78,8 +78,8 @@ def make_env(cfg: SB3RunConfig) -> Any:
     """One token env of ``cfg``, vocabulary-restricted when ``cfg.words`` is set."""
     from stable_baselines3.common.monitor import Monitor
 
-    from agents.rllib.task import env_tokenizer, make_search_env, token_ids
     from agents.sb3.wrappers import TokenSubset
+    from agents.tokenlevel.env import env_tokenizer, make_search_env, token_ids
 
     env = make_search_env(cfg.env_id, cfg.env_config)
     if cfg.words is not None:
@@ -183,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         require_sb3()
-        overrides = overrides_from_args(args, (("out", "out_dir"), ("timesteps", "timesteps"),
-                                               ("seed", "seed")))
-        cfg = apply_overrides(SB3RunConfig(), overrides, open_dicts=("env_config",))
+        overrides = overrides_from_args(args, SB3RunConfig, (
+            ("out", "out_dir"), ("timesteps", "timesteps"), ("seed", "seed")))
+        cfg = apply_overrides(SB3RunConfig(), overrides)
     except (ImportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,19 +1,11 @@
-"""Making the token env from a plain config dict, and the small synthetic task (no Ray).
+"""Making the token env from a plain config dict (no Ray, no SB3).
 
 ``make_search_env(env_id, env_config)`` is what the RLlib env creator and the SB3 example
-call: ``gym.make(env_id, **env_config)`` plus one key of ours, ``tag_tokens``, which adds
-the protocol tags (``<search>``, ``</search>``, ``<answer>``, ``</answer>``, ``<think>``,
-``</think>``) to the tokenizer as single tokens. Env configs stay plain JSON, so they can
-travel to remote env runners and be saved with a run.
-
-The synthetic task (:data:`TASK_ENV_CONFIG`, :data:`TASK_WORDS`) is what the laptop
-configs learn in minutes from a random start: the synth world's ``tiny`` split, a
-one-line prompt, two 8-token turns, single-token tags, truncations reported as
-terminations (see :class:`TruncationAsTermination`), and a policy restricted to the four
-search/answer tags, EOS and three filler words. EM stays the reward (1 for a right
-answer) and Search-R1's ``format_score`` (0.5) pays a well-formed but wrong answer, so the
-return measures how reliably the agent learns to write ``<answer> ... </answer>``: about
-0.07 for the random start, 0.5 for an agent that always answers.
+call: ``gym.make(env_id, **env_config)`` plus two keys of ours. ``tag_tokens`` adds the
+protocol tags (``<search>``, ``</search>``, ``<answer>``, ``</answer>``, ``<think>``,
+``</think>``) to the tokenizer as single tokens; ``truncation_as_termination`` wraps the
+env in :class:`TruncationAsTermination`. Env configs stay plain JSON, so they can travel
+to remote env runners and be saved with a run.
 """
 
 from __future__ import annotations
@@ -29,28 +21,6 @@ TAG_TOKENS: tuple[str, ...] = ("<search>", "</search>", "<answer>", "</answer>",
 
 OUR_KEYS = ("tag_tokens", "truncation_as_termination")
 """Env config keys handled here rather than by ``gym.make``."""
-
-TASK_ENV_ID = "SearchQA-Synth-v0"
-TASK_ENV_CONFIG: dict[str, Any] = {
-    "size": "tiny",
-    "split": "train",
-    "tag_tokens": True,
-    "truncation_as_termination": True,
-    "template": "Question: {question}\n",
-    "max_turns": 1,
-    "topk": 1,
-    "max_response_length": 8,
-    "max_obs_length": 32,
-    "max_start_length": 64,
-    "max_prompt_length": 128,
-    "reward_metric": "em",
-    "format_score": 0.5,
-}
-"""The small synthetic task: contexts stay under 128 tokens, episodes under 17 steps."""
-
-TASK_WORDS: tuple[str, ...] = ("<search>", "</search>", "<answer>", "</answer>", "<|endoftext|>",
-                               " the", " a", " of")
-"""The policy's vocabulary on the synthetic task (each must be one token)."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -79,6 +49,17 @@ def env_tokenizer(env_id: str, env_config: Mapping[str, Any] | None = None) -> A
     if not isinstance(spec, str):
         raise TypeError("tag_tokens=True needs tokenizer= as a string (hub id, path or 'synth')")
     return tagged_tokenizer(spec)
+
+
+def token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
+    """The id of each word, which must be a single token of ``tokenizer`` (else ValueError)."""
+    ids = []
+    for word in words:
+        encoded = tokenizer.encode(word, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(f"{word!r} is {len(encoded)} tokens of this tokenizer, not one")
+        ids.append(int(encoded[0]))
+    return ids
 
 
 class TruncationAsTermination(gym.Wrapper):
@@ -117,19 +98,3 @@ def make_search_env(env_id: str, env_config: Mapping[str, Any] | None = None) ->
     as_termination = bool(config.pop("truncation_as_termination", False))
     env = gym.make(env_id, **config)
     return TruncationAsTermination(env) if as_termination else env
-
-
-def token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
-    """The id of each word, which must be a single token of ``tokenizer`` (else ValueError)."""
-    ids = []
-    for word in words:
-        encoded = tokenizer.encode(word, add_special_tokens=False)
-        if len(encoded) != 1:
-            raise ValueError(f"{word!r} is {len(encoded)} tokens of this tokenizer, not one")
-        ids.append(int(encoded[0]))
-    return ids
-
-
-def task_token_ids(tokenizer: Any | None = None) -> list[int]:
-    """The synthetic task's vocabulary (:data:`TASK_WORDS`) as token ids."""
-    return token_ids(tokenizer if tokenizer is not None else tagged_tokenizer("synth"), TASK_WORDS)

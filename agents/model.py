@@ -1,30 +1,20 @@
-"""Pieces shared by the SFT, GRPO and PPO loops: env and model set-up, the token forward
-pass, greedy evaluation and rollout statistics."""
+"""The policy model: loading it, its frozen reference copy, PPO's value head, and the
+per-token forward pass (log-probs, entropy and values of every token given its prefix)."""
 
 from __future__ import annotations
 
 import copy
 import logging
-import random
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from agents.config import ModelConfig, RolloutConfig
+from agents.config import ModelConfig
 from agents.losses import entropy_from_logits, logprobs_from_logits
-from agents.rollout import Batch, Trajectory, collect
 
 logger = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -32,39 +22,6 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
-
-
-def make_env(
-    rollout: RolloutConfig,
-    split: str,
-    num_envs: int,
-    tokenizer: Any = None,
-    vocab_size: int | None = None,
-) -> Any:
-    """A chunk-mode vector env without autoreset, as :func:`agents.rollout.collect` needs.
-
-    Args:
-        rollout: env id and kwargs.
-        split: dataset split (``train`` / ``test``).
-        num_envs: sub-envs.
-        tokenizer: passed as ``tokenizer=`` when given (a real model's own tokenizer).
-        vocab_size: the model's logits count (``model.config.vocab_size``) when given:
-            Qwen2.5 has 151,936 logits but 151,665 tokenizer ids, and a padding id
-            sampled past ``len(tokenizer)`` must still be a valid action.
-    """
-    import gymnasium as gym
-
-    import search_env  # noqa: F401  (registers the ids)
-
-    kwargs = dict(rollout.env_kwargs)
-    kwargs["split"] = split
-    if tokenizer is not None:
-        kwargs["tokenizer"] = tokenizer
-    if vocab_size is not None:
-        kwargs["vocab_size"] = vocab_size
-    return gym.make_vec(
-        rollout.env_id, num_envs=num_envs, action_mode="chunk", autoreset_mode="disabled", **kwargs
-    )
 
 
 def load_model(cfg: ModelConfig, env_tokenizer: Any) -> tuple[nn.Module, Any]:
@@ -154,6 +111,11 @@ def forward_tokens(
     One backbone pass feeds both the LM head and the value head. Logits are divided by
     ``temperature`` as at sampling time, so the log-probs match the rollout's.
 
+    The token shift: the hidden state at position ``t`` predicts token ``t + 1``, so
+    ``hidden[:, :-1]`` is scored against ``ids[:, 1:]``; the results are then shifted
+    back right by one, so that position ``t`` of every output is about token ``t``
+    (and ``V[t]`` is the value of the state before token ``t``).
+
     Args:
         model: a ``transformers`` causal LM.
         input_ids: ``# (B, T)`` right-padded.
@@ -172,14 +134,16 @@ def forward_tokens(
     mask = attention_mask.to(device)
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions)[0]
-    real = mask[:, 1:] != 0  # (B, T-1): position t predicts token t + 1
+    # The shift: hidden[:, t] predicts ids[:, t + 1] (both (B, T-1) below).
+    real = mask[:, 1:] != 0  # (B, T-1): the predicted token is real
     keep = real if only is None else real & (only.to(device)[:, 1:] != 0)
     # Logits only at the kept positions: (N, V) instead of (B, T-1, V).
     logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float() / temperature
     labels = ids[:, 1:][keep]
 
     def align(x: torch.Tensor) -> torch.Tensor:
-        """Scatter kept-position values ``# (N,)`` back to ``# (B, T)``, shifted by one."""
+        """Scatter kept-position values ``# (N,)`` back to ``# (B, T-1)``, then shift right
+        by one (a zero column first) so position ``t`` is token ``t``'s: ``# (B, T)``."""
         full = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
         full = full.index_put(keep.nonzero(as_tuple=True), x)
         return torch.cat([full.new_zeros((full.shape[0], 1)), full], dim=1)
@@ -190,58 +154,6 @@ def forward_tokens(
             out.entropy = align(entropy_from_logits(logits))
     if value_head is not None:
         values = torch.where(real, value_head(hidden[:, :-1]), 0.0)  # (B, T-1)
+        # Shifted right by one like the log-probs: V[t] is the state before token t.
         out.values = torch.cat([values.new_zeros((values.shape[0], 1)), values], dim=1)
     return out
-
-
-def response_mask(batch: Batch) -> torch.Tensor:
-    """1 at every real token after the prompt (agent and env tokens alike) ``# (B, T)``.
-
-    The actor's loss mask without retrieved-token masking, and the reference's critic
-    mask.
-    """
-    positions = torch.arange(batch.input_ids.shape[1]).expand_as(batch.input_ids)
-    after_prompt = positions >= batch.prompt_lengths[:, None]
-    return (after_prompt & (batch.attention_mask != 0)).float()
-
-
-def question_indices(num_questions: int, count: int, seed: int, step: int) -> np.ndarray:
-    """Questions of one step: ``count`` distinct indices, a pure function of (seed, step)
-    so a resumed run draws exactly what an uninterrupted one would."""
-    rng = np.random.default_rng([seed, step])
-    return rng.choice(num_questions, size=count, replace=count > num_questions)
-
-
-def rollout_stats(trajectories: Sequence[Trajectory], prefix: str = "") -> dict[str, float]:
-    """Mean reward, EM, searches, turns and agent tokens per episode."""
-    n = max(len(trajectories), 1)
-
-    def mean(values: Sequence[float]) -> float:
-        return float(sum(values) / n)
-
-    return {
-        f"{prefix}reward": mean([t.reward for t in trajectories]),
-        f"{prefix}em": mean([t.scores.get("em", 0.0) for t in trajectories]),
-        f"{prefix}searches": mean([t.searches for t in trajectories]),
-        f"{prefix}turns": mean([t.turns for t in trajectories]),
-        f"{prefix}response_length": mean([t.agent_tokens for t in trajectories]),
-        f"{prefix}answered": mean([float(t.answer is not None) for t in trajectories]),
-    }
-
-
-def evaluate_greedy(
-    policy: Any, vec_env: Any, indices: Sequence[int], max_new_tokens: int | None = None
-) -> dict[str, float]:
-    """Greedy decoding on the given questions (``vec_env.num_envs`` at a time).
-
-    Returns:
-        ``eval_em``, ``eval_reward``, ``eval_searches``, ``eval_turns``,
-        ``eval_response_length``, ``eval_answered``.
-    """
-    trajectories: list[Trajectory] = []
-    n = vec_env.num_envs
-    for lo in range(0, len(indices), n):
-        chunk = list(indices[lo : lo + n])
-        trajectories += collect(vec_env, policy, indices=chunk, greedy=True,
-                                max_new_tokens=max_new_tokens)
-    return rollout_stats(trajectories, prefix="eval_")

@@ -5,18 +5,23 @@ strings and sample oracle turns, so that tiny random-init models can run the rea
 protocol on a CPU. Byte-level: any Unicode text round-trips. Special tokens:
 ``<|endoftext|>`` (EOS) and ``<|pad|>`` (padding); no BOS, no chat template.
 
-Regenerate the shipped files with ``python -m search_env.data.tokenizer``.
+A world's own tokenizer (``tokenizer="world:VOCAB"``, :func:`world_tokenizer`) is
+cached under a hash of its training texts, so editing the world, the protocol text or the
+oracle's wording trains a new one instead of reusing a stale one.
+
+Regenerate the shipped files with ``python -m search_env.synth.tokenizer``.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from search_env.protocol import (
     INVALID_ACTION_MESSAGE,
@@ -30,7 +35,8 @@ from search_env.protocol import (
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-    from search_env.data.synth import SynthConfig, SynthWorld
+    from search_env.synth.config import SynthConfig
+    from search_env.synth.world import SynthWorld
 
 ASSET_DIR = Path(__file__).parent / "assets" / "synth-bpe"
 """Where the trained tokenizer ships."""
@@ -38,9 +44,9 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
 
-def _oracle_turns(world, protocol: ProtocolConfig, limit: int) -> Iterator[str]:
+def _oracle_turns(world: SynthWorld, protocol: ProtocolConfig, limit: int) -> Iterator[str]:
     """Whole oracle episodes (prompt, turns, gold information blocks) as text."""
-    from search_env.scripted import OracleAgent
+    from search_env.synth.oracle import OracleAgent
 
     by_id = {p.id: p for p in world.passages}
     agent = OracleAgent(max_searches=protocol.max_turns)
@@ -69,7 +75,7 @@ def training_texts(world: SynthWorld | None = None) -> Iterator[str]:
         world: the world whose corpus and questions are used; ``None``: the default world
             (the shipped tokenizer's).
     """
-    from search_env.data.synth import generate_world
+    from search_env.synth.world import generate_world
 
     world = generate_world() if world is None else world
     protocol = ProtocolConfig()
@@ -144,7 +150,7 @@ def load_synth_tokenizer(directory: Path = ASSET_DIR) -> PreTrainedTokenizerFast
 
     if not (Path(directory) / "tokenizer.json").is_file():
         raise FileNotFoundError(
-            f"{directory} has no tokenizer.json; run `python -m search_env.data.tokenizer`"
+            f"{directory} has no tokenizer.json; run `python -m search_env.synth.tokenizer`"
         )
     return PreTrainedTokenizerFast(
         tokenizer_file=str(Path(directory) / "tokenizer.json"),
@@ -160,6 +166,25 @@ WORLD_VOCAB_SIZE = 8192
 entities)."""
 
 
+def texts_digest(texts: Iterable[str]) -> str:
+    """A hash of a sequence of training texts (each one length-prefixed, so that moving a
+    boundary between two texts changes it)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=16)
+def _world_digest(config: SynthConfig) -> str:
+    # generating the texts of a 2,000-entity world takes a moment: once per process
+    from search_env.synth.world import generate_world
+
+    return texts_digest(training_texts(generate_world(config)))
+
+
 def world_tokenizer(
     config: SynthConfig, world_dir: Path, vocab_size: int = WORLD_VOCAB_SIZE
 ) -> PreTrainedTokenizerFast:
@@ -167,11 +192,12 @@ def world_tokenizer(
 
     The shipped tokenizer was trained on the default (400-entity) world, whose names are
     one or two whole-word tokens; a bigger world's names break into many pieces. Its own
-    tokenizer keeps them whole, which a tiny from-scratch model needs to copy them.
+    tokenizer keeps them whole, which a tiny from-scratch model needs to copy them. It is
+    kept in ``world_dir/tokenizer-<vocab_size>-<hash of the training texts>``.
     """
-    from search_env.data.synth import generate_world
+    from search_env.synth.world import generate_world
 
-    target = Path(world_dir) / f"tokenizer-{vocab_size}"
+    target = Path(world_dir) / f"tokenizer-{vocab_size}-{_world_digest(config)}"
     if not (target / "tokenizer.json").is_file():
         tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=world_dir))
         try:
@@ -183,6 +209,21 @@ def world_tokenizer(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return load_synth_tokenizer(target)
+
+
+def world_tokenizer_spec(spec: str) -> int | None:
+    """The vocabulary size of ``tokenizer="world"`` / ``"world:VOCAB"``; None for any other
+    spec.
+
+    Raises:
+        ValueError: ``spec`` starts with ``world:`` but VOCAB is not a number.
+    """
+    kind, _, vocab = spec.partition(":")
+    if kind != "world":
+        return None
+    if vocab and not vocab.isdigit():
+        raise ValueError(f"tokenizer={spec!r}: expected 'world' or 'world:<vocab size>'")
+    return int(vocab) if vocab else WORLD_VOCAB_SIZE
 
 
 def main(argv: list[str] | None = None) -> None:

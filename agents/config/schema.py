@@ -1,23 +1,17 @@
-"""Run configuration: one dataclass per component, nested in :class:`TrainConfig`.
+"""The run configuration's dataclasses: one per component, nested in :class:`TrainConfig`.
 
-Every field has a docstring under it (CleanRL style). A resolved config is saved as JSON
-with every run (``config.json`` in the run directory) and loads back with
-:func:`load_config`. Named presets: ``tiny-cpu`` (a from-scratch Qwen2 model on the
-synthetic world, minutes on a laptop CPU) and ``search-r1-3b`` (the Search-R1 reference
-settings from ``shared/PROTOCOL.md``, for GPU users).
+Every field has a docstring under it (CleanRL style). Field annotations are the types
+values are checked against when a config is built from a dict or overridden
+(:mod:`agents.config.io`); :meth:`TrainConfig.__post_init__` checks the fields that
+depend on each other.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Collection, Literal, TypeVar
+from typing import Any, Literal
 
 Algo = Literal["grpo", "ppo"]
-C = TypeVar("C")
 
 
 @dataclass
@@ -62,8 +56,10 @@ class RolloutConfig:
     num_envs: int = 16
     """Episodes per training step (sub-envs of the vector env)."""
     group_size: int = 4
-    """Responses per question (GRPO's group; PPO uses 1 unless set otherwise). Must divide
-    ``num_envs``."""
+    """Episodes per train question: each step plays ``num_envs / group_size`` questions,
+    each ``group_size`` times (it must divide ``num_envs``). GRPO's advantages are relative
+    to the group, so it needs >= 2; PPO plays the same groups but its critic is the
+    baseline (1: ``num_envs`` different questions a step)."""
     temperature: float = 1.0
     """Sampling temperature (the training forward divides logits by it too)."""
     max_new_tokens: int | None = None
@@ -116,7 +112,7 @@ class GRPOConfig:
     epochs: int = 1
     """Passes over each rollout batch."""
     minibatch_size: int = 16
-    """Sequences per optimizer step."""
+    """Sequences (episodes) per optimizer step; at most ``rollout.num_envs``."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
     mask_env_tokens: bool = True
@@ -160,7 +156,7 @@ class PPOConfig:
     epochs: int = 1
     """Passes over each rollout batch."""
     minibatch_size: int = 16
-    """Sequences per optimizer step."""
+    """Sequences (episodes) per optimizer step; at most ``rollout.num_envs``."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
     mask_env_tokens: bool = True
@@ -208,7 +204,7 @@ class SFTConfig:
     copied from a quoted sentence, a pattern a small model learns far sooner."""
     closed_book: float = 0.0
     """Share of the warm-start questions answered closed-book: at once, without searching,
-    with an invented guess (:class:`~search_env.scripted.NoSearchAgent`), as an LLM
+    with an invented guess (:class:`~search_env.baselines.NoSearchAgent`), as an LLM
     answers from memory. The warm-started model then searches only part of the time and
     RL has to find out that searching pays."""
     swap_names: bool = True
@@ -265,181 +261,12 @@ class TrainConfig:
             raise ValueError(f"rollout.temperature must be > 0, got {r.temperature}")
         if r.backend not in ("hf", "vllm"):
             raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
-
-
-# ----------------------------------------------------------------- serialisation
-# Generic over config dataclasses: the RLlib and SB3 run configs use these helpers too.
-def to_dict(config: Any) -> dict[str, Any]:
-    """A plain JSON-able dict of a (nested) config dataclass."""
-    return dataclasses.asdict(config)
-
-
-def _nested_types(cls: type) -> dict[str, type]:
-    """The fields of dataclass ``cls`` that hold a dataclass, with its type."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)
-            if isinstance(hints.get(f.name), type) and dataclasses.is_dataclass(hints[f.name])}
-
-
-def build_config(cls: type[C], data: dict[str, Any]) -> C:
-    """A ``cls`` dataclass from a dict of :func:`to_dict`: dataclass-typed fields are built
-    from their dicts, missing fields take their defaults, unknown ones raise."""
-    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    nested = _nested_types(cls)
-    kwargs = {}
-    for name, value in data.items():
-        sub = nested.get(name)
-        nest = sub is not None and isinstance(value, dict)
-        kwargs[name] = build_config(sub, value) if nest else value
-    return cls(**kwargs)
-
-
-def from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Inverse of :func:`to_dict`; missing fields take their defaults, unknown ones raise."""
-    return build_config(TrainConfig, data)
-
-
-def save_config(config: Any, path: str | Path) -> Path:
-    """Write ``config`` (any config dataclass) as indented JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
-
-
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a config written by :func:`save_config`."""
-    return from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def apply_overrides(config: C, overrides: dict[str, Any], *,
-                    open_dicts: Collection[str] = ("rollout.env_kwargs",)) -> C:
-    """A copy of ``config`` with dotted keys replaced, e.g. ``{"grpo.lr": 1e-4}``.
-
-    Works for any config dataclass. A key must name an existing field, except at or below
-    the dict fields named in ``open_dicts`` (dotted paths; the default is
-    :class:`TrainConfig`'s env kwargs), where new keys are added.
-    """
-    data = to_dict(config)
-    for key, value in overrides.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise ValueError(f"unknown config key {key!r}")
-            node = node[part]
-        parent = ".".join(parents)
-        is_open = any(parent == p or parent.startswith(p + ".") for p in open_dicts)
-        if leaf not in node and not is_open:
-            raise ValueError(f"unknown config key {key!r}")
-        node[leaf] = value
-    return build_config(type(config), data)
-
-
-# ----------------------------------------------------------------------- presets
-def tiny_cpu() -> TrainConfig:
-    """From scratch on a laptop CPU: SFT warm start, then RL on the synthetic world.
-
-    A 2-layer Qwen2 (1.1M parameters, most of them the tied embedding) on a 2,000-entity
-    synthetic world's single-hop questions (497 train, 205 held-out test), with a BPE
-    trained on that world (``tokenizer="world:6144"``) so that names are whole-word
-    tokens. To make it fast: a one-line prompt template instead of the Search-R1
-    instruction (a from-scratch model cannot read it anyway), one retrieved passage cut
-    to 96 tokens, at most 2 searches, 48-token turns, a 512-token context, one torch
-    thread (two are slower on a busy 2-core machine).
-
-    The warm start is imperfect on purpose: half of its demonstrations answer
-    closed-book, at once and wrongly (as an LLM answering from memory), the other half
-    are the oracle's, which search and quote the sentence they read. The warm-started
-    model searches on only some questions; RL has to find out that searching pays.
-    """
-    return TrainConfig(
-        algo="grpo",
-        steps=40,
-        eval_every=5,
-        checkpoint_every=20,
-        out_dir="runs/tiny-cpu",
-        threads=1,
-        model=ModelConfig(path="tiny", hidden_size=128, layers=2, heads=8, kv_heads=4,
-                          intermediate=256, max_positions=1024, device="cpu"),
-        rollout=RolloutConfig(
-            env_kwargs={
-                "num_entities": 2000,
-                "tokenizer": "world:6144",
-                "question_types": ["single"],
-                "template": "Question: {question}\n",
-                "max_turns": 2,
-                "topk": 1,
-                "max_obs_length": 96,
-                "max_response_length": 48,
-                "max_prompt_length": 512,
-                "max_start_length": 128,
-            },
-            num_envs=48,
-            group_size=8,
-            temperature=1.0,
-            eval_num_envs=48,
-        ),
-        grpo=GRPOConfig(lr=3e-4, kl_coef=0.001, minibatch_size=48, epochs=1),
-        ppo=PPOConfig(lr=3e-4, critic_lr=2e-3, minibatch_size=48, epochs=1, vf_coef=0.5),
-        sft=SFTConfig(steps=2000, lm_steps=0, batch_size=24, lr=6e-3, swap_names=True,
-                      quote_evidence=True, closed_book=0.5),
-    )
-
-
-TINY_WORLD: dict[str, Any] = {
-    "rollout.env_kwargs.size": "tiny",
-    "rollout.env_kwargs.num_entities": None,
-    "rollout.env_kwargs.tokenizer": "synth",
-}
-"""Overrides that move :func:`tiny_cpu` to the 100-entity world and the shipped
-tokenizer (tests and smoke runs)."""
-
-
-def search_r1_3b() -> TrainConfig:
-    """The Search-R1 reference settings for Qwen2.5-3B (documented; needs GPUs).
-
-    PPO: actor lr 1e-6 with warm-up over 28.5% of the steps, critic lr 1e-5, 512 prompts
-    per step, mini-batch 256, 1 epoch, clip 0.2, grad clip 1.0, entropy 0.001,
-    reward-level KL 0.001, GAE gamma = lambda = 1, temperature 1, about 1000 steps. GRPO
-    (``algo="grpo"``): 5 responses per prompt, std-normalised group advantages,
-    low-variance KL loss 0.001. The reference ran on 8 GPUs with NQ + HotpotQA train
-    data (use ``env_id="SearchQA-v0"`` with ``env_kwargs={"dataset": ..., "retriever":
-    ...}``); protocol defaults (max_turns 4, 500-token turns and observations, 4096
-    context) are the env's own.
-    """
-    return TrainConfig(
-        algo="ppo",
-        steps=1005,
-        eval_every=50,
-        checkpoint_every=50,
-        out_dir="runs/search-r1-3b",
-        model=ModelConfig(path="Qwen/Qwen2.5-3B", dtype="bfloat16", gradient_checkpointing=True,
-                          device="cuda"),
-        rollout=RolloutConfig(
-            env_id="SearchQA-NQ-v0",
-            env_kwargs={"retriever": "http://127.0.0.1:8000"},
-            num_envs=512,
-            group_size=1,
-            temperature=1.0,
-            eval_num_envs=256,
-        ),
-        grpo=GRPOConfig(lr=1e-6, warmup_ratio=0.285, kl_coef=0.001, kl_kind="low_var_kl",
-                        minibatch_size=256 * 5, epochs=1),
-        ppo=PPOConfig(lr=1e-6, critic_lr=1e-5, warmup_ratio=0.285, clip=0.2, value_clip=0.5,
-                      entropy_coef=0.001, kl_coef=0.001, kl_in_reward=True, kl_kind="kl",
-                      minibatch_size=256, epochs=1),
-    )
-
-
-PRESETS: dict[str, Callable[[], TrainConfig]] = {"tiny-cpu": tiny_cpu, "search-r1-3b": search_r1_3b}
-"""Named presets, by CLI name."""
-
-
-def preset(name: str) -> TrainConfig:
-    """A fresh copy of the named preset."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name]()
+        if self.algo == "grpo" and r.group_size < 2:
+            # a one-episode group is its own baseline: the advantage is the raw reward
+            raise ValueError(f"algo 'grpo' needs rollout.group_size >= 2 (its advantages are "
+                             f"relative to the group), got {r.group_size}")
+        # Only the section of the algorithm that runs: the other one is not used.
+        minibatch = (self.grpo if self.algo == "grpo" else self.ppo).minibatch_size
+        if not 1 <= minibatch <= r.num_envs:
+            raise ValueError(f"{self.algo}.minibatch_size ({minibatch}) must be between 1 and "
+                             f"the batch, rollout.num_envs ({r.num_envs}) episodes")

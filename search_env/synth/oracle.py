@@ -1,43 +1,12 @@
-"""Scripted text agents: baselines that play the Search-R1 protocol on strings.
-
-They know nothing of the environment: :meth:`TextAgent.act` receives the text the
-environment added last (the prompt at the start, then an ``<information>`` block or the
-invalid-action message) and returns the agent's next turn.
-
-- :class:`OracleAgent` knows the gold reasoning path of a SearchQA-Synth question
-  (``metadata["hops"]``) but must read each hop's answer from what the search returned,
-  so its exact match measures retrieval quality.
-- :class:`NoSearchAgent` answers at once with an invented guess: the floor.
-"""
+"""The scripted oracle of the synthetic world: it follows a question's gold hops
+(``metadata["hops"]``) but must read each hop's answer from what the search returned,
+so its exact match measures retrieval quality."""
 
 from __future__ import annotations
 
-import random
-from typing import Protocol, runtime_checkable
-
-from search_env.data.synth import find_fact, invented_name
+from search_env.baselines import answer_turn, search_turn
+from search_env.synth.relations import find_fact
 from search_env.types import QAExample
-
-
-@runtime_checkable
-class TextAgent(Protocol):
-    """An agent that plays one question at a time, one turn per :meth:`act`."""
-
-    def reset(self, example: QAExample) -> None:
-        """Start a new episode on ``example``."""
-        ...
-
-    def act(self, observation: str) -> str:
-        """Return the next turn, given the text the environment added last."""
-        ...
-
-
-def _search_turn(thought: str, query: str) -> str:
-    return f"<think> {thought} </think>\n<search> {query} </search>"
-
-
-def _answer_turn(thought: str, answer: str) -> str:
-    return f"<think> {thought} </think>\n<answer> {answer} </answer>"
 
 
 class OracleAgent:
@@ -45,7 +14,7 @@ class OracleAgent:
 
     For a single-hop or bridge question it searches hop by hop: the query of hop ``i`` is
     the gold query with the gold subject replaced by the entity it read at hop ``i - 1``
-    (via :func:`~search_env.data.synth.extract_fact`). For a comparison it looks up each
+    (via :func:`~search_env.synth.relations.find_fact`). For a comparison it looks up each
     entity's year and answers the earlier one. When a fact is not in the results it
     retries once with the bare subject as query, then answers its best guess: the last
     entity it found (for a comparison, the earliest year it found).
@@ -107,7 +76,7 @@ class OracleAgent:
         self._pending = True
         self._searches += 1
         thought = f"I need the {hop['relation'].replace('_', ' ')} of {subject}."
-        return _search_turn(self._quoted(thought), query)
+        return search_turn(self._quoted(thought), query)
 
     def _quoted(self, thought: str) -> str:
         """``thought``, after the evidence sentence when the last search found one."""
@@ -136,38 +105,11 @@ class OracleAgent:
         if self._comparison:
             years = {s: int(y) for s, y in self._found.items() if y.isdigit()}
             answer = min(years, key=years.__getitem__) if years else self._hops[0]["subject"]
-            return _answer_turn(self._quoted(f"{answer} comes first."), answer)
+            return answer_turn(self._quoted(f"{answer} comes first."), answer)
         done = self._step >= len(self._hops)
         if done and self._evidence:  # the quote says it all
             thought, self._evidence = self._evidence, ""
         else:
             thought = self._quoted("I found the answer." if done else
                                    "I could not find it; my best guess:")
-        return _answer_turn(thought, self._subject)
-
-
-class NoSearchAgent:
-    """Answers at once, without searching, with a plausible-looking invented guess.
-
-    A year for "In what year ..." questions, an invented name otherwise; seeded per
-    question, so runs are reproducible.
-
-    Args:
-        seed: seed of the guesses.
-    """
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-        self._rng = random.Random(seed)
-        self._question = ""
-
-    def reset(self, example: QAExample) -> None:
-        self._rng = random.Random(f"{self.seed}:{example.id}")
-        self._question = example.question
-
-    def act(self, observation: str) -> str:
-        if self._question.lower().startswith("in what year"):
-            guess = str(1800 + self._rng.randrange(220))
-        else:
-            guess = invented_name(self._rng)
-        return _answer_turn("I already know this.", guess)
+        return answer_turn(thought, self._subject)
