@@ -2,14 +2,17 @@
 
 * staging directories named after their owner (host and PID), so that a later build or
   save recognises the ones a killed process left behind and removes them;
-* atomic text writes (temporary sibling, fsync, rename);
-* the sha256 of a whole file.
+* atomic writes: a file (:func:`atomic_file`, :func:`atomic_write_text`) or a whole
+  directory (:func:`build_dir`) is made under a temporary name beside its destination
+  and renamed into place, so a reader never sees half of one;
+* the cache directory, and the sha256 of a whole file.
 
 ``agents`` may import this module; nothing here imports ``agents``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -17,9 +20,13 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import IO, Callable, Iterator
 
 __all__ = [
+    "atomic_file",
     "atomic_write_text",
+    "build_dir",
+    "cache_dir",
     "fsync",
     "make_staging_dir",
     "pid_alive",
@@ -111,20 +118,57 @@ def remove_stale_staging(parent: Path, prefix: str) -> list[Path]:
     return removed
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Writes ``text`` to ``path`` through a temporary sibling and a rename.
+def cache_dir() -> Path:
+    """Where search-env keeps what it builds: ``$SEARCH_ENV_CACHE`` or ``~/.cache/search_env``."""
+    return Path(os.environ.get("SEARCH_ENV_CACHE") or Path.home() / ".cache" / "search_env")
 
-    A kill or a full disk during the write leaves the old file (or none), never a cut one.
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
+    """Writes ``path`` (binary) through a temporary sibling, renamed over it on success.
+
+    Parent directories are created. A kill, a full disk or an exception inside the block
+    leaves the old file (or none), never a cut one, and removes the temporary file.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_file` does."""
+    with atomic_file(path) as f:
+        f.write(text.encode("utf-8"))
+    return Path(path)
+
+
+def build_dir(target: str | Path, build: Callable[[Path], None]) -> Path:
+    """Fills a staging sibling of ``target`` with ``build(staging)``, then renames it to
+    ``target``.
+
+    If another process published ``target`` first, theirs is kept and ours removed; the
+    staging directory never outlives the call.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import gymnasium as gym
 
 from search_env.env import SearchQAEnv
+from search_env.files import cache_dir
 from search_env.hub import hub_offline, hub_reachable, unreachable_reason
 from search_env.types import QAExample
 from search_env.vector import SearchQAVectorEnv
@@ -54,11 +54,6 @@ class MissingPiecesError(RuntimeError):
         them = "it" if len(problems) == 1 else "them"
         lines += ["", f"With {them} in place, make the env with", f"    {call}"]
         super().__init__("\n".join(lines))
-
-
-def cache_dir() -> Path:
-    """Where built worlds and indexes are kept: ``$SEARCH_ENV_CACHE`` or ``~/.cache/search_env``."""
-    return Path(os.environ.get("SEARCH_ENV_CACHE") or Path.home() / ".cache" / "search_env")
 
 
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")

@@ -16,11 +16,11 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import zlib
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, cast
 
+from search_env.files import atomic_file
 from search_env.types import Passage
 
 try:  # orjson is about 3x faster on big corpora; plain json gives the same result.
@@ -133,25 +133,16 @@ def write_corpus(passages: Iterable[Passage], path: str | Path) -> int:
         The number of passages written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     n = 0
-    try:
-        with open(tmp, "wb") as raw:
-            gz = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.suffix == ".gz" else None
-            out = cast(IO[bytes], gz if gz is not None else raw)
-            for p in passages:
-                record = {"id": p.id, "contents": p.contents}
-                out.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-                n += 1
-            if gz is not None:
-                gz.close()  # writes the gzip trailer; leaves ``raw`` open
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as raw:
+        gz = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.suffix == ".gz" else None
+        out = cast(IO[bytes], gz if gz is not None else raw)
+        for p in passages:
+            record = {"id": p.id, "contents": p.contents}
+            out.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+            n += 1
+        if gz is not None:
+            gz.close()  # writes the gzip trailer; leaves ``raw`` open
     logger.info("wrote %d passages to %s", n, path)
     return n
 

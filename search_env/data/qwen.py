@@ -20,13 +20,13 @@ import base64
 import functools
 import hashlib
 import json
-import os
 import re
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from search_env.files import build_dir, cache_dir
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -195,8 +195,16 @@ def _vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tup
 
 def build_backend(ranks: dict[bytes, int]) -> Tokenizer:
     """The ``tokenizers`` pipeline of Qwen2/2.5 over ``ranks``, with its added tokens."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-    from tokenizers import pre_tokenizers, processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     if len(ranks) != NUM_RANKS:
         raise ValueError(f"expected {NUM_RANKS} Qwen ranks, got {len(ranks)}")
@@ -228,11 +236,6 @@ def cache_key(path: str | Path | None = None) -> str:
     digest.update(_TEMPLATE.read_bytes())
     digest.update(f"builder-{BUILDER_VERSION}".encode())
     return digest.hexdigest()[:16]
-
-
-def _cache_root() -> Path:
-    # the same place as registration.cache_dir(), without importing gymnasium here
-    return Path(os.environ.get("SEARCH_ENV_CACHE") or Path.home() / ".cache" / "search_env")
 
 
 def build_qwen_tokenizer(
@@ -281,24 +284,14 @@ def qwen_tokenizer_dir(spec: str = "qwen2.5") -> Path:
     """The cached tokenizer directory of ``spec``, built on first use (a few seconds)."""
     _variant(spec)
     key = cache_key()
-    root = _cache_root() / "tokenizers"
+    root = cache_dir() / "tokenizers"
     target = root / f"{spec}-{key}"
     if (target / "tokenizer_config.json").is_file():
         return target
     built = [root / f"{other}-{key}" for other in VARIANTS if other != spec]
     backend = next((d / "tokenizer.json" for d in built if (d / "tokenizer_config.json").is_file()),
                    None)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec}-", dir=root))
-    try:
-        build_qwen_tokenizer(tmp, spec, backend_file=backend)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first: use theirs
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_dir(target, lambda tmp: build_qwen_tokenizer(tmp, spec, backend_file=backend))
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,22 +7,20 @@ sibling and renamed into place, so a failure leaves nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import logging
-import os
 import tarfile
-import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from search_env.download.errors import ChecksumMismatchError, DownloadError
 from search_env.download.hub_client import RemoteFile
+from search_env.files import atomic_file
 
-__all__ = ["Digest", "atomic_file", "check", "concat", "gunzip", "hash_file"]
+__all__ = ["Digest", "check", "concat", "gunzip", "hash_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,23 +84,6 @@ class _PrefixedReader:
 
 def _is_tar_header(block: bytes) -> bool:
     return len(block) >= 512 and block[257:262] == b"ustar"
-
-
-@contextlib.contextmanager
-def atomic_file(final: Path) -> Iterator[IO[bytes]]:
-    """Write to a temporary sibling of ``final``; rename it over ``final`` only on success."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _progress_bar(total: int | None, desc: str, enabled: bool) -> Any:

@@ -54,7 +54,6 @@ __all__ = [
     "PASSAGES_NAME",
     "PassageStore",
     "PassageWriter",
-    "default_cache_dir",
     "file_record",
     "fsync",
     "package_version",
@@ -349,12 +348,6 @@ def package_version() -> str | None:
         return importlib.metadata.version("search-env")
     except importlib.metadata.PackageNotFoundError:  # running from a source checkout
         return getattr(sys.modules.get("search_env"), "__version__", None)
-
-
-def default_cache_dir() -> Path:
-    """``$SEARCH_ENV_CACHE`` or ``~/.cache/search_env``."""
-    env = os.environ.get("SEARCH_ENV_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "search_env"
 
 
 def available_cpus() -> int:

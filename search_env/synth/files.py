@@ -11,16 +11,16 @@ import gzip
 import hashlib
 import io
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
+from search_env.files import build_dir
+from search_env.files import cache_dir as default_cache_dir
 from search_env.synth.config import FORMAT_VERSION, SynthConfig
 from search_env.synth.world import SynthWorld, generate_world
 from search_env.types import QAExample
+
 
 def _open_write(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
@@ -84,12 +84,6 @@ def config_hash(config: SynthConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def default_cache_dir() -> Path:
-    """``$SEARCH_ENV_CACHE`` or ``~/.cache/search_env``."""
-    env = os.environ.get("SEARCH_ENV_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "search_env"
-
-
 def build_cached(config: SynthConfig, cache_dir: Path | None = None) -> Path:
     """Write corpus and QA for ``config`` once, and return the directory holding them.
 
@@ -102,29 +96,20 @@ def build_cached(config: SynthConfig, cache_dir: Path | None = None) -> Path:
     target = root / f"synth-{config_hash(config)}"
     if (target / "config.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
+
+    def build(tmp: Path) -> None:
         world = generate_world(config)
         write_corpus(world, tmp / "corpus.jsonl")
         write_qa(world, tmp)
         meta = {"format": FORMAT_VERSION, "config": asdict(config),
                 "num_passages": world.num_passages}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-            # another process finished the same world first; keep theirs
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_dir(target, build)
 
 
 def synth_world_dir(size: str = "small", num_entities: int | None = None, seed: int = 0) -> Path:
     """The cached directory of the world of :meth:`SynthConfig.of_size` (built on first use),
-    under ``<default_cache_dir()>/synth``."""
+    under ``<cache_dir()>/synth`` (``search_env.files.cache_dir``)."""
     config = SynthConfig.of_size(size, num_entities, seed)
     return build_cached(config, default_cache_dir() / "synth")

@@ -18,11 +18,10 @@ import argparse
 import functools
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from search_env.files import build_dir
 from search_env.protocol import (
     INVALID_ACTION_MESSAGE,
     SEARCH_R1_TEMPLATE,
@@ -199,15 +198,8 @@ def world_tokenizer(
 
     target = Path(world_dir) / f"tokenizer-{vocab_size}-{_world_digest(config)}"
     if not (target / "tokenizer.json").is_file():
-        tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=world_dir))
-        try:
-            train_synth_tokenizer(tmp, vocab_size, world=generate_world(config))
-            try:
-                tmp.rename(target)
-            except OSError:  # another process finished first: use theirs
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        build_dir(target, lambda tmp: train_synth_tokenizer(
+            tmp, vocab_size, world=generate_world(config)))
     return load_synth_tokenizer(target)
 
 

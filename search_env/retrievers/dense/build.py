@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from search_env.data.corpus import corpus_fingerprint, iter_corpus
+from search_env.files import atomic_write_text
 from search_env.retrievers._index_files import (
     HASH_NOTE,
     MANIFEST_NAME,
@@ -148,9 +149,7 @@ class _PartialBuild:
 
     @staticmethod
     def _write_json(path: Path, data: dict[str, Any]) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 class ChunkRows:
