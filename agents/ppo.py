@@ -95,7 +95,7 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         t0 = time.perf_counter()
         # 1. Rollout: one episode per sub-env (group_size > 1 repeats each question).
         indices = question_indices(len(run.train_env.dataset), prompts, cfg.seed, step)
-        policy.generator.manual_seed(run.step_seed(step, 0))
+        policy.seed(run.step_seed(step, 0))
         trajectories = collect(run.train_env, policy, indices=indices, group_size=r.group_size,
                                temperature=r.temperature, max_new_tokens=r.max_new_tokens)
         batch = to_batch(trajectories, run.pad_id)

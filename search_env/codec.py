@@ -17,6 +17,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from search_env.protocol import STOP_STRINGS
+
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
@@ -192,7 +194,7 @@ class TokenCodec:
 _CODECS: "weakref.WeakKeyDictionary[Any, dict[tuple, TokenCodec]]" = weakref.WeakKeyDictionary()
 
 
-STOP_TAGS: tuple[bytes, ...] = (b"</search>", b"</answer>")
+STOP_TAGS: tuple[bytes, ...] = tuple(tag.encode("utf-8") for tag in STOP_STRINGS)
 
 
 def get_codec(

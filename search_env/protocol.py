@@ -13,6 +13,12 @@ from typing import Any, Literal, Sequence
 
 from search_env.types import Passage
 
+TAGS: tuple[str, ...] = ("<search>", "</search>", "<answer>", "</answer>", "<think>", "</think>")
+"""Every tag of the protocol, opening and closing."""
+
+STOP_STRINGS: tuple[str, ...] = ("</search>", "</answer>")
+"""The closing tags that end a turn: the first of them in the agent's text ends it."""
+
 SEARCH_R1_TEMPLATE = (
     "Answer the given question. You must conduct reasoning inside <think> and </think> first "
     "every time you get new information. After reasoning, if you find you lack some knowledge, "

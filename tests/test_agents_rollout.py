@@ -195,6 +195,21 @@ def test_tiny_model_saves_and_loads_offline(tiny_model, tok, tmp_path):
         assert torch.allclose(model(ids).logits, tiny_model(ids).logits, atol=1e-6)
 
 
+def test_hf_policy_seed_repeats_the_samples(tiny_model, tok):
+    policy = HFPolicy(tiny_model, tok, seed=0)
+    prompts = [np.array(tok.encode("Question: who?\n"))] * 3
+
+    def sample() -> list[list[int]]:
+        gens = policy.generate(prompts, 10, stop_strings=["\x00never"])
+        return [g.token_ids.tolist() for g in gens]
+
+    policy.seed(5)
+    first = sample()
+    assert sample() != first  # the generator moved on
+    policy.seed(5)
+    assert sample() == first
+
+
 def test_hf_policy_logprobs_match_recomputation(tiny_model, tok):
     policy = HFPolicy(tiny_model, tok, seed=0)
     assert isinstance(policy, Policy)

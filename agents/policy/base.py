@@ -7,10 +7,12 @@ from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from search_env.protocol import STOP_STRINGS
+
 FinishReason = Literal["stop", "eos", "length"]
 
-DEFAULT_STOP_STRINGS: tuple[str, ...] = ("</search>", "</answer>")
-"""The Search-R1 closing tags: a turn ends with the first of them."""
+DEFAULT_STOP_STRINGS: tuple[str, ...] = STOP_STRINGS
+"""The Search-R1 closing tags (``search_env.protocol.STOP_STRINGS``): a turn ends with the first."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,4 +87,8 @@ class Policy(Protocol):
 
     def update_weights(self, state_dict: dict) -> None:
         """Load new policy weights (a no-op where the policy shares the trained model)."""
+        ...
+
+    def seed(self, seed: int) -> None:
+        """Reseed the sampler, so the next ``generate`` calls draw the same tokens again."""
         ...

@@ -226,6 +226,10 @@ class HFPolicy:
         lp = self._align(logprobs_from_logits(logits, ids[:, 1:]), real)
         return lp, self._align(entropy_from_logits(logits), real)
 
+    def seed(self, seed: int) -> None:
+        """Reseed the sampler (:attr:`generator`)."""
+        self.generator.manual_seed(seed)
+
     # --------------------------------------------------------------- weights
     def update_weights(self, state_dict: dict | None = None) -> None:
         """Load weights into the sampling model; a no-op when they already are its own.

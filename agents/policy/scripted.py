@@ -76,5 +76,8 @@ class ScriptedPolicy:
         self.calls.append(out)
         return out
 
+    def seed(self, seed: int) -> None:
+        """Nothing to seed: the script is deterministic."""
+
     def update_weights(self, state_dict: dict | None = None) -> None:
         """Nothing to update."""

@@ -347,6 +347,10 @@ class VLLMPolicy:
             reason = "eos" if isinstance(completion.stop_reason, int) else "stop"
         return Generation(np.asarray(ids, np.int64), np.asarray(logps, np.float32), reason)
 
+    def seed(self, seed: int) -> None:
+        """Reseed the sampler (:attr:`generator`)."""
+        self.generator.manual_seed(seed)
+
     # --------------------------------------------------------------- weights
     @torch.no_grad()
     def update_weights(self, state_dict: dict | None = None) -> None:

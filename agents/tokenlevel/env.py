@@ -16,8 +16,10 @@ from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
 
-TAG_TOKENS: tuple[str, ...] = ("<search>", "</search>", "<answer>", "</answer>", "<think>", "</think>")
-"""Protocol tags added as single tokens by ``tag_tokens=True``."""
+from search_env.protocol import TAGS
+
+TAG_TOKENS: tuple[str, ...] = TAGS
+"""Protocol tags (``search_env.protocol.TAGS``) added as single tokens by ``tag_tokens=True``."""
 
 OUR_KEYS = ("tag_tokens", "truncation_as_termination")
 """Env config keys handled here rather than by ``gym.make``."""

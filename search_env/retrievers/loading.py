@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from search_env.retrievers._index_files import MANIFEST_NAME
 from search_env.retrievers.base import CorruptIndexError, Retriever
 
-MANIFEST_NAME = "manifest.json"
 IndexLoader = Callable[..., Retriever]
 
 
