@@ -7,11 +7,13 @@ transformers load only with the modules that need them).
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
-def lazy_getattr(package: str, exports: dict[str, str],
-                 before_import: Callable[[str], None] | None = None) -> Callable[[str], Any]:
+def lazy_getattr(
+    package: str, exports: dict[str, str], before_import: Callable[[str], None] | None = None
+) -> Callable[[str], Any]:
     """A module ``__getattr__`` (PEP 562) for ``package``: ``exports`` maps each name to the
     module it is imported from on first use; ``before_import(module)`` runs first (e.g. to
     raise an ImportError naming a missing extra)."""

@@ -111,8 +111,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"no space left on device while saving {path}",
-                          str(path)) from e
+            raise OSError(
+                errno.ENOSPC, f"no space left on device while saving {path}", str(path)
+            ) from e
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -160,7 +161,9 @@ def save_checkpoint(
         state["rng"] = rng_state()
         state["extra"] = extra or {}
         record = _write_state(state, tmp / STATE_NAME)
-        atomic_write_text(tmp / "config.json", json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(
+            tmp / "config.json", json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n"
+        )
         manifest = {"format": FORMAT_NAME, "step": step, "files": {STATE_NAME: record}}
         atomic_write_text(tmp / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
         fsync(tmp)
@@ -175,8 +178,12 @@ def save_checkpoint(
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"no space left on device while saving checkpoint {final} "
-                          f"(free space, or lower keep_checkpoints)", str(final)) from e
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on device while saving checkpoint {final} "
+                f"(free space, or lower keep_checkpoints)",
+                str(final),
+            ) from e
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -209,8 +216,11 @@ def _checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINT_DIR
     if not root.is_dir():
         return []
-    found = [(s, p) for p in root.iterdir() if (s := step_of(p)) is not None
-             and (p / STATE_NAME).is_file()]
+    found = [
+        (s, p)
+        for p in root.iterdir()
+        if (s := step_of(p)) is not None and (p / STATE_NAME).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -245,11 +255,13 @@ def verify_checkpoint(path: str | Path) -> None:
     size = state.stat().st_size
     if size != want_size:
         raise CorruptCheckpointError(
-            f"damaged checkpoint {state}: {size} bytes, {MANIFEST_NAME} says {want_size}")
+            f"damaged checkpoint {state}: {size} bytes, {MANIFEST_NAME} says {want_size}"
+        )
     if sha256_of(state) != want_sha:
         raise CorruptCheckpointError(
             f"damaged checkpoint {state}: sha256 differs from {MANIFEST_NAME} "
-            "(the file was modified or damaged)")
+            "(the file was modified or damaged)"
+        )
 
 
 def resume_checkpoint(run_dir: str | Path) -> Path | None:
@@ -272,7 +284,8 @@ def resume_checkpoint(run_dir: str | Path) -> Path | None:
         return path
     if problems:
         raise CorruptCheckpointError(
-            f"no intact checkpoint in {Path(run_dir) / CHECKPOINT_DIR}: " + "; ".join(problems))
+            f"no intact checkpoint in {Path(run_dir) / CHECKPOINT_DIR}: " + "; ".join(problems)
+        )
     return None
 
 

@@ -13,20 +13,30 @@ from agents.config.values import decode_text, key_type
 C = TypeVar("C")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, presets: Iterable[str],
-                         default: str) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, presets: Iterable[str], default: str
+) -> None:
     """``--preset`` (one of ``presets``; ``default`` when neither is given) and ``--config``."""
-    parser.add_argument("--preset", choices=sorted(presets), default=None,
-                        help=f"named config (default: {default} unless --config is given)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(presets),
+        default=None,
+        help=f"named config (default: {default} unless --config is given)",
+    )
     parser.add_argument("--config", help="a config.json written by an earlier run")
 
 
 def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
     """``--set KEY=VALUE`` (repeatable); ``example`` shows a key, e.g. ``grpo.lr=1e-4``."""
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override any config field, e.g. {example}; VALUE is checked "
-                             f"against the field's type (numbers, true/false, null, JSON lists "
-                             f"and objects; text as it is)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override any config field, e.g. {example}; VALUE is checked "
+        f"against the field's type (numbers, true/false, null, JSON lists "
+        f"and objects; text as it is)",
+    )
 
 
 def parse_set(cls: type, items: Iterable[str]) -> dict[str, Any]:
@@ -48,8 +58,9 @@ def parse_set(cls: type, items: Iterable[str]) -> dict[str, Any]:
     return overrides
 
 
-def base_config(args: argparse.Namespace, load: Callable[[str], C],
-                preset: Callable[[str], C], default: str) -> C:
+def base_config(
+    args: argparse.Namespace, load: Callable[[str], C], preset: Callable[[str], C], default: str
+) -> C:
     """The config named by ``--config`` (read with ``load``) or ``--preset`` (``default``
     when neither is given); both at once raise ValueError."""
     if args.config and args.preset:
@@ -57,8 +68,9 @@ def base_config(args: argparse.Namespace, load: Callable[[str], C],
     return load(args.config) if args.config else preset(args.preset or default)
 
 
-def overrides_from_args(args: argparse.Namespace, cls: type,
-                        flags: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+def overrides_from_args(
+    args: argparse.Namespace, cls: type, flags: Iterable[tuple[str, str]] = ()
+) -> dict[str, Any]:
     """Typed dotted-key overrides of config dataclass ``cls``: every ``--set KEY=VALUE``
     (in order, see :func:`parse_set`), then each dedicated flag of ``flags``
     (``(attribute, config key)`` pairs) that was given."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from search_env.cli import CommandLine
@@ -26,23 +27,29 @@ def train(cli: CommandLine) -> None:
     from agents.train import add_train_arguments, run_train
 
     parser = cli.add_command(
-        "train", help="train an LLM policy with GRPO or PPO (agents package)",
+        "train",
+        help="train an LLM policy with GRPO or PPO (agents package)",
         before_parse=_train_backend,
     )
     add_train_arguments(parser)
-    parser.add_argument("--backend", choices=["native", *TRAIN_BACKENDS], default="native",
-                        help="native: this package's GRPO/PPO; rllib / sb3: every other option "
-                             "goes to `python -m agents.rllib.train` / `agents.sb3.train` (see "
-                             "their --help)")
+    parser.add_argument(
+        "--backend",
+        choices=["native", *TRAIN_BACKENDS],
+        default="native",
+        help="native: this package's GRPO/PPO; rllib / sb3: every other option "
+        "goes to `python -m agents.rllib.train` / `agents.sb3.train` (see "
+        "their --help)",
+    )
     parser.set_defaults(func=_needs_torch(run_train))
 
 
 def recipe(cli: CommandLine) -> None:
     """``search-env recipe``: every argument goes to ``agents.recipe`` (its own parser)."""
     cli.add_command(
-        "recipe", add_help=False,
+        "recipe",
+        add_help=False,
         help="the tiny-cpu recipe: SFT warm start, then GRPO, GRPO without the loss mask and "
-             "PPO on the offline world (`python -m agents.recipe`; see `recipe --help`)",
+        "PPO on the offline world (`python -m agents.recipe`; see `recipe --help`)",
         before_parse=lambda rest: _run_main("agents.recipe", rest),
     )
 
@@ -51,21 +58,38 @@ def eval_model(cli: CommandLine) -> None:
     """``search-env eval --model``: a model and baselines instead of the scripted agents."""
     parser = cli.extend_eval(_eval_model)
     arg = parser.add_argument_group("a model (agents package)").add_argument
-    arg("--model", default=None,
+    arg(
+        "--model",
+        default=None,
         help="a Hugging Face model directory, a `search-env train` run directory or one of its "
-             "checkpoints: greedy evaluation on the search protocol (needs torch; results in "
-             "runs/eval-model.json unless --out)")
-    arg("--baselines", default="",
+        "checkpoints: greedy evaluation on the search protocol (needs torch; results in "
+        "runs/eval-model.json unless --out)",
+    )
+    arg(
+        "--baselines",
+        default="",
         help="with --model, also run these, comma-separated: direct (no search), "
-             "rag (retrieve on the question), oracle (scripted; Synth only)")
-    arg("--max-new-tokens", type=int, default=None,
-        help="--model: one turn's token budget (default: the run's, else the protocol's)")
+        "rag (retrieve on the question), oracle (scripted; Synth only)",
+    )
+    arg(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="--model: one turn's token budget (default: the run's, else the protocol's)",
+    )
     arg("--device", default="auto", help="--model: auto, cpu or cuda")
-    arg("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-        help="--model: parameter dtype (auto: bfloat16 on CUDA, else float32)")
+    arg(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="--model: parameter dtype (auto: bfloat16 on CUDA, else float32)",
+    )
     arg("--threads", type=int, default=0, help="--model: torch threads (0: torch's default)")
-    arg("--markdown", default=None,
-        help="--model: markdown tables path (default: the JSON path with .md; '' to skip)")
+    arg(
+        "--markdown",
+        default=None,
+        help="--model: markdown tables path (default: the JSON path with .md; '' to skip)",
+    )
 
 
 def _train_backend(rest: list[str]) -> int | None:
@@ -89,9 +113,12 @@ def _run_main(module: str, argv: list[str]) -> int:
     try:
         entry = importlib.import_module(module).main
     except ImportError as exc:
-        print(f"error: {module} needs a missing package ({exc}); the recipe and native "
-              "training need 'search-env[torch]' (on a CPU-only machine: pip install "
-              "torch==2.13.0 first)", file=sys.stderr)
+        print(
+            f"error: {module} needs a missing package ({exc}); the recipe and native "
+            "training need 'search-env[torch]' (on a CPU-only machine: pip install "
+            "torch==2.13.0 first)",
+            file=sys.stderr,
+        )
         return 2
     return int(entry(argv))
 
@@ -101,16 +128,20 @@ def _needs_torch(func: Callable[[argparse.Namespace], int]) -> Callable[[argpars
         try:
             import torch  # noqa: F401
         except ImportError:
-            print("error: training needs torch: pip install 'search-env[torch]' "
-                  "(on a CPU-only machine: pip install torch==2.13.0)", file=sys.stderr)
+            print(
+                "error: training needs torch: pip install 'search-env[torch]' "
+                "(on a CPU-only machine: pip install torch==2.13.0)",
+                file=sys.stderr,
+            )
             return 2
         return func(args)
 
     return run
 
 
-def _eval_model(args: argparse.Namespace, env_ids: list[str],
-                env_args: dict[str, Any]) -> int | None:
+def _eval_model(
+    args: argparse.Namespace, env_ids: list[str], env_args: dict[str, Any]
+) -> int | None:
     """``eval --model``: the model on the search protocol plus the requested baselines
     (None without ``--model``: the scripted agents run)."""
     if not args.model:
@@ -121,8 +152,10 @@ def _eval_model(args: argparse.Namespace, env_ids: list[str],
     try:
         import torch
     except ImportError:
-        print("error: evaluating a model needs torch: pip install 'search-env[torch]'",
-              file=sys.stderr)
+        print(
+            "error: evaluating a model needs torch: pip install 'search-env[torch]'",
+            file=sys.stderr,
+        )
         return 2
     from agents.evaluation import EvalSetupError, evaluate_model, parse_methods
 
@@ -135,10 +168,20 @@ def _eval_model(args: argparse.Namespace, env_ids: list[str],
         return 2
     try:
         report = evaluate_model(
-            args.model, env_ids, baselines=baselines, limit=args.limit, num_envs=args.num_envs,
-            split=args.split, size=args.size, qa_dir=args.qa_dir, retriever=args.retriever,
-            env_kwargs=env_args, max_new_tokens=args.max_new_tokens, device=args.device,
-            dtype=args.dtype, progress=not args.quiet,
+            args.model,
+            env_ids,
+            baselines=baselines,
+            limit=args.limit,
+            num_envs=args.num_envs,
+            split=args.split,
+            size=args.size,
+            qa_dir=args.qa_dir,
+            retriever=args.retriever,
+            env_kwargs=env_args,
+            max_new_tokens=args.max_new_tokens,
+            device=args.device,
+            dtype=args.dtype,
+            progress=not args.quiet,
         )
     except (EvalSetupError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -42,17 +42,35 @@ def grpo_loss(
     ``loss = clipped policy loss + kl_coef * KL(policy || ref) - entropy_coef * entropy``,
     each averaged over ``mask``-1 tokens only.
     """
-    out = forward_tokens(model, batch.input_ids, batch.attention_mask, temperature=temperature,
-                         entropy=True, entropy_grad=cfg.entropy_coef != 0, only=mask)
+    out = forward_tokens(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        temperature=temperature,
+        entropy=True,
+        entropy_grad=cfg.entropy_coef != 0,
+        only=mask,
+    )
     device = out.logprobs.device
     mask, old_logp, ref_logp = mask.to(device), old_logp.to(device), ref_logp.to(device)
-    pg, stats = policy_loss_clipped(out.logprobs, old_logp, advantages.to(device), mask,
-                                    cfg.clip, clip_high=cfg.clip_high, agg=cfg.loss_agg)
+    pg, stats = policy_loss_clipped(
+        out.logprobs,
+        old_logp,
+        advantages.to(device),
+        mask,
+        cfg.clip,
+        clip_high=cfg.clip_high,
+        agg=cfg.loss_agg,
+    )
     kl, kl_stats = kl_loss(out.logprobs, ref_logp, mask, cfg.kl_kind, agg=cfg.loss_agg)
     entropy = aggregate(out.entropy, mask, cfg.loss_agg)
     loss = pg + cfg.kl_coef * kl - cfg.entropy_coef * entropy
-    return loss, {**stats, **kl_stats, "entropy": float(entropy.detach()),
-                  "loss": float(loss.detach())}
+    return loss, {
+        **stats,
+        **kl_stats,
+        "entropy": float(entropy.detach()),
+        "loss": float(loss.detach()),
+    }
 
 
 def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -71,8 +89,14 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
         # 1. Rollout: group_size episodes of each of `prompts` train questions.
         indices = question_indices(len(run.train_env.dataset), prompts, cfg.seed, step)
         policy.seed(run.step_seed(step, 0))
-        trajectories = collect(run.train_env, policy, indices=indices, group_size=r.group_size,
-                               temperature=r.temperature, max_new_tokens=r.max_new_tokens)
+        trajectories = collect(
+            run.train_env,
+            policy,
+            indices=indices,
+            group_size=r.group_size,
+            temperature=r.temperature,
+            max_new_tokens=r.max_new_tokens,
+        )
         batch = to_batch(trajectories, run.pad_id)
         t1 = time.perf_counter()
 
@@ -83,10 +107,16 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
         with torch.no_grad():
             # Recomputed rather than the sampler's: env tokens have none (the no-mask
             # ablation needs them), and a trainer may differ numerically from a sampler.
-            old_logp = forward_tokens(model, batch.input_ids, batch.attention_mask,
-                                      temperature=r.temperature, only=mask).logprobs.cpu()
-            ref_logp = forward_tokens(ref_model, batch.input_ids, batch.attention_mask,
-                                      temperature=r.temperature, only=mask).logprobs.cpu()
+            old_logp = forward_tokens(
+                model, batch.input_ids, batch.attention_mask, temperature=r.temperature, only=mask
+            ).logprobs.cpu()
+            ref_logp = forward_tokens(
+                ref_model,
+                batch.input_ids,
+                batch.attention_mask,
+                temperature=r.temperature,
+                only=mask,
+            ).logprobs.cpu()
 
         # 3. Clipped policy-gradient updates over mini-batches.
         model.train()
@@ -94,9 +124,16 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
         shuffle = torch.Generator().manual_seed(run.step_seed(step, 1))
         for _ in range(g.epochs):
             for rows in minibatches(len(batch), g.minibatch_size, shuffle):
-                loss, mb_stats = grpo_loss(model, batch.select(rows), old_logp[rows],
-                                           ref_logp[rows], advantages[rows], mask[rows], g,
-                                           r.temperature)
+                loss, mb_stats = grpo_loss(
+                    model,
+                    batch.select(rows),
+                    old_logp[rows],
+                    ref_logp[rows],
+                    advantages[rows],
+                    mask[rows],
+                    g,
+                    r.temperature,
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.grad_clip)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from agents.plots import plot_curves  # noqa: F401  (re-export)
-
 from search_env.files import atomic_write_text
 
 logger = logging.getLogger(__name__)

@@ -35,9 +35,14 @@ def load_model(cfg: ModelConfig, env_tokenizer: Any) -> tuple[nn.Module, Any]:
         from agents.tiny_model import make_tiny_qwen2
 
         model = make_tiny_qwen2(
-            env_tokenizer, hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads,
-            kv_heads=cfg.kv_heads, intermediate=cfg.intermediate,
-            max_positions=cfg.max_positions, seed=cfg.init_seed,
+            env_tokenizer,
+            hidden_size=cfg.hidden_size,
+            layers=cfg.layers,
+            heads=cfg.heads,
+            kv_heads=cfg.kv_heads,
+            intermediate=cfg.intermediate,
+            max_positions=cfg.max_positions,
+            seed=cfg.init_seed,
         )
         tokenizer = env_tokenizer
     else:

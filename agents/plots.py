@@ -30,8 +30,11 @@ def _pyplot() -> Any:
 
 def series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     """``(steps, values)`` of the records that hold both ``step`` and ``key``."""
-    points = [(float(r["step"]), float(r[key])) for r in records
-              if key in r and "step" in r and r[key] is not None]
+    points = [
+        (float(r["step"]), float(r[key]))
+        for r in records
+        if key in r and "step" in r and r[key] is not None
+    ]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -89,8 +92,9 @@ def plot_run(
     if train_questions is not None:
         batch += f" ({_plural(train_questions, 'question')}"
         batch += f", {_plural(episodes, 'episode')})" if episodes is not None else ")"
-    held_out = "held-out" + (f" ({_plural(eval_questions, 'question')})"
-                             if eval_questions is not None else "")
+    held_out = "held-out" + (
+        f" ({_plural(eval_questions, 'question')})" if eval_questions is not None else ""
+    )
     em_key = "em" if any("em" in r for r in records) else "reward"
 
     fig, axes = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True)
@@ -106,11 +110,13 @@ def plot_run(
             ax.plot(xs, ys, color="tab:blue", alpha=0.25, linewidth=1)
             handles.setdefault(
                 f"{batch}: {window}-step mean (faint: each step)",
-                ax.plot(xs, smooth(ys, window), color="tab:blue")[0])
+                ax.plot(xs, smooth(ys, window), color="tab:blue")[0],
+            )
         xs, ys = series(records, eval_key) if eval_key else ([], [])
         if xs:
-            handles.setdefault(f"{held_out}: greedy",
-                               ax.plot(xs, ys, color="tab:orange", marker="o")[0])
+            handles.setdefault(
+                f"{held_out}: greedy", ax.plot(xs, ys, color="tab:orange", marker="o")[0]
+            )
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)

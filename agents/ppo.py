@@ -52,24 +52,43 @@ def ppo_loss(
     ``loss = policy loss - entropy_coef * entropy + vf_coef * value loss``
     (``+ kl_coef * KL`` when the KL is a loss term rather than part of the reward).
     """
-    out = forward_tokens(model, batch.input_ids, batch.attention_mask, temperature=temperature,
-                         entropy=True, entropy_grad=cfg.entropy_coef != 0, value_head=value_head,
-                         only=actor_mask)
+    out = forward_tokens(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        temperature=temperature,
+        entropy=True,
+        entropy_grad=cfg.entropy_coef != 0,
+        value_head=value_head,
+        only=actor_mask,
+    )
     dev = out.logprobs.device
     actor_mask, critic_mask = actor_mask.to(dev), critic_mask.to(dev)
-    pg, stats = policy_loss_clipped(out.logprobs, old_logp.to(dev), advantages.to(dev),
-                                    actor_mask, cfg.clip, agg=cfg.loss_agg)
-    vf, vf_stats = value_loss_clipped(out.values, old_values.to(dev), returns.to(dev),
-                                      critic_mask, cfg.value_clip, agg=cfg.loss_agg)
+    pg, stats = policy_loss_clipped(
+        out.logprobs, old_logp.to(dev), advantages.to(dev), actor_mask, cfg.clip, agg=cfg.loss_agg
+    )
+    vf, vf_stats = value_loss_clipped(
+        out.values,
+        old_values.to(dev),
+        returns.to(dev),
+        critic_mask,
+        cfg.value_clip,
+        agg=cfg.loss_agg,
+    )
     entropy = aggregate(out.entropy, actor_mask, cfg.loss_agg)
     loss = pg - cfg.entropy_coef * entropy + cfg.vf_coef * vf
     if not cfg.kl_in_reward:
-        kl, kl_stats = kl_loss(out.logprobs, ref_logp.to(dev), actor_mask, cfg.kl_kind,
-                               agg=cfg.loss_agg)
+        kl, kl_stats = kl_loss(
+            out.logprobs, ref_logp.to(dev), actor_mask, cfg.kl_kind, agg=cfg.loss_agg
+        )
         loss = loss + cfg.kl_coef * kl
         stats.update(kl_stats)
-    return loss, {**stats, **vf_stats, "entropy": float(entropy.detach()),
-                  "loss": float(loss.detach())}
+    return loss, {
+        **stats,
+        **vf_stats,
+        "entropy": float(entropy.detach()),
+        "loss": float(loss.detach()),
+    }
 
 
 def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -80,13 +99,19 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
     hidden = model.get_output_embeddings().weight.shape[1]
     value_head = ValueHead(hidden).to(next(model.parameters()).device)
     optimizer = torch.optim.AdamW(
-        [{"params": model.parameters(), "lr": p.lr},
-         {"params": value_head.parameters(), "lr": p.critic_lr}],
+        [
+            {"params": model.parameters(), "lr": p.lr},
+            {"params": value_head.parameters(), "lr": p.critic_lr},
+        ],
         weight_decay=p.weight_decay,
     )
     scheduler = warmup_schedule(optimizer, p.warmup_ratio, cfg.steps)
-    state = {"model": model, "value_head": value_head, "optimizer": optimizer,
-             "scheduler": scheduler}
+    state = {
+        "model": model,
+        "value_head": value_head,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+    }
     start = run.begin(state)
     prompts = r.num_envs // r.group_size
     params = list(model.parameters()) + list(value_head.parameters())
@@ -96,8 +121,14 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         # 1. Rollout: one episode per sub-env (group_size > 1 repeats each question).
         indices = question_indices(len(run.train_env.dataset), prompts, cfg.seed, step)
         policy.seed(run.step_seed(step, 0))
-        trajectories = collect(run.train_env, policy, indices=indices, group_size=r.group_size,
-                               temperature=r.temperature, max_new_tokens=r.max_new_tokens)
+        trajectories = collect(
+            run.train_env,
+            policy,
+            indices=indices,
+            group_size=r.group_size,
+            temperature=r.temperature,
+            max_new_tokens=r.max_new_tokens,
+        )
         batch = to_batch(trajectories, run.pad_id)
         t1 = time.perf_counter()
 
@@ -106,11 +137,22 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         critic_mask = batch.loss_mask if p.critic_masked else response_mask(batch)  # (B, T)
         scored = torch.maximum(actor_mask, critic_mask)  # tokens whose log-probs are used
         with torch.no_grad():
-            out = forward_tokens(model, batch.input_ids, batch.attention_mask,
-                                 temperature=r.temperature, value_head=value_head, only=scored)
+            out = forward_tokens(
+                model,
+                batch.input_ids,
+                batch.attention_mask,
+                temperature=r.temperature,
+                value_head=value_head,
+                only=scored,
+            )
             old_logp, old_values = out.logprobs.cpu(), out.values.cpu()
-            ref_logp = forward_tokens(ref_model, batch.input_ids, batch.attention_mask,
-                                      temperature=r.temperature, only=scored).logprobs.cpu()
+            ref_logp = forward_tokens(
+                ref_model,
+                batch.input_ids,
+                batch.attention_mask,
+                temperature=r.temperature,
+                only=scored,
+            ).logprobs.cpu()
         kl = kl_penalty(old_logp, ref_logp, p.kl_kind) * critic_mask  # (B, T)
         rewards = terminal_rewards(batch.rewards, critic_mask)  # (B, T)
         if p.kl_in_reward:
@@ -125,9 +167,18 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         for _ in range(p.epochs):
             for rows in minibatches(len(batch), p.minibatch_size, shuffle):
                 loss, mb_stats = ppo_loss(
-                    model, value_head, batch.select(rows), old_logp[rows], ref_logp[rows],
-                    old_values[rows], advantages[rows], returns[rows], actor_mask[rows],
-                    critic_mask[rows], p, r.temperature,
+                    model,
+                    value_head,
+                    batch.select(rows),
+                    old_logp[rows],
+                    ref_logp[rows],
+                    old_values[rows],
+                    advantages[rows],
+                    returns[rows],
+                    actor_mask[rows],
+                    critic_mask[rows],
+                    p,
+                    r.temperature,
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -31,8 +31,9 @@ def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
 def _git(args: Sequence[str], cwd: Path) -> str | None:
     """``git ARGS`` in ``cwd``: its stdout, or None (no git, or not a checkout)."""
     try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              timeout=10, check=False)
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None

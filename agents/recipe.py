@@ -65,13 +65,15 @@ def warm_start(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
     tok = train_env.envs[0].tokenizer
     model, _ = load_model(cfg.model, tok)
     data, classes = warm_start_data(train_env, cfg.sft, tok, cfg.seed)
-    records = train_sft(model, data, cfg.sft, tok.pad_token_id, seed=cfg.seed, progress=True,
-                        name_classes=classes)
+    records = train_sft(
+        model, data, cfg.sft, tok.pad_token_id, seed=cfg.seed, progress=True, name_classes=classes
+    )
     sft_seconds = time.perf_counter() - start
     n_eval = len(eval_env.dataset) if r.eval_questions is None else r.eval_questions
     questions = range(min(n_eval, len(eval_env.dataset)))
-    stats = evaluate_greedy(HFPolicy(model, tok, seed=cfg.seed), eval_env, questions,
-                            r.max_new_tokens)
+    stats = evaluate_greedy(
+        HFPolicy(model, tok, seed=cfg.seed), eval_env, questions, r.max_new_tokens
+    )
     path = save_tiny_model(model, tok, out_dir / "sft_model")
     train_env.close()
     eval_env.close()
@@ -112,8 +114,9 @@ def check_runs(runs: Sequence[str]) -> list[str]:
     runs = list(runs)
     unknown = [name for name in runs if name not in RUNS]
     if unknown:
-        raise ValueError(f"unknown recipe run(s) {', '.join(map(repr, unknown))}; "
-                         f"choose from {', '.join(RUNS)}")
+        raise ValueError(
+            f"unknown recipe run(s) {', '.join(map(repr, unknown))}; choose from {', '.join(RUNS)}"
+        )
     if not runs:
         raise ValueError(f"no recipe run given; choose from {', '.join(RUNS)}")
     twice = sorted({name for name in runs if runs.count(name) > 1})
@@ -128,8 +131,13 @@ def eval_curve(run_dir: str | Path) -> list[dict[str, float]]:
     for line in (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         if "eval_em" in record:
-            curve.append({"step": record["step"], "test_em": record["eval_em"],
-                          "test_searches": record["eval_searches"]})
+            curve.append(
+                {
+                    "step": record["step"],
+                    "test_em": record["eval_em"],
+                    "test_searches": record["eval_searches"],
+                }
+            )
     return curve
 
 
@@ -172,8 +180,15 @@ def run_recipe(
         "wall_seconds": wall,
     }
     for name in runs:
-        cfg = apply_overrides(base, {**RUNS[name], "model.path": sft["model_dir"],
-                                     "sft.steps": 0, "out_dir": str(out / name)})
+        cfg = apply_overrides(
+            base,
+            {
+                **RUNS[name],
+                "model.path": sft["model_dir"],
+                "sft.steps": 0,
+                "out_dir": str(out / name),
+            },
+        )
         if cfg.algo == "grpo":
             from agents.grpo import train_grpo as train
         else:
@@ -196,8 +211,13 @@ def run_recipe(
             "curves_png": summary.get("curves_png"),
             "test_curve": eval_curve(summary["run_dir"]),
         }
-        logger.info("%s: test EM %.3f -> %.3f in %.0f s", name, summary.get("eval_em_start", 0),
-                    summary.get("eval_em_end", 0), summary["wall_seconds"])
+        logger.info(
+            "%s: test EM %.3f -> %.3f in %.0f s",
+            name,
+            summary.get("eval_em_start", 0),
+            summary.get("eval_em_end", 0),
+            summary["wall_seconds"],
+        )
     wall["total"] = time.perf_counter() - started
     text = json.dumps(results, indent=2) + "\n"
     (out / "recipe.json").write_text(text)
@@ -234,14 +254,18 @@ def results_table(results: dict[str, Any]) -> str:
     rows = [
         "| run | held-out EM start → end | searches/episode | wall time |",
         "|---|---|---|---|",
-        (f"| SFT warm start | {_em(sft['test_em'], sft.get('test_questions'))} "
-         f"| {sft['test_searches']:.2f} | {sft['seconds']:.0f} s |"),
+        (
+            f"| SFT warm start | {_em(sft['test_em'], sft.get('test_questions'))} "
+            f"| {sft['test_searches']:.2f} | {sft['seconds']:.0f} s |"
+        ),
     ]
     for name, run in results["runs"].items():
         n = run.get("test_questions")
         if run.get("test_em_end") is None:  # no evaluation (e.g. steps=0 with eval_every=0)
-            rows.append(f"| {LABELS.get(name, name)}, {run['steps']} steps | n/a | n/a "
-                        f"| {run['rl_seconds']:.0f} s |")
+            rows.append(
+                f"| {LABELS.get(name, name)}, {run['steps']} steps | n/a | n/a "
+                f"| {run['rl_seconds']:.0f} s |"
+            )
             continue
         em = [f"{run['test_em_start']:.3f}"]
         searches = [f"{run['test_searches_start']:.2f}"]
@@ -251,8 +275,10 @@ def results_table(results: dict[str, Any]) -> str:
             searches.append(f"{peak['test_searches']:.2f}")
         em.append(_em(run["test_em_end"], n, bold=True))
         searches.append(f"{run['test_searches_end']:.2f}")
-        rows.append(f"| {LABELS.get(name, name)}, {run['steps']} steps | {' → '.join(em)} "
-                    f"| {' → '.join(searches)} | {run['rl_seconds']:.0f} s |")
+        rows.append(
+            f"| {LABELS.get(name, name)}, {run['steps']} steps | {' → '.join(em)} "
+            f"| {' → '.join(searches)} | {run['rl_seconds']:.0f} s |"
+        )
     return "\n".join(rows)
 
 
@@ -261,8 +287,11 @@ def provenance_line(results: dict[str, Any]) -> str:
     machine = results.get("machine", {})
     git = machine.get("git") or {}
     commit = git.get("commit")
-    where = "not a git checkout" if commit is None else (
-        f"commit {commit[:10]}" + (" (uncommitted changes)" if git.get("dirty") else ""))
+    where = (
+        "not a git checkout"
+        if commit is None
+        else (f"commit {commit[:10]}" + (" (uncommitted changes)" if git.get("dirty") else ""))
+    )
     torch_version = (machine.get("packages") or {}).get("torch")
     total = results.get("wall_seconds", {}).get("total")
     parts = [where, f"torch {torch_version}", f"{machine.get('torch_threads')} torch thread(s)"]
@@ -298,19 +327,31 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``search-env recipe`` argument parser."""
     from agents.cli_args import add_set_argument
 
-    parser = argparse.ArgumentParser(prog="search-env recipe", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/tiny-cpu-recipe",
-                        help="output directory (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: tiny world and model, 2 SFT and 2 RL steps")
-    parser.add_argument("--runs", type=parse_runs, default=list(RUNS), metavar="NAME[,NAME]",
-                        help=f"comma-separated RL runs, from: {', '.join(RUNS)} "
-                             f"(default: all)")
+    parser = argparse.ArgumentParser(
+        prog="search-env recipe",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--out", default="runs/tiny-cpu-recipe", help="output directory (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: tiny world and model, 2 SFT and 2 RL steps",
+    )
+    parser.add_argument(
+        "--runs",
+        type=parse_runs,
+        default=list(RUNS),
+        metavar="NAME[,NAME]",
+        help=f"comma-separated RL runs, from: {', '.join(RUNS)} (default: all)",
+    )
     parser.add_argument("--results", default=None, help="also write the results JSON here")
     add_set_argument(parser, "seed=1")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="DEBUG log lines too (default: INFO)")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="DEBUG log lines too (default: INFO)"
+    )
     return parser
 
 
@@ -332,8 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     print(results_table(results))
     print(f"\n{provenance_line(results)}")
-    print(f"wrote {out / 'recipe.json'} and {out / 'recipe.md'}"
-          + (f" (and {args.results})" if args.results else ""))
+    print(
+        f"wrote {out / 'recipe.json'} and {out / 'recipe.md'}"
+        + (f" (and {args.results})" if args.results else "")
+    )
     return 0
 
 

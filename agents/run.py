@@ -11,9 +11,10 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +43,16 @@ logger = logging.getLogger(__name__)
 INIT_WEIGHTS = "init_model.pt"
 """The model after the SFT warm start (the KL reference), kept in the run directory."""
 
-RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "summary.json", "curves.png",
-             INIT_WEIGHTS, "sft_metrics.jsonl", CHECKPOINT_DIR)
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "metrics.csv",
+    "summary.json",
+    "curves.png",
+    INIT_WEIGHTS,
+    "sft_metrics.jsonl",
+    CHECKPOINT_DIR,
+)
 """What a run writes into its directory (and ``overwrite`` removes)."""
 
 
@@ -68,7 +77,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise FileExistsError(
             f"run directory {run_dir} is not empty ({shown}): pass --resume to continue "
-            "the run there, or --overwrite to replace it (or choose another --out)")
+            "the run there, or --overwrite to replace it (or choose another --out)"
+        )
     for name in RUN_FILES:
         path = run_dir / name
         if path.is_dir():
@@ -126,8 +136,10 @@ class Run:
         if path is not None:
             step, _ = load_checkpoint(path, modules, verify=False)  # setup_run verified it
             logger.info("resumed from %s (step %d)", path, step)
-        atomic_write_text(self.run_dir / "config.json",
-                          json.dumps(to_dict(self.cfg), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(
+            self.run_dir / "config.json",
+            json.dumps(to_dict(self.cfg), indent=2, sort_keys=True) + "\n",
+        )
         self.policy.update_weights(self.model.state_dict())
         if step == 0:
             self.metrics.log({"step": 0, **self.evaluate()})
@@ -139,7 +151,9 @@ class Run:
         if every and (step % every == 0 or step == self.cfg.steps):
             save_checkpoint(self.run_dir, step, self.cfg, modules, keep=self.cfg.keep_checkpoints)
 
-    def end_step(self, step: int, record: dict[str, Any], modules: dict[str, Any], started: float) -> None:
+    def end_step(
+        self, step: int, record: dict[str, Any], modules: dict[str, Any], started: float
+    ) -> None:
         """Evaluate when due, log the step's record and checkpoint when due."""
         if self.should_evaluate(step):
             record.update(self.evaluate())
@@ -151,8 +165,9 @@ class Run:
     def evaluate(self) -> dict[str, float]:
         """Greedy decoding on the held-out questions."""
         start = time.perf_counter()
-        stats = evaluate_greedy(self.policy, self.eval_env, self.eval_indices,
-                                self.cfg.rollout.max_new_tokens)
+        stats = evaluate_greedy(
+            self.policy, self.eval_env, self.eval_indices, self.cfg.rollout.max_new_tokens
+        )
         stats["eval_time"] = time.perf_counter() - start
         return stats
 
@@ -164,9 +179,16 @@ class Run:
         """Steps ``start + 1 .. cfg.steps`` (1-based: step N is the N-th update) with a bar."""
         from tqdm.auto import tqdm
 
-        return iter(tqdm(range(start + 1, self.cfg.steps + 1), initial=start,
-                         total=self.cfg.steps, desc=self.label, dynamic_ncols=True,
-                         mininterval=progress_interval()))
+        return iter(
+            tqdm(
+                range(start + 1, self.cfg.steps + 1),
+                initial=start,
+                total=self.cfg.steps,
+                desc=self.label,
+                dynamic_ncols=True,
+                mininterval=progress_interval(),
+            )
+        )
 
     @property
     def label(self) -> str:
@@ -187,19 +209,26 @@ class Run:
         }
         if evals:
             first, last = evals[0], evals[-1]
-            summary.update({
-                "eval_em_start": first["eval_em"],
-                "eval_em_end": last["eval_em"],
-                "eval_em_best": max(r["eval_em"] for r in evals),
-                "eval_searches_start": first["eval_searches"],
-                "eval_searches_end": last["eval_searches"],
-                "eval_questions": len(self.eval_indices),
-            })
+            summary.update(
+                {
+                    "eval_em_start": first["eval_em"],
+                    "eval_em_end": last["eval_em"],
+                    "eval_em_best": max(r["eval_em"] for r in evals),
+                    "eval_searches_start": first["eval_searches"],
+                    "eval_searches_end": last["eval_searches"],
+                    "eval_questions": len(self.eval_indices),
+                }
+            )
         r = self.cfg.rollout
         png = self.run_dir / "curves.png"
-        fig = plot_run(records, png, name=self.label, train_questions=r.num_envs // r.group_size,
-                       episodes=r.num_envs // r.group_size * r.group_size,
-                       eval_questions=len(self.eval_indices))
+        fig = plot_run(
+            records,
+            png,
+            name=self.label,
+            train_questions=r.num_envs // r.group_size,
+            episodes=r.num_envs // r.group_size * r.group_size,
+            eval_questions=len(self.eval_indices),
+        )
         summary["curves_png"] = str(png) if fig is not None else None
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
@@ -250,7 +279,9 @@ def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         from agents.policy.vllm import check_vllm_can_run
 
         check_vllm_can_run(model.config.to_dict())
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
 
     init_path = run_dir / INIT_WEIGHTS
     sft_summary: dict[str, float] = {}
@@ -263,8 +294,9 @@ def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         else:
             start = time.perf_counter()
             data, classes = warm_start_data(train_env, cfg.sft, tokenizer, cfg.seed)
-            records = train_sft(model, data, cfg.sft, pad_id, seed=cfg.seed, progress=True,
-                                name_classes=classes)
+            records = train_sft(
+                model, data, cfg.sft, pad_id, seed=cfg.seed, progress=True, name_classes=classes
+            )
             atomic_torch_save(model.state_dict(), init_path)  # never a cut init_model.pt
             sft_summary = {
                 "sft_steps": cfg.sft.steps,
@@ -273,15 +305,18 @@ def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
                 "sft_final_loss": records[-1]["sft_loss"],
                 "sft_seconds": time.perf_counter() - start,
             }
-            atomic_write_text(run_dir / "sft_metrics.jsonl",
-                              "".join(json.dumps(rec) + "\n" for rec in records))
+            atomic_write_text(
+                run_dir / "sft_metrics.jsonl", "".join(json.dumps(rec) + "\n" for rec in records)
+            )
     ref_model = frozen_copy(model)
     if r.backend == "vllm":
         from agents.policy import VLLMPolicy
 
         # A copy of the weights in a vLLM engine; the loops push them after every update.
         policy = VLLMPolicy.from_model(
-            model, tokenizer, seed=cfg.seed,
+            model,
+            tokenizer,
+            seed=cfg.seed,
             max_model_len=train_env.envs[0].protocol.max_prompt_length,
             gpu_memory_utilization=r.vllm_gpu_memory_utilization,
             kv_cache_bytes=None if r.vllm_kv_cache_gb is None else int(r.vllm_kv_cache_gb * 2**30),
@@ -293,9 +328,19 @@ def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
     n_eval = len(eval_env.dataset) if r.eval_questions is None else r.eval_questions
     return Run(
-        cfg=cfg, run_dir=run_dir, model=model, ref_model=ref_model, tokenizer=tokenizer,
-        policy=policy, train_env=train_env, eval_env=eval_env,
-        eval_indices=list(range(min(n_eval, len(eval_env.dataset)))), pad_id=int(pad_id),
-        metrics=metrics, resume=can_resume, resume_from=last,
-        sft_summary=sft_summary, started=started,
+        cfg=cfg,
+        run_dir=run_dir,
+        model=model,
+        ref_model=ref_model,
+        tokenizer=tokenizer,
+        policy=policy,
+        train_env=train_env,
+        eval_env=eval_env,
+        eval_indices=list(range(min(n_eval, len(eval_env.dataset)))),
+        pad_id=int(pad_id),
+        metrics=metrics,
+        resume=can_resume,
+        resume_from=last,
+        sft_summary=sft_summary,
+        started=started,
     )

@@ -13,7 +13,8 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 
 def oracle_trajectories(
-    vec_env: Any, indices: Sequence[int], max_searches: int | None = None,
+    vec_env: Any,
+    indices: Sequence[int],
+    max_searches: int | None = None,
     quote_evidence: bool = False,
 ) -> list[Trajectory]:
     """Play the text oracle on ``indices`` and return its episodes as token trajectories.
@@ -47,7 +50,8 @@ def oracle_trajectories(
 
     budget = vec_env.envs[0].protocol.max_turns if max_searches is None else max_searches
     return scripted_trajectories(
-        vec_env, indices, lambda: OracleAgent(max_searches=budget, quote_evidence=quote_evidence))
+        vec_env, indices, lambda: OracleAgent(max_searches=budget, quote_evidence=quote_evidence)
+    )
 
 
 def scripted_trajectories(
@@ -71,8 +75,13 @@ def scripted_trajectories(
             loss_mask=e.loss_mask,
             logprobs=np.zeros(len(e.tokens), np.float32),
             prompt_length=e.prompt_length,
-            reward=e.reward, scores=e.scores, searches=e.searches, turns=e.turns,
-            answer=e.answer, index=e.index, terminated=e.terminated,
+            reward=e.reward,
+            scores=e.scores,
+            searches=e.searches,
+            turns=e.turns,
+            answer=e.answer,
+            index=e.index,
+            terminated=e.terminated,
         )
         for e in episodes
     ]
@@ -230,8 +239,10 @@ def sft_backward(
     Args:
         every_token: language-model step: every real token but the first is a target.
     """
-    parts = [(b, _targets(b, every_token))
-             for b in (to_batch(part, pad_id) for part in length_buckets(trajectories))]
+    parts = [
+        (b, _targets(b, every_token))
+        for b in (to_batch(part, pad_id) for part in length_buckets(trajectories))
+    ]
     total = max(sum(float(t.sum()) for _, t in parts), 1.0)
     loss = 0.0
     for batch, targets in parts:  # each bucket's mean, weighted by its share of the tokens
@@ -291,18 +302,22 @@ def train_sft(
         rows, order = order[: cfg.batch_size], order[cfg.batch_size :]
         chosen = [trajectories[i] for i in rows]
         if name_classes:
-            chosen = [dataclasses.replace(t, tokens=swap_names(t.tokens, name_classes, rng))
-                      for t in chosen]
+            chosen = [
+                dataclasses.replace(t, tokens=swap_names(t.tokens, name_classes, rng))
+                for t in chosen
+            ]
         optimizer.zero_grad(set_to_none=True)
         loss = sft_backward(model, chosen, pad_id, every_token=step < cfg.lm_steps)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        records.append({
-            "sft_step": step + 1,
-            "sft_loss": loss,
-            "sft_lr": optimizer.param_groups[0]["lr"],
-            "sft_time": time.perf_counter() - start,
-        })
+        records.append(
+            {
+                "sft_step": step + 1,
+                "sft_loss": loss,
+                "sft_lr": optimizer.param_groups[0]["lr"],
+                "sft_time": time.perf_counter() - start,
+            }
+        )
     model.eval()
     return records

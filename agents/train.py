@@ -31,16 +31,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--env", help="env id (e.g. SearchQA-Synth-v0)")
     parser.add_argument("--model", help="'tiny' (random-init Qwen2) or a hub id / local path")
     add_config_arguments(parser, PRESETS, default="tiny-cpu")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest intact checkpoint in the run directory")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the run in a non-empty run directory (without --resume or "
-                             "--overwrite, a non-empty one is refused)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest intact checkpoint in the run directory",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in a non-empty run directory (without --resume or "
+        "--overwrite, a non-empty one is refused)",
+    )
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--steps", type=int, help="RL steps")
     parser.add_argument("--seed", type=int, help="run seed")
-    parser.add_argument("--no-mask", action="store_true",
-                        help="train on environment tokens too (the masking ablation)")
+    parser.add_argument(
+        "--no-mask",
+        action="store_true",
+        help="train on environment tokens too (the masking ablation)",
+    )
     add_set_argument(parser, "grpo.lr=1e-4")
     return parser
 
@@ -48,10 +57,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The resolved config of a ``train`` command line."""
     cfg = base_config(args, load_config, preset, default="tiny-cpu")
-    overrides = overrides_from_args(args, TrainConfig, (
-        ("algo", "algo"), ("env", "rollout.env_id"), ("model", "model.path"),
-        ("out", "out_dir"), ("steps", "steps"), ("seed", "seed"),
-    ))
+    overrides = overrides_from_args(
+        args,
+        TrainConfig,
+        (
+            ("algo", "algo"),
+            ("env", "rollout.env_id"),
+            ("model", "model.path"),
+            ("out", "out_dir"),
+            ("steps", "steps"),
+            ("seed", "seed"),
+        ),
+    )
     if args.no_mask:
         overrides["grpo.mask_env_tokens"] = False
         overrides["ppo.mask_env_tokens"] = False
@@ -86,8 +103,9 @@ def run_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m agents.train``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = add_train_arguments(argparse.ArgumentParser(prog="python -m agents.train",
-                                                         description=__doc__.splitlines()[0]))
+    parser = add_train_arguments(
+        argparse.ArgumentParser(prog="python -m agents.train", description=__doc__.splitlines()[0])
+    )
     return run_train(parser.parse_args(argv))
 
 

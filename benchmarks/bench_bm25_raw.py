@@ -74,10 +74,16 @@ def _build_raw(corpus_path: str, backend: str) -> dict[str, Any]:
     start = time.perf_counter()
     with open(corpus_path, "rb") as f:
         texts = [orjson.loads(line)["contents"] for line in f]
-    tokens = bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
+    tokens = bm25s.tokenize(
+        texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False
+    )
     model = bm25s.BM25(k1=0.9, b=0.4, method="lucene", backend=backend)
     model.index(tokens, show_progress=False)
-    return {"build_s": time.perf_counter() - start, "rss_before_mb": base, "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "build_s": time.perf_counter() - start,
+        "rss_before_mb": base,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def _in_fresh_process(fn: Any, *args: Any) -> dict[str, Any]:
@@ -100,7 +106,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timing repeats (best is kept)")
     parser.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", default=None, help="where to put the corpus and index (default: temp)")
+    parser.add_argument(
+        "--workdir", default=None, help="where to put the corpus and index (default: temp)"
+    )
     parser.add_argument("--name", default="bm25_raw", help="results file name")
     args = parser.parse_args()
 
@@ -144,7 +152,9 @@ def main() -> None:
         tokenizer.load_stopwords(str(index_dir), "stopwords.tokenizer.json")
         # raw bm25s rejects a batch whose first query has no known token: keep the
         # queries with at least one, for every method alike.
-        ids_all = tokenizer.tokenize(queries, update_vocab=False, allow_empty=False, show_progress=False)
+        ids_all = tokenizer.tokenize(
+            queries, update_vocab=False, allow_empty=False, show_progress=False
+        )
         queries = [q for q, ids in zip(queries, ids_all) if ids]
         query_ids = [ids for ids in ids_all if ids]
         q_batches, id_batches = _batches(queries, args.batch), _batches(query_ids, args.batch)
@@ -162,7 +172,9 @@ def main() -> None:
 
         def raw_tokenize_retrieve(threads: int) -> None:
             for batch in q_batches:
-                ids = tokenizer.tokenize(batch, update_vocab=False, allow_empty=True, show_progress=False)
+                ids = tokenizer.tokenize(
+                    batch, update_vocab=False, allow_empty=True, show_progress=False
+                )
                 raw.retrieve(ids, k=args.k, show_progress=False, n_threads=threads)
 
         def ours(threads: int, r: BM25Retriever = retriever) -> None:
@@ -182,11 +194,15 @@ def main() -> None:
                 seconds = timed(fn, repeat=args.repeat)
                 qps = len(queries) / seconds
                 ms_per_batch = 1000 * seconds / len(q_batches)
-                rows.append({"method": label, "threads": threads, "qps": qps, "ms_per_batch": ms_per_batch})
+                rows.append(
+                    {"method": label, "threads": threads, "qps": qps, "ms_per_batch": ms_per_batch}
+                )
                 print(f"  {label:38s} threads={threads}: {qps:,.0f} q/s", flush=True)
 
         # Sanity check: both paths must find the same top scores (ids may differ on ties).
-        ours_top = [(hits[0].score or 0.0) if hits else 0.0 for hits in retriever.search(queries, k=args.k)]
+        ours_top = [
+            (hits[0].score or 0.0) if hits else 0.0 for hits in retriever.search(queries, k=args.k)
+        ]
         raw_top = raw.retrieve(query_ids, k=args.k, show_progress=False).scores[:, 0]
         agree = float(np.mean(np.isclose(ours_top, raw_top, rtol=1e-6)))
 

@@ -29,8 +29,9 @@ import importlib.metadata
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -113,7 +114,9 @@ def bench_search(n_docs: int, dim: int, k: int, rounds: int = 5, seed: int = 0) 
         )
         build_s = time.perf_counter() - start
         by_faiss = DenseRetriever.load(
-            Path(tmp) / "idx", encoder=_LookupEncoder(vectors, queries), device="cpu",
+            Path(tmp) / "idx",
+            encoder=_LookupEncoder(vectors, queries),
+            device="cpu",
             cpu_search="faiss",
         )
         raw = faiss.IndexFlatIP(dim)
@@ -219,18 +222,23 @@ def bench_gpu(n_rows: int, dim: int, k: int, batch: int) -> dict[str, Any]:
     }
     gen = torch.Generator(device=device)
 
-    def rows(start: int, stop: int) -> "torch.Tensor":
+    def rows(start: int, stop: int) -> torch.Tensor:
         gen.manual_seed(start)
         x = torch.randn((stop - start, dim), device=device, generator=gen)
         return torch.nn.functional.normalize(x, dim=1)
 
     queries = rows(10**12, 10**12 + batch).cpu().numpy()
+
     def torch_flat() -> Any:
-        return placement.TorchFlat.from_rows(n_rows, dim, rows, devices=[device], dtype=torch.float16)
+        return placement.TorchFlat.from_rows(
+            n_rows, dim, rows, devices=[device], dtype=torch.float16
+        )
 
     engines = [("torch_fp16", torch_flat)]
     if placement.faiss_gpu_count() > 0:
-        engines.append(("faiss_gpu_fp16", lambda: placement.FaissGpuFlat(n_rows, dim, rows, gpus=[0])))
+        engines.append(
+            ("faiss_gpu_fp16", lambda: placement.FaissGpuFlat(n_rows, dim, rows, gpus=[0]))
+        )
     else:
         out["faiss_gpu"] = "not available (faiss-cpu installed)"
     results = []
@@ -247,7 +255,9 @@ def bench_gpu(n_rows: int, dim: int, k: int, batch: int) -> dict[str, Any]:
         free1, _ = torch.cuda.mem_get_info()
         index.search(queries, k)  # warm-up
         torch.cuda.synchronize()
-        seconds = timed(lambda idx=index: (idx.search(queries, k), torch.cuda.synchronize()), repeat=5)
+        seconds = timed(
+            lambda idx=index: (idx.search(queries, k), torch.cuda.synchronize()), repeat=5
+        )
         results.append(
             {
                 "engine": name,

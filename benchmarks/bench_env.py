@@ -17,8 +17,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -56,7 +56,9 @@ def per_token_us(env: gym.Env, filler: int, warm: int, window: int, repeats: int
 
 def chunk_turns_per_second(tok, repeats: int) -> dict[str, float]:
     env = SearchQAEnv(QUESTIONS, FixedRetriever(), tok, action_mode="chunk", max_turns=4)
-    search = tok.encode("<think> I need to look this up. </think>\n<search> Quastad Institute founder </search>")
+    search = tok.encode(
+        "<think> I need to look this up. </think>\n<search> Quastad Institute founder </search>"
+    )
     answer = tok.encode("<think> found it </think>\n<answer> Velorin Quastad </answer>")
     episodes = 300
     best = float("inf")
@@ -70,15 +72,23 @@ def chunk_turns_per_second(tok, repeats: int) -> dict[str, float]:
             env.step(answer)
             turns += 4
         best = min(best, time.perf_counter() - start)
-    return {"turns_per_second": turns / best, "agent_tokens_per_turn": (3 * len(search) + len(answer)) / 4}
+    return {
+        "turns_per_second": turns / best,
+        "agent_tokens_per_turn": (3 * len(search) + len(answer)) / 4,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--window", type=int, default=100)
-    parser.add_argument("--tokenizer", default="qwen2.5",
-                        help="a tokenizer= spec: qwen2.5 (default), synth, a path or hub id")
+    parser.add_argument(
+        "--tokenizer",
+        default="qwen2.5",
+        help="a tokenizer= spec: qwen2.5 (default), synth, a path or hub id",
+    )
     args = parser.parse_args()
     tok = load_tokenizer(args.tokenizer)  # loaded (or built, once) before pinning to one core
     if hasattr(os, "sched_setaffinity"):
@@ -88,8 +98,17 @@ def main() -> None:
     rows = []
     for label, make in [
         ("bare env", lambda **k: SearchQAEnv(QUESTIONS, FixedRetriever(), tok, **kwargs, **k)),
-        ("gym.make wrappers", lambda **k: gym.make(
-            "SearchQA-v0", dataset=QUESTIONS, retriever=FixedRetriever(), tokenizer=tok, **kwargs, **k)),
+        (
+            "gym.make wrappers",
+            lambda **k: gym.make(
+                "SearchQA-v0",
+                dataset=QUESTIONS,
+                retriever=FixedRetriever(),
+                tokenizer=tok,
+                **kwargs,
+                **k,
+            ),
+        ),
     ]:
         for copy_obs in (True, False):
             env = make(copy_obs=copy_obs)
@@ -98,22 +117,27 @@ def main() -> None:
             short = per_token_us(env, filler, 0, args.window, args.repeats)
             long_warm = 4000 - prompt - args.window
             long = per_token_us(env, filler, long_warm, args.window, args.repeats)
-            rows.append({
-                "setup": label,
-                "copy_obs": copy_obs,
-                "us_per_token_at_~100": round(short, 2),
-                "us_per_token_at_~4k": round(long, 2),
-                "ratio_4k_over_100": round(long / short, 3),
-            })
+            rows.append(
+                {
+                    "setup": label,
+                    "copy_obs": copy_obs,
+                    "us_per_token_at_~100": round(short, 2),
+                    "us_per_token_at_~4k": round(long, 2),
+                    "ratio_4k_over_100": round(long / short, 3),
+                }
+            )
     chunk = chunk_turns_per_second(tok, args.repeats)
-    save_results("env_overhead", {
-        "token_mode": rows,
-        "chunk_mode": chunk,
-        "goal": "<= 20 us/token, ratio <= 1.5",
-        "cores": 1,
-        "tokenizer": args.tokenizer,
-        "vocab": len(tok),
-    })
+    save_results(
+        "env_overhead",
+        {
+            "token_mode": rows,
+            "chunk_mode": chunk,
+            "goal": "<= 20 us/token, ratio <= 1.5",
+            "cores": 1,
+            "tokenizer": args.tokenizer,
+            "vocab": len(tok),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,14 @@ def bare_vector_env(envs: int, steps: int, seed: int = 0) -> dict[str, Any]:
         vec.step(ids[rng.integers(len(ids), size=envs)])
     seconds = time.perf_counter() - start
     vec.close()
-    return {"setup": "bare vector env", "runners": 0, "envs_per_runner": envs,
-            "env_steps": rounds * envs, "seconds": seconds, "steps_per_s": rounds * envs / seconds}
+    return {
+        "setup": "bare vector env",
+        "runners": 0,
+        "envs_per_runner": envs,
+        "env_steps": rounds * envs,
+        "seconds": seconds,
+        "steps_per_s": rounds * envs / seconds,
+    }
 
 
 def _uniform_module_class() -> type:
@@ -96,15 +102,23 @@ def rllib_runners(runners: int, envs: int, steps: int, module: str) -> dict[str,
 
     from agents.rllib.config import allowed_token_ids, apply_overrides, build_ppo_config, preset
 
-    cfg = apply_overrides(preset("laptop"), {
-        "runners.num_env_runners": runners, "runners.num_envs_per_env_runner": envs,
-        "ppo.train_batch_size": max(steps * runners, 256), "ppo.minibatch_size": 256,
-    })
+    cfg = apply_overrides(
+        preset("laptop"),
+        {
+            "runners.num_env_runners": runners,
+            "runners.num_envs_per_env_runner": envs,
+            "ppo.train_batch_size": max(steps * runners, 256),
+            "ppo.minibatch_size": 256,
+        },
+    )
     config = build_ppo_config(cfg)
     if module == "uniform":
-        config.rl_module(rl_module_spec=RLModuleSpec(
-            module_class=_uniform_module_class(),
-            model_config={"allowed_token_ids": allowed_token_ids(cfg)}))
+        config.rl_module(
+            rl_module_spec=RLModuleSpec(
+                module_class=_uniform_module_class(),
+                model_config={"allowed_token_ids": allowed_token_ids(cfg)},
+            )
+        )
     algo = config.build_algo()
     try:
         group = algo.env_runner_group
@@ -112,7 +126,8 @@ def rllib_runners(runners: int, envs: int, steps: int, module: str) -> dict[str,
         def sample(n: int) -> list[int]:
             return group.foreach_env_runner(
                 lambda r: sum(len(e) for e in r.sample(num_timesteps=n, explore=True)),
-                local_env_runner=False)
+                local_env_runner=False,
+            )
 
         sample(max(envs * 20, 200))  # warm up: envs built, caches filled
         start = time.perf_counter()
@@ -122,8 +137,14 @@ def rllib_runners(runners: int, envs: int, steps: int, module: str) -> dict[str,
         algo.stop()
     total = int(sum(counts))
     name = "rllib, uniform module" if module == "uniform" else "rllib, token transformer"
-    return {"setup": name, "runners": runners, "envs_per_runner": envs, "env_steps": total,
-            "seconds": seconds, "steps_per_s": total / seconds}
+    return {
+        "setup": name,
+        "runners": runners,
+        "envs_per_runner": envs,
+        "env_steps": total,
+        "seconds": seconds,
+        "steps_per_s": total / seconds,
+    }
 
 
 def learning_curves(out: Path, rllib_seconds: float, sb3_timesteps: int) -> None:
@@ -132,42 +153,73 @@ def learning_curves(out: Path, rllib_seconds: float, sb3_timesteps: int) -> None
     from agents.rllib.train import train_rllib
     from agents.sb3.train import SB3RunConfig, train_sb3
 
-    keep = ("step", "timesteps", "env_steps_total", "reward", "answered", "em", "episode_len",
-            "entropy", "agent_tokens", "loss_rows", "env_tokens", "wall_time")
-    rllib_cfg = apply_overrides(preset("laptop"), {
-        "out_dir": str(out / "rllib-laptop"), "iterations": 1000, "time_budget_s": rllib_seconds})
-    rllib_summary = train_rllib(rllib_cfg, ray_temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"),
-                                progress=False)
+    keep = (
+        "step",
+        "timesteps",
+        "env_steps_total",
+        "reward",
+        "answered",
+        "em",
+        "episode_len",
+        "entropy",
+        "agent_tokens",
+        "loss_rows",
+        "env_tokens",
+        "wall_time",
+    )
+    rllib_cfg = apply_overrides(
+        preset("laptop"),
+        {"out_dir": str(out / "rllib-laptop"), "iterations": 1000, "time_budget_s": rllib_seconds},
+    )
+    rllib_summary = train_rllib(
+        rllib_cfg, ray_temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"), progress=False
+    )
     sb3_summary = train_sb3(SB3RunConfig(timesteps=sb3_timesteps, out_dir=str(out / "sb3")))
     curves = {}
     for name, run_dir in (("rllib", out / "rllib-laptop"), ("sb3", out / "sb3")):
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        records = [
+            json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
         curves[name] = [{k: r[k] for k in keep if k in r} for r in records]
-    save_results("rllib_sb3_learning_curves", {
-        "task": "agents.tokenlevel.task.TASK_ENV_CONFIG: return = 1 for EM, 0.5 for a well-formed "
-                "wrong answer, 0 without an answer",
-        "load_average_1min": os.getloadavg()[0],
-        "rllib_summary": rllib_summary,
-        "sb3_summary": sb3_summary,
-        "rllib_curve": curves["rllib"],
-        "sb3_curve": curves["sb3"],
-    })
+    save_results(
+        "rllib_sb3_learning_curves",
+        {
+            "task": "agents.tokenlevel.task.TASK_ENV_CONFIG: return = 1 for EM, 0.5 for a well-formed "
+            "wrong answer, 0 without an answer",
+            "load_average_1min": os.getloadavg()[0],
+            "rllib_summary": rllib_summary,
+            "sb3_summary": sb3_summary,
+            "rllib_curve": curves["rllib"],
+            "sb3_curve": curves["sb3"],
+        },
+    )
     from agents.metrics import plot_curves  # writes nothing without matplotlib
 
     for name, records in curves.items():
-        plot_curves(records, Path(__file__).parent / "results" / f"{name}_learning_curve.png",
-                    keys=("reward", "answered"), title=f"{name} ppo, synthetic task")
+        plot_curves(
+            records,
+            Path(__file__).parent / "results" / f"{name}_learning_curve.png",
+            keys=("reward", "answered"),
+            title=f"{name} ppo, synthetic task",
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8000, help="env steps per runner per row")
     parser.add_argument("--envs", type=int, default=8, help="sub-envs per process")
-    parser.add_argument("--curves", action="store_true",
-                        help="instead: train RLlib (laptop preset) and SB3 on the task, save the curves")
-    parser.add_argument("--rllib-seconds", type=float, default=420.0, help="--curves: RLlib time budget")
+    parser.add_argument(
+        "--curves",
+        action="store_true",
+        help="instead: train RLlib (laptop preset) and SB3 on the task, save the curves",
+    )
+    parser.add_argument(
+        "--rllib-seconds", type=float, default=420.0, help="--curves: RLlib time budget"
+    )
     parser.add_argument("--sb3-timesteps", type=int, default=60_000, help="--curves: SB3 timesteps")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-rllib"), help="--curves: run dirs")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/bench-rllib"), help="--curves: run dirs"
+    )
     args = parser.parse_args(argv)
     if args.curves:
         learning_curves(args.out, args.rllib_seconds, args.sb3_timesteps)
@@ -180,8 +232,12 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     rows = [bare_vector_env(args.envs, args.steps)]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"),
+    )
     try:
         register_search_envs()
         for module in ("uniform", "transformer"):
@@ -193,13 +249,16 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         row["vs_bare"] = row["steps_per_s"] / bare
     name = "rllib_env_runners" if args.envs == 8 else f"rllib_env_runners_{args.envs}envs"
-    save_results(name, {
-        "steps_per_runner": args.steps,
-        "envs_per_process": args.envs,
-        "task": "agents.tokenlevel.task.TASK_ENV_CONFIG (tiny synth world, 8-token vocabulary)",
-        "load_average_1min": os.getloadavg()[0],
-        "rows": rows,
-    })
+    save_results(
+        name,
+        {
+            "steps_per_runner": args.steps,
+            "envs_per_process": args.envs,
+            "task": "agents.tokenlevel.task.TASK_ENV_CONFIG (tiny synth world, 8-token vocabulary)",
+            "load_average_1min": os.getloadavg()[0],
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -50,12 +50,21 @@ def bench_config(model_dir: str, backend: str, out_dir: str, steps: int, threads
     """The tiny-cpu preset on ``model_dir`` (no SFT), with the given back end."""
     from agents.config import apply_overrides, tiny_cpu
 
-    return apply_overrides(tiny_cpu(), {
-        "model.path": model_dir, "sft.steps": 0, "steps": steps, "eval_every": 0,
-        "checkpoint_every": 0, "out_dir": out_dir, "threads": threads,
-        "rollout.backend": backend, "rollout.vllm_kv_cache_gb": 0.25,
-        "rollout.eval_questions": 32,
-    })
+    return apply_overrides(
+        tiny_cpu(),
+        {
+            "model.path": model_dir,
+            "sft.steps": 0,
+            "steps": steps,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "out_dir": out_dir,
+            "threads": threads,
+            "rollout.backend": backend,
+            "rollout.vllm_kv_cache_gb": 0.25,
+            "rollout.eval_questions": 32,
+        },
+    )
 
 
 class Stopwatch:
@@ -84,6 +93,7 @@ class Stopwatch:
 def rollout_speed(cfg: Any, rounds: int) -> dict[str, float]:
     """Agent tokens/s, episodes/s and the env's share of the wall time of ``collect``."""
     import torch
+
     from agents.model import load_model
     from agents.rollout import collect, make_env
     from agents.seeding import question_indices
@@ -97,9 +107,13 @@ def rollout_speed(cfg: Any, rounds: int) -> dict[str, float]:
     if r.backend == "vllm":
         from agents.policy import VLLMPolicy
 
-        policy = VLLMPolicy.from_model(model, tok, seed=0,
-                                       max_model_len=env.envs[0].protocol.max_prompt_length,
-                                       kv_cache_bytes=int(r.vllm_kv_cache_gb * 2**30))
+        policy = VLLMPolicy.from_model(
+            model,
+            tok,
+            seed=0,
+            max_model_len=env.envs[0].protocol.max_prompt_length,
+            kv_cache_bytes=int(r.vllm_kv_cache_gb * 2**30),
+        )
     else:
         from agents.policy import HFPolicy
 
@@ -114,8 +128,9 @@ def rollout_speed(cfg: Any, rounds: int) -> dict[str, float]:
 
     def one_round(step: int) -> list[Any]:
         indices = question_indices(len(env.dataset), prompts, 0, step)
-        return collect(env, policy, indices=indices, group_size=r.group_size,
-                       temperature=r.temperature)
+        return collect(
+            env, policy, indices=indices, group_size=r.group_size, temperature=r.temperature
+        )
 
     one_round(0)  # warm-up: first-call allocations, kernel selection
     clock.reset()
@@ -168,8 +183,7 @@ def worker(args: argparse.Namespace) -> None:
     """One back end, in this process; prints one JSON line."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = bench_config(args.model, args.worker, tmp, args.steps, args.threads)
-        result = {"backend": args.worker, **rollout_speed(cfg, args.rounds),
-                  **grpo_step_time(cfg)}
+        result = {"backend": args.worker, **rollout_speed(cfg, args.rounds), **grpo_step_time(cfg)}
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -182,14 +196,19 @@ def warm_start_model(sft_steps: int, out: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", help="model directory (default: a fresh SFT warm start)")
     parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3, help="timed rollout rounds")
     parser.add_argument("--steps", type=int, default=3, help="GRPO steps timed")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: a second thread only spin-waits on a busy box)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: a second thread only spin-waits on a busy box)",
+    )
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,24 +230,38 @@ def main() -> None:
             args.model = sft["model_dir"]
         rows = []
         for backend in backends:
-            cmd = [sys.executable, __file__, "--worker", backend, "--model", args.model,
-                   "--rounds", str(args.rounds), "--steps", str(args.steps),
-                   "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                backend,
+                "--model",
+                args.model,
+                "--rounds",
+                str(args.rounds),
+                "--steps",
+                str(args.steps),
+                "--threads",
+                str(args.threads),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not lines:
                 sys.stderr.write(proc.stderr[-4000:])
                 raise SystemExit(f"the {backend} worker failed (exit {proc.returncode})")
             rows.append(json.loads(lines[-1].removeprefix("RESULT ")))
-    save_results("rollout_backends", {
-        "preset": "tiny-cpu (48 episodes a step, groups of 8, 48-token turns, 512 context)",
-        "threads": args.threads,
-        "model": "tiny-cpu Qwen2" + (
-            f" after {args.sft_steps} SFT steps" if sft else f" from {args.model}"),
-        "sft": {k: v for k, v in sft.items() if k != "model_dir"},
-        "env_fraction_goal": 0.02,
-        "backends": rows,
-    })
+    save_results(
+        "rollout_backends",
+        {
+            "preset": "tiny-cpu (48 episodes a step, groups of 8, 48-token turns, 512 context)",
+            "threads": args.threads,
+            "model": "tiny-cpu Qwen2"
+            + (f" after {args.sft_steps} SFT steps" if sft else f" from {args.model}"),
+            "sft": {k: v for k, v in sft.items() if k != "model_dir"},
+            "env_fraction_goal": 0.02,
+            "backends": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

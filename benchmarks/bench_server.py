@@ -33,8 +33,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -57,7 +58,9 @@ class FixedCostRetriever:
         ]
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
-        time.sleep(self.call_s + self.per_query_s * len(queries))  # releases the GIL, like a GPU wait
+        time.sleep(
+            self.call_s + self.per_query_s * len(queries)
+        )  # releases the GIL, like a GPU wait
         return [self.passages[:k] for _ in queries]
 
 
@@ -67,10 +70,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _direct_rates(retriever: Any, queries: list[str], k: int, seconds: float = 1.5) -> dict[str, float]:
+def _direct_rates(
+    retriever: Any, queries: list[str], k: int, seconds: float = 1.5
+) -> dict[str, float]:
     """In-process search rates: one query per call, and 512 per call."""
     out = {}
-    for label, size in (("direct_1_query_per_call_qps", 1), ("direct_512_queries_per_call_qps", 512)):
+    for label, size in (
+        ("direct_1_query_per_call_qps", 1),
+        ("direct_512_queries_per_call_qps", 512),
+    ):
         n, start, i = 0, time.perf_counter(), 0
         while time.perf_counter() - start < seconds:
             batch = [queries[(i + j) % len(queries)] for j in range(size)]
@@ -116,10 +124,16 @@ def _server_main(conn: Any, spec: dict[str, Any]) -> None:
         from search_env.retrievers.dense import DenseRetriever
 
         retriever = DenseRetriever.from_published(
-            spec["dense_index"], spec["dense_corpus"], encoder="offline", device="cpu", show_progress=False
+            spec["dense_index"],
+            spec["dense_corpus"],
+            encoder="offline",
+            device="cpu",
+            show_progress=False,
         )
-        info = {"kind": "dense (offline MiniLM queries, flat index, random passage vectors)",
-                "placement": retriever.placement}
+        info = {
+            "kind": "dense (offline MiniLM queries, flat index, random passage vectors)",
+            "placement": retriever.placement,
+        }
     else:
         retriever = FixedCostRetriever(spec["call_ms"], spec["per_query_us"])
         info = {"kind": "fixed-cost (simulated)", "call_ms": spec["call_ms"]}
@@ -204,7 +218,11 @@ def _serve_and_measure(
             points.append((f"{args.bulk} queries per request", 1, bulk))
         rows = []
         for label, clients, bodies in points:
-            row = {"retriever": name, "mode": label, **_load_point(port, proc.pid, clients, bodies, args)}
+            row = {
+                "retriever": name,
+                "mode": label,
+                **_load_point(port, proc.pid, clients, bodies, args),
+            }
             rows.append(row)
             print(
                 f"  {name:10s} {label:24s} clients={clients:3d} {row['queries_per_s']:9,.0f} q/s"
@@ -271,19 +289,30 @@ def main() -> None:
 
     queries = synthetic_queries(4096)
     single = [body([q]) for q in queries]
-    bulk = [body(queries[lo : lo + args.bulk]) for lo in range(0, len(queries) - args.bulk + 1, args.bulk)]
+    bulk = [
+        body(queries[lo : lo + args.bulk])
+        for lo in range(0, len(queries) - args.bulk + 1, args.bulk)
+    ]
     rows: list[dict[str, Any]] = []
     direct: dict[str, float] = {}
     load_before = os.getloadavg()[0]
-    kinds = ["bm25"] + (["dense"] if args.dense_docs > 0 else []) + (["fixed-cost"] if args.call_ms > 0 else [])
+    kinds = (
+        ["bm25"]
+        + (["dense"] if args.dense_docs > 0 else [])
+        + (["fixed-cost"] if args.call_ms > 0 else [])
+    )
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         print(f"indexing {args.docs:,} synthetic passages...", flush=True)
         start = time.perf_counter()
-        index = BM25Retriever.build(synthetic_corpus(args.docs), backend="numpy", show_progress=False)
+        index = BM25Retriever.build(
+            synthetic_corpus(args.docs), backend="numpy", show_progress=False
+        )
         index.save(Path(tmp) / "index")
         build_s = time.perf_counter() - start
         del index
-        dense_index, dense_corpus = _dense_files(Path(tmp), args.dense_docs) if args.dense_docs else ("", "")
+        dense_index, dense_corpus = (
+            _dense_files(Path(tmp), args.dense_docs) if args.dense_docs else ("", "")
+        )
         base = {
             "dense_index": dense_index, "dense_corpus": dense_corpus,
             "queries": queries, "k": args.k, "max_batch": args.max_batch,

@@ -23,16 +23,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
 from benchmarks.common import save_results, synthetic_corpus, synthetic_queries  # noqa: E402
-from search_env.registration import load_tokenizer  # noqa: E402
 from search_env.env import SearchQAEnv  # noqa: E402
+from search_env.registration import load_tokenizer  # noqa: E402
 from search_env.retrievers.bm25 import BM25Retriever  # noqa: E402
 from search_env.types import Passage, QAExample  # noqa: E402
 from search_env.vector import SearchQAVectorEnv  # noqa: E402
@@ -48,12 +48,13 @@ class OneByOne:
         return [self.inner.search([q], k)[0] for q in queries]
 
 
-def run_env(retriever, tok, turns: list[np.ndarray], num_envs: int, k: int, cold: bool = False) -> float:
+def run_env(
+    retriever, tok, turns: list[np.ndarray], num_envs: int, k: int, cold: bool = False
+) -> float:
     """Seconds for the vector env to answer every turn (one search per sub-env per step)."""
     questions = [QAExample("q", "Which word comes next?", ("x",))]
     envs = [
-        SearchQAEnv(questions, retriever, tok, action_mode="chunk", topk=k,
-                    max_turns=10**6)
+        SearchQAEnv(questions, retriever, tok, action_mode="chunk", topk=k, max_turns=10**6)
         for _ in range(num_envs)
     ]
     vec = SearchQAVectorEnv(num_envs, envs=envs, autoreset_mode="disabled")
@@ -74,14 +75,19 @@ def run_env(retriever, tok, turns: list[np.ndarray], num_envs: int, k: int, cold
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--docs", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=2048)
     parser.add_argument("--num-envs", type=int, default=256)
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--tokenizer", default="qwen2.5",
-                        help="a tokenizer= spec: qwen2.5 (default), synth, a path or hub id")
+    parser.add_argument(
+        "--tokenizer",
+        default="qwen2.5",
+        help="a tokenizer= spec: qwen2.5 (default), synth, a path or hub id",
+    )
     args = parser.parse_args()
 
     corpus = synthetic_corpus(args.docs)
@@ -100,31 +106,63 @@ def main() -> None:
     def raw() -> float:
         start = time.perf_counter()
         for lo in range(0, len(live), args.num_envs):
-            model.retrieve(live[lo : lo + args.num_envs], k=args.k, show_progress=False,
-                           n_threads=retriever.n_threads, return_as="tuple")
+            model.retrieve(
+                live[lo : lo + args.num_envs],
+                k=args.k,
+                show_progress=False,
+                n_threads=retriever.n_threads,
+                return_as="tuple",
+            )
         return time.perf_counter() - start
 
     best = {"raw": float("inf"), "cold": float("inf"), "batched": float("inf")}
     for _ in range(args.repeats):
         best["raw"] = min(best["raw"], raw())
-        best["cold"] = min(best["cold"], run_env(retriever, tok, turns, args.num_envs, args.k, cold=True))
-        best["batched"] = min(best["batched"], run_env(retriever, tok, turns, args.num_envs, args.k))
+        best["cold"] = min(
+            best["cold"], run_env(retriever, tok, turns, args.num_envs, args.k, cold=True)
+        )
+        best["batched"] = min(
+            best["batched"], run_env(retriever, tok, turns, args.num_envs, args.k)
+        )
     best["one_by_one"] = run_env(OneByOne(retriever), tok, turns, args.num_envs, args.k)
     raw_qps = len(live) / best["raw"]
     rows = [
-        {"path": "raw bm25s (pre-tokenized ids)", "queries_per_s": round(raw_qps, 1), "vs_raw": 1.0},
-        {"path": "vector env, batched, warm doc cache", "queries_per_s": round(len(turns) / best["batched"], 1),
-         "vs_raw": round(len(turns) / best["batched"] / raw_qps, 3)},
-        {"path": "vector env, batched, cold doc cache", "queries_per_s": round(len(turns) / best["cold"], 1),
-         "vs_raw": round(len(turns) / best["cold"] / raw_qps, 3)},
-        {"path": "vector env, one call per query (warm)", "queries_per_s": round(len(turns) / best["one_by_one"], 1),
-         "vs_raw": round(len(turns) / best["one_by_one"] / raw_qps, 3)},
+        {
+            "path": "raw bm25s (pre-tokenized ids)",
+            "queries_per_s": round(raw_qps, 1),
+            "vs_raw": 1.0,
+        },
+        {
+            "path": "vector env, batched, warm doc cache",
+            "queries_per_s": round(len(turns) / best["batched"], 1),
+            "vs_raw": round(len(turns) / best["batched"] / raw_qps, 3),
+        },
+        {
+            "path": "vector env, batched, cold doc cache",
+            "queries_per_s": round(len(turns) / best["cold"], 1),
+            "vs_raw": round(len(turns) / best["cold"] / raw_qps, 3),
+        },
+        {
+            "path": "vector env, one call per query (warm)",
+            "queries_per_s": round(len(turns) / best["one_by_one"], 1),
+            "vs_raw": round(len(turns) / best["one_by_one"] / raw_qps, 3),
+        },
     ]
-    save_results(f"vector_bm25_{args.docs}", {
-        "docs": args.docs, "queries": len(turns), "num_envs": args.num_envs, "k": args.k,
-        "backend": retriever.backend, "threads": retriever.n_threads, "build_seconds": round(build_s, 1),
-        "throughput": rows, "goal": "vector env batched >= 0.9x raw", "tokenizer": args.tokenizer,
-    })
+    save_results(
+        f"vector_bm25_{args.docs}",
+        {
+            "docs": args.docs,
+            "queries": len(turns),
+            "num_envs": args.num_envs,
+            "k": args.k,
+            "backend": retriever.backend,
+            "threads": retriever.n_threads,
+            "build_seconds": round(build_s, 1),
+            "throughput": rows,
+            "goal": "vector env batched >= 0.9x raw",
+            "tokenizer": args.tokenizer,
+        },
+    )
 
 
 if __name__ == "__main__":

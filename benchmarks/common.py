@@ -15,9 +15,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -67,7 +68,9 @@ def _sample_words(rng: np.random.Generator, n: int) -> np.ndarray:
     return words[rng.choice(len(words), size=n, p=probs)]
 
 
-def synthetic_corpus(n_docs: int, seed: int = 0, words_per_doc: int = WORDS_PER_DOC) -> list[Passage]:
+def synthetic_corpus(
+    n_docs: int, seed: int = 0, words_per_doc: int = WORDS_PER_DOC
+) -> list[Passage]:
     """Random wiki-18 style passages over a Zipf-distributed pseudo-word vocabulary.
 
     Each passage has a two-word title of mid-frequency words and a text of about
@@ -96,7 +99,9 @@ def synthetic_queries(n: int, seed: int = 1, min_words: int = 4, max_words: int 
     return [" ".join(flat[e - n_words : e]) for e, n_words in zip(ends, lengths)]
 
 
-def timed(fn: Callable[[], Any], repeat: int = 3, stat: Literal["best", "median"] = "best") -> float:
+def timed(
+    fn: Callable[[], Any], repeat: int = 3, stat: Literal["best", "median"] = "best"
+) -> float:
     """Runs ``fn`` ``repeat`` times; returns the best (or median) wall time in seconds."""
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")

@@ -38,7 +38,9 @@ class _AfterGymnasium:
 
                 logging.getLogger("search_env").warning(
                     "search-env could not register its Gymnasium ids when Gymnasium was "
-                    "imported (import search_env to register them)", exc_info=True)
+                    "imported (import search_env to register them)",
+                    exc_info=True,
+                )
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec

@@ -17,8 +17,9 @@ guess (the floor of a searching agent), :class:`RandomTokenAgent` writes random 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -207,8 +208,11 @@ def play_episodes(
                         loss_mask=obs["mask"][i, :length].copy(),
                         prompt_length=int(prompt_lengths[i]),
                         reward=float(rewards[i]),
-                        scores={k: float(v[i]) for k, v in info["scores"].items()
-                                if not k.startswith("_")},
+                        scores={
+                            k: float(v[i])
+                            for k, v in info["scores"].items()
+                            if not k.startswith("_")
+                        },
                         answer=info["answer"][i],
                         searches=int(info["searches"][i]),
                         turns=int(info["turn"][i]),

@@ -15,9 +15,10 @@ import logging
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,13 @@ def _load_shared_retriever(spec: str | None) -> Any:
     return load_retriever(spec)
 
 
-def _eval_scripted(args: argparse.Namespace, env_id: str, agents: Sequence[str],
-                   env_args: dict[str, Any], retriever: Any) -> dict[str, Any] | None:
+def _eval_scripted(
+    args: argparse.Namespace,
+    env_id: str,
+    agents: Sequence[str],
+    env_args: dict[str, Any],
+    retriever: Any,
+) -> dict[str, Any] | None:
     """Scripted agents on one env: prints the table; returns the JSON payload (None: error)."""
     import gymnasium as gym
     from tqdm import tqdm
@@ -96,8 +102,14 @@ def _eval_scripted(args: argparse.Namespace, env_id: str, agents: Sequence[str],
     import search_env  # noqa: F401  (registers the ids)
     from search_env.evaluate import eval_env_kwargs, evaluate
 
-    kwargs = eval_env_kwargs(env_id, split=args.split, size=args.size, qa_dir=args.qa_dir,
-                             retriever=retriever, extra=env_args)
+    kwargs = eval_env_kwargs(
+        env_id,
+        split=args.split,
+        size=args.size,
+        qa_dir=args.qa_dir,
+        retriever=retriever,
+        extra=env_args,
+    )
     kwargs["action_mode"] = "chunk"
     split = kwargs.get("split")
     t0 = time.perf_counter()
@@ -109,7 +121,9 @@ def _eval_scripted(args: argparse.Namespace, env_id: str, agents: Sequence[str],
     setup = time.perf_counter() - t0
     n = len(vec.dataset) if args.limit is None else min(args.limit, len(vec.dataset))
     indices = list(range(n))
-    print(f"{env_id} [{split or 'default split'}]: {n} questions, {args.num_envs} envs, set up in {setup:.1f}s")
+    print(
+        f"{env_id} [{split or 'default split'}]: {n} questions, {args.num_envs} envs, set up in {setup:.1f}s"
+    )
     results = []
     for name in agents:
         make = _agent_factory(name, vec.envs[0].codec.vocab_size, args.seed)
@@ -170,15 +184,22 @@ def cmd_eval(args: argparse.Namespace, runners: Sequence[EvalRunner] = ()) -> in
     agents = [a.strip() for a in (args.agents or DEFAULT_AGENTS).split(",") if a.strip()]
     for a in agents:
         if a not in SCRIPTED_AGENTS:
-            print(f"error: unknown agent {a!r}; choose from {', '.join(SCRIPTED_AGENTS)}", file=sys.stderr)
+            print(
+                f"error: unknown agent {a!r}; choose from {', '.join(SCRIPTED_AGENTS)}",
+                file=sys.stderr,
+            )
             return 2
     others = [e for e in env_ids if e != SYNTH_ID]
     if "oracle" in agents and others:  # checked before any env runs
         rest = ",".join(a for a in agents if a != "oracle")
-        how = (f"run --agents {rest}" if rest else "leave out --agents oracle") + f" on {', '.join(others)}"
+        how = (
+            f"run --agents {rest}" if rest else "leave out --agents oracle"
+        ) + f" on {', '.join(others)}"
         default = " (it is one of the default agents)" if args.agents is None else ""
-        print(f"error: the oracle agent needs the synthetic world's reasoning paths{default}: {how}",
-              file=sys.stderr)
+        print(
+            f"error: the oracle agent needs the synthetic world's reasoning paths{default}: {how}",
+            file=sys.stderr,
+        )
         return 2
     try:
         retriever = _load_shared_retriever(args.retriever) if others else None
@@ -249,38 +270,61 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def _env_parser() -> tuple[argparse.ArgumentParser, Any, argparse.ArgumentParser]:
     """The parser of the env commands: ``(parser, its subparsers, the eval parser)``."""
-    parser = argparse.ArgumentParser(prog="search-env",
-                                     description="The ``search-env`` command line.")
+    parser = argparse.ArgumentParser(
+        prog="search-env", description="The ``search-env`` command line."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("eval", help="evaluate agents on SearchQA envs (scripted ones: --agents)")
     arg = ev.add_argument
     arg("--env", default="SearchQA-Synth-v0", help="registered SearchQA ids, comma-separated")
-    arg("--agents", default=None,
+    arg(
+        "--agents",
+        default=None,
         help=f"scripted agents, comma-separated: oracle (Synth only), "
-             f"no-search, random (default: {DEFAULT_AGENTS})")
-    arg("--split", default=None,
-        help="dataset split (default: test for Synth, the Search-R1 eval split otherwise)")
+        f"no-search, random (default: {DEFAULT_AGENTS})",
+    )
+    arg(
+        "--split",
+        default=None,
+        help="dataset split (default: test for Synth, the Search-R1 eval split otherwise)",
+    )
     arg("--size", default=None, help="synthetic world size: tiny, small (default), medium, large")
-    arg("--qa-dir", default=None,
+    arg(
+        "--qa-dir",
+        default=None,
         help="FlashRAG directory of the seven datasets ({dir}/{config}/{split}.jsonl), "
-             "as `search-env download qa` writes it")
-    arg("--retriever", default=None,
-        help="for every env but Synth: index directory, server URL or .jsonl corpus")
-    arg("--env-arg", action="append", default=[], metavar="[ENV_ID:]KEY=VALUE",
-        help="env kwarg (VALUE parsed as JSON): topk=5, SearchQA-NQ-v0:dataset=nq.jsonl")
+        "as `search-env download qa` writes it",
+    )
+    arg(
+        "--retriever",
+        default=None,
+        help="for every env but Synth: index directory, server URL or .jsonl corpus",
+    )
+    arg(
+        "--env-arg",
+        action="append",
+        default=[],
+        metavar="[ENV_ID:]KEY=VALUE",
+        help="env kwarg (VALUE parsed as JSON): topk=5, SearchQA-NQ-v0:dataset=nq.jsonl",
+    )
     arg("--num-envs", type=int, default=32, help="episodes run (and searches batched) together")
     arg("--limit", type=int, default=None, help="at most this many questions per env")
     arg("--seed", type=int, default=0)
-    arg("--out", default=None,
-        help="JSON results path (default: runs/eval-scripted.json for scripted agents; '' to skip)")
+    arg(
+        "--out",
+        default=None,
+        help="JSON results path (default: runs/eval-scripted.json for scripted agents; '' to skip)",
+    )
     arg("--quiet", action="store_true", help="no progress bar")
 
     envs = sub.add_parser("envs", help="list the registered env ids")
     envs.set_defaults(func=cmd_envs)
 
-    synth = sub.add_parser("synth", help="build (or find) a cached synthetic world; prints its directory")
+    synth = sub.add_parser(
+        "synth", help="build (or find) a cached synthetic world; prints its directory"
+    )
     synth.add_argument("--size", default="small")
     synth.add_argument("--num-entities", type=int, default=None)
     synth.add_argument("--seed", type=int, default=0)
@@ -293,23 +337,36 @@ def _env_parser() -> tuple[argparse.ArgumentParser, Any, argparse.ArgumentParser
     add_serve_arguments(serve)
     serve.set_defaults(func=run_serve)
 
-    download = sub.add_parser("download", help="download the wiki-18 corpus, its indexes and the QA datasets")
+    download = sub.add_parser(
+        "download", help="download the wiki-18 corpus, its indexes and the QA datasets"
+    )
     add_download_arguments(download)
     download.set_defaults(func=run_download)
 
     index = sub.add_parser("index", help="index a corpus")
     index_sub = index.add_subparsers(dest="index_command", required=True)
-    build = index_sub.add_parser("build", help="build an index directory from a wiki-18 style JSONL corpus")
+    build = index_sub.add_parser(
+        "build", help="build an index directory from a wiki-18 style JSONL corpus"
+    )
     build.add_argument("--corpus", required=True)
     build.add_argument("--out", required=True)
     build.add_argument("--kind", default="bm25", choices=["bm25", "dense"])
-    build.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"], help="bm25s backend")
-    build.add_argument("--encoder", default="offline",
-                       help="dense: 'offline' (bundled MiniLM), 'e5' (Search-R1's e5-base-v2), or an HF name/path")
-    build.add_argument("--index-type", default="flat", choices=["flat", "hnsw", "ivfpq"], help="dense faiss index")
+    build.add_argument(
+        "--backend", default="auto", choices=["auto", "numba", "numpy"], help="bm25s backend"
+    )
+    build.add_argument(
+        "--encoder",
+        default="offline",
+        help="dense: 'offline' (bundled MiniLM), 'e5' (Search-R1's e5-base-v2), or an HF name/path",
+    )
+    build.add_argument(
+        "--index-type", default="flat", choices=["flat", "hnsw", "ivfpq"], help="dense faiss index"
+    )
     build.add_argument("--device", default="auto", help="dense encoder device: auto, cpu, cuda")
     build.add_argument("--batch-size", type=int, default=128, help="dense encoder batch size")
-    build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    build.add_argument(
+        "--overwrite", action="store_true", help="replace an existing index directory"
+    )
     build.set_defaults(func=cmd_index)
     return parser, sub, ev
 
@@ -324,8 +381,14 @@ class CommandLine:
         self.eval_runners: list[EvalRunner] = []
         self._eval.set_defaults(func=functools.partial(cmd_eval, runners=self.eval_runners))
 
-    def add_command(self, name: str, *, help: str, before_parse: BeforeParse | None = None,
-                    add_help: bool = True) -> argparse.ArgumentParser:
+    def add_command(
+        self,
+        name: str,
+        *,
+        help: str,
+        before_parse: BeforeParse | None = None,
+        add_help: bool = True,
+    ) -> argparse.ArgumentParser:
         """Add the command ``name``; returns its parser (give it a ``func`` default, the
         ``args -> exit status`` that runs it).
 
@@ -366,8 +429,10 @@ class CommandLine:
             try:
                 register = ep.load()
             except ImportError as exc:  # a package (or one of its dependencies) is missing
-                problem = (f"the {ep.name!r} command's entry point {_provider(ep)} could not "
-                           f"be imported: {exc}")
+                problem = (
+                    f"the {ep.name!r} command's entry point {_provider(ep)} could not "
+                    f"be imported: {exc}"
+                )
                 if ep.name == command and command not in self.env_commands:
                     failed = problem
                 else:

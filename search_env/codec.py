@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import re
 import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -191,7 +192,7 @@ class TokenCodec:
         return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
 
 
-_CODECS: "weakref.WeakKeyDictionary[Any, dict[tuple, TokenCodec]]" = weakref.WeakKeyDictionary()
+_CODECS: weakref.WeakKeyDictionary[Any, dict[tuple, TokenCodec]] = weakref.WeakKeyDictionary()
 
 
 STOP_TAGS: tuple[bytes, ...] = tuple(tag.encode("utf-8") for tag in STOP_STRINGS)

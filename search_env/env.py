@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -272,7 +273,9 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         if "example" in options:
             example, index = options["example"], -1
             if not isinstance(example, QAExample):
-                raise TypeError(f"options['example'] must be a QAExample, got {type(example).__name__}")
+                raise TypeError(
+                    f"options['example'] must be a QAExample, got {type(example).__name__}"
+                )
         else:
             index = options.get("index")
             if index is None:
@@ -282,12 +285,15 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
                 or not isinstance(index, (int, np.integer))
                 or not 0 <= index < len(self.dataset)
             ):
-                raise ValueError(f"options['index'] must be an int in [0, {len(self.dataset)}), got {index!r}")
+                raise ValueError(
+                    f"options['index'] must be an int in [0, {len(self.dataset)}), got {index!r}"
+                )
             index = int(index)
             example = self.dataset[index]
         # cached: GRPO groups and epochs reset to the same question again and again
         (prompt_ids,) = self.codec.encode_pieces(
-            [prompt_text(example.question, self.protocol, self.tokenizer)])
+            [prompt_text(example.question, self.protocol, self.tokenizer)]
+        )
         cap = self.protocol.max_prompt_length
         if len(prompt_ids) >= cap:
             raise ValueError(
@@ -297,9 +303,7 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         return example, index, prompt_ids
 
     # ------------------------------------------------------------------- step
-    def step(
-        self, action: Any
-    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         snapshot = self.snapshot()
         try:
             query = self.begin_step(action)
@@ -307,7 +311,9 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
                 return self.finish_step(None)
             start = time.perf_counter()
             try:
-                results: list[Passage] | Exception = self.retriever.search([query], self.protocol.topk)[0]
+                results: list[Passage] | Exception = self.retriever.search(
+                    [query], self.protocol.topk
+                )[0]
             except Exception as exc:  # flagged or re-raised by finish_step
                 results = exc
             return self.finish_step(results, time.perf_counter() - start)
@@ -400,7 +406,11 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         vocab = self.codec.vocab_size
         if self.action_mode == "token":
             if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
-                if isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iu":
+                if (
+                    isinstance(action, np.ndarray)
+                    and action.shape == ()
+                    and action.dtype.kind in "iu"
+                ):
                     action = int(action)
                 else:
                     raise TypeError(
@@ -558,7 +568,11 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
                 "mask": self._mask.copy(),
                 "length": np.array([self._len], np.int64),
             }
-        return {"tokens": self._tokens, "mask": self._mask, "length": np.array([self._len], np.int64)}
+        return {
+            "tokens": self._tokens,
+            "mask": self._mask,
+            "length": np.array([self._len], np.int64),
+        }
 
     def snapshot(self, *, context: bool = False, rng: bool = False) -> EnvSnapshot:
         """The state a call that raises must go back to (see :meth:`restore`).
@@ -567,11 +581,26 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         ``context=True`` copies it (before a reset), ``rng=True`` saves ``np_random``.
         """
         turn = self._turn
-        snapshot = EnvSnapshot((
-            self._len, self._example, self._index, self._done, self._pending,
-            self._turn_index, self._searches, self._queries, len(self._queries), self._answer,
-            turn, turn.tokens, turn.scan_state, len(turn.data), turn.cut, self._prompt_len,
-        ))
+        snapshot = EnvSnapshot(
+            (
+                self._len,
+                self._example,
+                self._index,
+                self._done,
+                self._pending,
+                self._turn_index,
+                self._searches,
+                self._queries,
+                len(self._queries),
+                self._answer,
+                turn,
+                turn.tokens,
+                turn.scan_state,
+                len(turn.data),
+                turn.cut,
+                self._prompt_len,
+            )
+        )
         if rng:
             generator = self._np_random
             state = None if generator is None else generator.bit_generator.state
@@ -583,9 +612,24 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
 
     def restore(self, snapshot: EnvSnapshot) -> None:
         """Go back to ``snapshot``; later snapshots must be restored first (an undo stack)."""
-        (length, self._example, self._index, self._done, self._pending,
-         self._turn_index, self._searches, queries, query_count, self._answer,
-         turn, turn.tokens, turn.scan_state, data_len, turn.cut, self._prompt_len) = snapshot.fields
+        (
+            length,
+            self._example,
+            self._index,
+            self._done,
+            self._pending,
+            self._turn_index,
+            self._searches,
+            queries,
+            query_count,
+            self._answer,
+            turn,
+            turn.tokens,
+            turn.scan_state,
+            data_len,
+            turn.cut,
+            self._prompt_len,
+        ) = snapshot.fields
         if snapshot.tokens is not None and snapshot.mask is not None:
             self._tokens[: len(snapshot.tokens)] = snapshot.tokens
             self._mask[: len(snapshot.mask)] = snapshot.mask

@@ -7,13 +7,13 @@ The agents and the loop that plays them live in :mod:`search_env.baselines`;
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from search_env.baselines import TextAgent, TokenAgent, play_episodes
 from search_env.vector import SearchQAVectorEnv
-
 
 SYNTH_ID = "SearchQA-Synth-v0"
 SYNTH_ONLY_KEYS = frozenset({"size", "num_entities", "seed"})

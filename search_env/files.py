@@ -19,8 +19,9 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 __all__ = [
     "atomic_file",
@@ -89,7 +90,7 @@ def staging_owner(name: str, prefix: str) -> tuple[str, int] | None:
     """``(host, pid)`` of a staging directory name made by :func:`make_staging_dir`."""
     if not name.startswith(prefix):
         return None
-    parts = name[len(prefix):].rsplit("-", 2)
+    parts = name[len(prefix) :].rsplit("-", 2)
     if len(parts) != 3 or not parts[1].isdigit():
         return None
     return parts[0], int(parts[1])

@@ -45,8 +45,14 @@ def hub_endpoint() -> str:
 def _probe_address() -> tuple[str, int]:
     """The host and port a request to the hub connects to first (the proxy, when set)."""
     url = urlsplit(hub_endpoint())
-    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-                  if os.environ.get(k)), None)
+    proxy = next(
+        (
+            os.environ[k]
+            for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+            if os.environ.get(k)
+        ),
+        None,
+    )
     if proxy and url.scheme == "https" and not _bypasses_proxy(url.hostname or ""):
         url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     default_port = 443 if url.scheme == "https" else 80
@@ -95,8 +101,7 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     reachable = _connects(address, timeout)
     _probe_cache[address] = (now, reachable)
     if not reachable:
-        logger.info("the Hugging Face hub (%s:%d) is unreachable: using local files only",
-                    *address)
+        logger.info("the Hugging Face hub (%s:%d) is unreachable: using local files only", *address)
     return reachable
 
 
@@ -115,9 +120,11 @@ def hub_offline() -> Iterator[None]:
     They read ``HF_HUB_OFFLINE`` when imported; their module flags are switched for the
     duration and restored after.
     """
-    flags = [("huggingface_hub.constants", "HF_HUB_OFFLINE"),
-             ("datasets.config", "HF_HUB_OFFLINE"),
-             ("datasets.config", "HF_DATASETS_OFFLINE")]
+    flags = [
+        ("huggingface_hub.constants", "HF_HUB_OFFLINE"),
+        ("datasets.config", "HF_HUB_OFFLINE"),
+        ("datasets.config", "HF_DATASETS_OFFLINE"),
+    ]
     with contextlib.suppress(ImportError):
         import huggingface_hub.constants  # noqa: F401
     saved = []

@@ -7,9 +7,10 @@ reference implementation (PeterGriffinJin/Search-R1); see ``shared/PROTOCOL.md``
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from search_env.types import Passage
 
@@ -73,8 +74,15 @@ class ProtocolConfig:
                 raise TypeError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.use_chat_template, bool):
             raise TypeError(f"use_chat_template must be a bool, got {self.use_chat_template!r}")
-        for name in ("topk", "max_turns", "max_start_length", "max_response_length",
-                     "max_obs_length", "max_prompt_length", "max_query_chars"):
+        for name in (
+            "topk",
+            "max_turns",
+            "max_start_length",
+            "max_response_length",
+            "max_obs_length",
+            "max_prompt_length",
+            "max_query_chars",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Integral):
                 raise TypeError(f"{name} must be an int, got {value!r}")
@@ -85,8 +93,14 @@ class ProtocolConfig:
         _check_format("doc_format", self.doc_format, i=1, title="t", text="x")
         if "{docs}" not in self.information_format:
             raise ValueError("information_format must contain '{docs}'")
-        for name in ("topk", "max_response_length", "max_obs_length", "max_prompt_length",
-                     "max_start_length", "max_query_chars"):
+        for name in (
+            "topk",
+            "max_response_length",
+            "max_obs_length",
+            "max_prompt_length",
+            "max_start_length",
+            "max_query_chars",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_turns < 0:

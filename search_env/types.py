@@ -26,7 +26,7 @@ class Passage:
         parts = self.contents.split("\n", 1)
         return parts[1] if len(parts) > 1 else ""
 
-    def with_score(self, score: float | None) -> "Passage":
+    def with_score(self, score: float | None) -> Passage:
         return Passage(self.id, self.contents, score)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -72,7 +73,7 @@ class BatchStats:
 class _Undo:
     """An undo log for one vector call: sub-env snapshots, restored newest first."""
 
-    def __init__(self, vec: "SearchQAVectorEnv") -> None:
+    def __init__(self, vec: SearchQAVectorEnv) -> None:
         self.vec = vec
         rng = vec._np_random
         self.vec_state = (
@@ -145,7 +146,11 @@ class SearchQAVectorEnv(VectorEnv):
         envs: Sequence[SearchQAEnv] | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
     ) -> None:
-        if isinstance(num_envs, (bool, np.bool_)) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        if (
+            isinstance(num_envs, (bool, np.bool_))
+            or not isinstance(num_envs, (int, np.integer))
+            or num_envs < 1
+        ):
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
         num_envs = int(num_envs)
         if envs is None:
@@ -168,11 +173,15 @@ class SearchQAVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.retriever = first.retriever
         self.action_mode = first.action_mode
-        mode = AutoresetMode(autoreset_mode) if isinstance(autoreset_mode, AutoresetMode) else {
-            "next_step": AutoresetMode.NEXT_STEP,
-            "same_step": AutoresetMode.SAME_STEP,
-            "disabled": AutoresetMode.DISABLED,
-        }.get(str(autoreset_mode).lower())
+        mode = (
+            AutoresetMode(autoreset_mode)
+            if isinstance(autoreset_mode, AutoresetMode)
+            else {
+                "next_step": AutoresetMode.NEXT_STEP,
+                "same_step": AutoresetMode.SAME_STEP,
+                "disabled": AutoresetMode.DISABLED,
+            }.get(str(autoreset_mode).lower())
+        )
         if mode is None:
             raise ValueError(
                 f"autoreset_mode must be 'next_step', 'same_step' or 'disabled', got {autoreset_mode!r}"
@@ -205,7 +214,10 @@ class SearchQAVectorEnv(VectorEnv):
 
     # ------------------------------------------------------------------ reset
     def reset(
-        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+        self,
+        *,
+        seed: int | Sequence[int | None] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Reset the sub-envs of ``options["reset_mask"]`` (all by default); atomic."""
         options = check_options(options, _RESET_OPTIONS)
@@ -244,16 +256,24 @@ class SearchQAVectorEnv(VectorEnv):
     def _seeds(self, seed: Any) -> list[int | None]:
         """One seed (or None) per sub-env, checked before anything is reseeded."""
         n = self.num_envs
-        if seed is None or isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+        if (
+            seed is None
+            or isinstance(seed, (int, np.integer))
+            and not isinstance(seed, (bool, np.bool_))
+        ):
             seeds = [None if seed is None else int(seed) + i for i in range(n)]
         elif isinstance(seed, (str, bytes, bool, np.bool_)) or not hasattr(seed, "__len__"):
-            raise TypeError(f"seed must be an int, a sequence of {n} ints (or None) or None, got {seed!r}")
+            raise TypeError(
+                f"seed must be an int, a sequence of {n} ints (or None) or None, got {seed!r}"
+            )
         else:
             seeds = list(seed)
             if len(seeds) != n:
                 raise ValueError(f"got {len(seeds)} seeds for {n} envs")
         for s in seeds:
-            if s is not None and (isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 0):
+            if s is not None and (
+                isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 0
+            ):
                 raise ValueError(f"seeds must be ints >= 0 or None, got {s!r}")
         return [None if s is None else int(s) for s in seeds]
 
@@ -268,7 +288,9 @@ class SearchQAVectorEnv(VectorEnv):
         n, size = self.num_envs, len(self.dataset)
         given = [key for key in ("example", "group_size", "index") if key in options]
         if len(given) > 1:
-            raise ValueError(f"pass at most one of the reset options 'example', 'group_size', 'index'; got {given}")
+            raise ValueError(
+                f"pass at most one of the reset options 'example', 'group_size', 'index'; got {given}"
+            )
         if "index" in options:
             index = np.asarray(options["index"])
             if index.shape != (n,) or index.dtype.kind not in "iu":
@@ -279,9 +301,18 @@ class SearchQAVectorEnv(VectorEnv):
                 raise ValueError(f"options['index'] entries must be ints in [0, {size})")
         if "group_size" in options:
             g = options["group_size"]
-            if isinstance(g, (bool, np.bool_)) or not isinstance(g, (int, np.integer)) or g < 1 or n % g:
-                raise ValueError(f"group_size must be a positive int dividing num_envs={n}, got {g!r}")
-            partial = [j for j, row in enumerate(mask.reshape(-1, g)) if row.any() and not row.all()]
+            if (
+                isinstance(g, (bool, np.bool_))
+                or not isinstance(g, (int, np.integer))
+                or g < 1
+                or n % g
+            ):
+                raise ValueError(
+                    f"group_size must be a positive int dividing num_envs={n}, got {g!r}"
+                )
+            partial = [
+                j for j, row in enumerate(mask.reshape(-1, g)) if row.any() and not row.all()
+            ]
             if partial:
                 j = partial[0]
                 raise ValueError(
@@ -331,19 +362,25 @@ class SearchQAVectorEnv(VectorEnv):
             if actions.shape != (n,):
                 raise ValueError(f"token-mode actions must have shape ({n},), got {actions.shape}")
             if actions.dtype.kind not in "iu":
-                raise TypeError(f"token-mode actions must be integer token ids, got dtype {actions.dtype}")
+                raise TypeError(
+                    f"token-mode actions must be integer token ids, got dtype {actions.dtype}"
+                )
             # One array test instead of a call per sub-env: this runs on every token.
             bad = np.flatnonzero(consuming & ((actions < 0) | (actions >= self._vocab)))
             if len(bad):
                 i = int(bad[0])
-                raise ValueError(f"sub-env {i}: token id {actions[i]} out of range [0, {self._vocab[i]})")
+                raise ValueError(
+                    f"sub-env {i}: token id {actions[i]} out of range [0, {self._vocab[i]})"
+                )
             return actions
         try:
             ok = not isinstance(actions, (str, bytes)) and len(actions) == n
         except TypeError:
             ok = False
         if not ok:
-            raise ValueError(f"chunk-mode actions must be a sequence of {n} token sequences (or None)")
+            raise ValueError(
+                f"chunk-mode actions must be a sequence of {n} token sequences (or None)"
+            )
         for i in np.flatnonzero(consuming):
             if actions[i] is None:
                 continue  # sits this step out
@@ -355,7 +392,9 @@ class SearchQAVectorEnv(VectorEnv):
 
     def _step(
         self, actions: Any, undo: _Undo
-    ) -> tuple[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]], BatchStats]:
+    ) -> tuple[
+        tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]], BatchStats
+    ]:
         n = self.num_envs
         rewards = np.zeros(n, dtype=np.float64)
         terminated = np.zeros(n, dtype=bool)
@@ -410,7 +449,9 @@ class SearchQAVectorEnv(VectorEnv):
             self.envs[0].codec.encode_pieces([line for group in lines.values() for line in group])
         for i in stepping:
             env = self.envs[i]
-            obs, reward, term, trunc, info = env.finish_step(results.get(i), elapsed, lines=lines.get(i))
+            obs, reward, term, trunc, info = env.finish_step(
+                results.get(i), elapsed, lines=lines.get(i)
+            )
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
             if term or trunc:
                 self.active[i] = False
@@ -429,7 +470,11 @@ class SearchQAVectorEnv(VectorEnv):
 
     def _batch_obs(self) -> dict[str, np.ndarray]:
         lengths = np.fromiter((env.context_length for env in self.envs), np.int64, self.num_envs)
-        return {"tokens": self._tokens.copy(), "mask": self._mask.copy(), "length": lengths[:, None]}
+        return {
+            "tokens": self._tokens.copy(),
+            "mask": self._mask.copy(),
+            "length": lengths[:, None],
+        }
 
     def close_extras(self, **kwargs: Any) -> None:
         for env in getattr(self, "envs", ()):  # a constructor that raised set none

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 from agents.advantages import (

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
-from search_env.cli import main
-from search_env.protocol import clean_question, format_documents
+torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 from agents.config import TINY_WORLD, apply_overrides, save_config, tiny_cpu
 from agents.evaluation import (
@@ -29,6 +27,8 @@ from agents.evaluation import (
 )
 from agents.policy import ScriptedPolicy
 from agents.tiny_model import make_tiny_qwen2, save_tiny_model
+from search_env.cli import main
+from search_env.protocol import clean_question, format_documents
 
 SYNTH = "SearchQA-Synth-v0"
 HEADER = "| Method | NQ | TriviaQA | PopQA | HotpotQA | 2wiki | Musique | Bamboogle | Synth | Avg |"
@@ -46,7 +46,9 @@ def vec():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tok):
-    model = make_tiny_qwen2(tok, hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate=64, seed=0)
+    model = make_tiny_qwen2(
+        tok, hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate=64, seed=0
+    )
     return save_tiny_model(model, tok, tmp_path_factory.mktemp("models") / "tiny")
 
 
@@ -71,14 +73,20 @@ def half_right(dataset, contexts: list[str]):
 def test_numbers_match_the_episodes(vec, tok):
     contexts: list[str] = []
     policy = ScriptedPolicy(tok, half_right(vec.dataset, contexts), trim=True)
-    report = evaluate_policy(policy, {SYNTH: vec}, methods=["search", "direct", "rag", "oracle"],
-                             limit=8, model_name="script", progress=False)
+    report = evaluate_policy(
+        policy,
+        {SYNTH: vec},
+        methods=["search", "direct", "rag", "oracle"],
+        limit=8,
+        model_name="script",
+        progress=False,
+    )
     by = {r.method: r for r in report.results}
     assert set(by) == {"search", "direct", "rag", "oracle"} and not report.skipped
     for method in ("search", "direct", "rag"):
         eps, m = by[method].episodes, by[method].metrics()
         assert [e.index for e in eps] == list(range(8))
-        assert [e.em for e in eps] == [1.0, 0.0] * 4                # exactly the even ones
+        assert [e.em for e in eps] == [1.0, 0.0] * 4  # exactly the even ones
         assert m["em"] == np.mean([e.reward for e in eps]) == 0.5
         assert m["answered"] == 1.0 and m["f1"] >= m["em"]
         assert m["response_length"] == np.mean([e.response_length for e in eps])
@@ -101,8 +109,9 @@ def test_numbers_match_the_episodes(vec, tok):
     assert not any("Doc 1(Title:" in c for c in direct)
     for e, context in zip(by["rag"].episodes, rag):
         passages = vec.retriever.search([vec.dataset[e.index].question], protocol.topk)[0]
-        assert context == RAG_TEMPLATE.format(documents=format_documents(passages, protocol),
-                                              question=clean_question(e.question))
+        assert context == RAG_TEMPLATE.format(
+            documents=format_documents(passages, protocol), question=clean_question(e.question)
+        )
         assert e.doc_ids == tuple(p.id for p in passages) and len(e.doc_ids) == protocol.topk
 
     # Tables and JSON agree with the results.
@@ -126,22 +135,49 @@ def test_avg_uses_the_paper_datasets_and_needs_all_of_them(tmp_path, model_dir):
     run there, so its row has no Avg; Avg covers the paper's datasets only."""
     nq = tmp_path / "flashrag" / "nq"
     nq.mkdir(parents=True)
-    rows = [{"id": f"q{i}", "question": q, "golden_answers": [a]} for i, (q, a) in enumerate(
-        [("What is the capital of Norway", "Oslo"), ("Largest city of Switzerland?", "Zurich"),
-         ("What is the capital of France?", "Paris")])]
+    rows = [
+        {"id": f"q{i}", "question": q, "golden_answers": [a]}
+        for i, (q, a) in enumerate(
+            [
+                ("What is the capital of Norway", "Oslo"),
+                ("Largest city of Switzerland?", "Zurich"),
+                ("What is the capital of France?", "Paris"),
+            ]
+        )
+    ]
     (nq / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     corpus = tmp_path / "corpus.jsonl"
-    docs = ['"Oslo"\nOslo is the capital of Norway.', '"Zurich"\nZurich is the largest city.',
-            '"Paris"\nParis is the capital of France.', '"Bergen"\nBergen is a city in Norway.']
-    corpus.write_text("".join(json.dumps({"id": str(i), "contents": d}) + "\n" for i, d in enumerate(docs)))
-    report = evaluate_model(model_dir, ["SearchQA-NQ-v0", SYNTH], baselines=["rag", "oracle"],
-                            limit=3, num_envs=3, size="tiny", qa_dir=tmp_path / "flashrag",
-                            retriever=corpus, max_new_tokens=4, progress=False)
+    docs = [
+        '"Oslo"\nOslo is the capital of Norway.',
+        '"Zurich"\nZurich is the largest city.',
+        '"Paris"\nParis is the capital of France.',
+        '"Bergen"\nBergen is a city in Norway.',
+    ]
+    corpus.write_text(
+        "".join(json.dumps({"id": str(i), "contents": d}) + "\n" for i, d in enumerate(docs))
+    )
+    report = evaluate_model(
+        model_dir,
+        ["SearchQA-NQ-v0", SYNTH],
+        baselines=["rag", "oracle"],
+        limit=3,
+        num_envs=3,
+        size="tiny",
+        qa_dir=tmp_path / "flashrag",
+        retriever=corpus,
+        max_new_tokens=4,
+        progress=False,
+    )
     nq_rag = next(r for r in report.results if r.method == "rag" and r.env_id == "SearchQA-NQ-v0")
     assert [e.id for e in nq_rag.episodes] == ["q0", "q1", "q2"]
-    assert nq_rag.episodes[0].doc_ids[0] == "0"                    # "Oslo" for the Norway question
-    assert report.skipped == [{"method": "oracle", "env_id": "SearchQA-NQ-v0",
-                               "reason": "the oracle needs the gold hops of SearchQA-Synth-v0 questions"}]
+    assert nq_rag.episodes[0].doc_ids[0] == "0"  # "Oslo" for the Norway question
+    assert report.skipped == [
+        {
+            "method": "oracle",
+            "env_id": "SearchQA-NQ-v0",
+            "reason": "the oracle needs the gold hops of SearchQA-Synth-v0 questions",
+        }
+    ]
     assert report.avg_columns() == ["NQ"]
     table = report.table("response_length")
     assert table["search"]["Avg"] == table["search"]["NQ"] > 0
@@ -155,11 +191,17 @@ def test_model_from_a_training_run(tmp_path, tok):
     from agents.model import load_model
     from agents.rollout import make_env
 
-    cfg = apply_overrides(tiny_cpu(), {
-        "model.hidden_size": 32, "model.intermediate": 64, "model.layers": 1,
-        **TINY_WORLD, "out_dir": str(tmp_path / "run"),
-        "rollout.env_kwargs.tokenizer": "world:1024",  # a tokenizer spec, not a path
-    })
+    cfg = apply_overrides(
+        tiny_cpu(),
+        {
+            "model.hidden_size": 32,
+            "model.intermediate": 64,
+            "model.layers": 1,
+            **TINY_WORLD,
+            "out_dir": str(tmp_path / "run"),
+            "rollout.env_kwargs.tokenizer": "world:1024",  # a tokenizer spec, not a path
+        },
+    )
     run = Path(cfg.out_dir)
     tok = make_env(cfg.rollout, "test", 1).envs[0].tokenizer
     assert len(tok) == 1024
@@ -195,8 +237,15 @@ def _relative_run(work: Path, model_dir: Path, model_path: str, **env_kwargs: st
     from agents.model import load_model
 
     shutil.copytree(model_dir, work / "models" / "sft")
-    cfg = apply_overrides(tiny_cpu(), {**TINY_WORLD, "model.path": model_path, "out_dir": "runs/grpo",
-                                       **{f"rollout.env_kwargs.{k}": v for k, v in env_kwargs.items()}})
+    cfg = apply_overrides(
+        tiny_cpu(),
+        {
+            **TINY_WORLD,
+            "model.path": model_path,
+            "out_dir": "runs/grpo",
+            **{f"rollout.env_kwargs.{k}": v for k, v in env_kwargs.items()},
+        },
+    )
     save_config(cfg, work / "runs" / "grpo" / "config.json")
     model, _ = load_model(dataclasses.replace(cfg.model, path=str(work / "models" / "sft")), None)
     save_checkpoint(work / "runs" / "grpo", 3, cfg, {"model": model})
@@ -213,33 +262,68 @@ def test_run_with_a_relative_model_path_loads_from_any_directory(tmp_path, model
         loaded = load_model_for_eval(where, device="cpu")
         assert loaded.name == "grpo@step3"
         # env paths too; the env gets the model's own tokenizer, as in training
-        assert loaded.env_kwargs["corpus"] == str(tmp_path / "work" / "models" / "sft" / "config.json")
+        assert loaded.env_kwargs["corpus"] == str(
+            tmp_path / "work" / "models" / "sft" / "config.json"
+        )
         assert "tokenizer" not in loaded.env_kwargs
     # also through a relative --model path
     monkeypatch.chdir(tmp_path)
     assert load_model_for_eval(Path("work/runs/grpo"), device="cpu").name == "grpo@step3"
 
 
-def test_cli_eval_of_a_relative_run_from_another_directory(tmp_path, model_dir, monkeypatch, capsys):
+def test_cli_eval_of_a_relative_run_from_another_directory(
+    tmp_path, model_dir, monkeypatch, capsys
+):
     run = _relative_run(tmp_path / "work", model_dir, "models/sft")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(run), "--limit", "2", "--num-envs", "2", "--max-new-tokens", "4",
-                 "--device", "cpu", "--quiet", "--out", str(out), "--markdown", ""]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(run),
+                "--limit",
+                "2",
+                "--num-envs",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--out",
+                str(out),
+                "--markdown",
+                "",
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["model"] == "grpo@step3" and data["results"][0]["metrics"]["episodes"] == 2
 
 
-def test_tiny_run_with_a_relative_tokenizer_path_loads_from_any_directory(tmp_path, tok, monkeypatch):
+def test_tiny_run_with_a_relative_tokenizer_path_loads_from_any_directory(
+    tmp_path, tok, monkeypatch
+):
     """A tiny model is rebuilt on the run's env tokenizer: its relative path resolves too."""
     from agents.checkpoint import save_checkpoint
     from agents.model import load_model
 
     work = tmp_path / "work"
     tok.save_pretrained(work / "tok")
-    cfg = apply_overrides(tiny_cpu(), {
-        "model.hidden_size": 32, "model.intermediate": 64, "model.layers": 1, **TINY_WORLD,
-        "rollout.env_kwargs.tokenizer": "tok", "out_dir": "runs/tiny"})
+    cfg = apply_overrides(
+        tiny_cpu(),
+        {
+            "model.hidden_size": 32,
+            "model.intermediate": 64,
+            "model.layers": 1,
+            **TINY_WORLD,
+            "rollout.env_kwargs.tokenizer": "tok",
+            "out_dir": "runs/tiny",
+        },
+    )
     model, _ = load_model(cfg.model, tok)
     save_config(cfg, work / "runs" / "tiny" / "config.json")
     save_checkpoint(work / "runs" / "tiny", 2, cfg, {"model": model})
@@ -253,13 +337,18 @@ def test_tiny_run_with_a_relative_tokenizer_path_loads_from_any_directory(tmp_pa
         load_model_for_eval(work / "runs" / "tiny", device="cpu")
 
 
-@pytest.mark.parametrize("path, why", [("models/gone/final", "nor a hub id"),
-                                       ("no-such-model", "loading it as a hub id failed")])
-def test_run_with_a_missing_model_path_is_one_clear_line(tmp_path, model_dir, monkeypatch, capsys,
-                                                         path, why):
+@pytest.mark.parametrize(
+    "path, why",
+    [("models/gone/final", "nor a hub id"), ("no-such-model", "loading it as a hub id failed")],
+)
+def test_run_with_a_missing_model_path_is_one_clear_line(
+    tmp_path, model_dir, monkeypatch, capsys, path, why
+):
     run = _relative_run(tmp_path / "work", model_dir, path)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(EvalSetupError, match=f"model.path '{path}' of .* is not a directory .*{why}"):
+    with pytest.raises(
+        EvalSetupError, match=f"model.path '{path}' of .* is not a directory .*{why}"
+    ):
         load_model_for_eval(run, device="cpu")
     capsys.readouterr()  # the fixture's weight-loading bar
     assert main(["eval", "--model", str(run), "--size", "tiny", "--quiet", "--out", ""]) == 2
@@ -299,9 +388,30 @@ def test_env_kwargs_routing_and_method_names():
 # ------------------------------------------------------------------------ the CLI
 def test_cli_model_eval_writes_json_and_markdown(tmp_path, model_dir, capsys):
     out = tmp_path / "eval" / "tiny.json"
-    code = main(["eval", "--model", str(model_dir), "--size", "tiny", "--limit", "4",
-                 "--num-envs", "4", "--baselines", "direct,rag,oracle", "--max-new-tokens", "6",
-                 "--env-arg", "topk=2", "--device", "cpu", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--size",
+            "tiny",
+            "--limit",
+            "4",
+            "--num-envs",
+            "4",
+            "--baselines",
+            "direct,rag,oracle",
+            "--max-new-tokens",
+            "6",
+            "--env-arg",
+            "topk=2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert HEADER in printed and "oracle (scripted)" in printed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 from agents.losses import (

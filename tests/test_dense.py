@@ -17,12 +17,14 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from search_env.data.corpus import iter_corpus, write_corpus  # noqa: E402
-from search_env.retrievers.dense import faiss_io, flat_file, placement  # noqa: E402
 from search_env.retrievers import encoders as encoders_module  # noqa: E402
 from search_env.retrievers.base import CorruptIndexError, Retriever  # noqa: E402
-from search_env.retrievers.dense import (  # noqa: E402
+from search_env.retrievers.dense import (  # noqa: E402  # noqa: E402
     DenseRetriever,
     IndexSpec,
+    faiss_io,
+    flat_file,
+    placement,
     published_corpus_offsets,
 )
 from search_env.retrievers.encoders import (  # noqa: E402
@@ -123,9 +125,7 @@ def corpus_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def saved_index(tmp_path_factory, corpus_file, offline_encoder):
     index_dir = tmp_path_factory.mktemp("dense") / "idx"
-    _build(
-        corpus_file, index_dir, encoder=offline_encoder, chunk_size=4
-    )
+    _build(corpus_file, index_dir, encoder=offline_encoder, chunk_size=4)
     return index_dir
 
 
@@ -165,6 +165,7 @@ def test_one_encoder_call_and_one_index_search_per_batch(saved_index, monkeypatc
     r = DenseRetriever.load(saved_index, encoder=enc, device="cpu")
     calls = []
     real = r._index.search
+
     def counting(x, k):
         calls.append(len(x))
         return real(x, k)
@@ -277,9 +278,7 @@ def test_expected_corpus_matches(saved_index, corpus_file, offline_encoder):
 
 # ---------------------------------------------------------------------- index types
 def test_flat_and_hnsw_agree_on_easy_queries(tmp_path, offline_encoder, retriever):
-    hnsw = _build(
-        PASSAGES, tmp_path / "hnsw", encoder=offline_encoder, index_type="hnsw"
-    )
+    hnsw = _build(PASSAGES, tmp_path / "hnsw", encoder=offline_encoder, index_type="hnsw")
     assert json.loads((tmp_path / "hnsw" / "manifest.json").read_text())["index"]["type"] == "hnsw"
     queries = [q for q, _ in QUERIES]
     flat_top1 = [r[0].id for r in retriever.search(queries, k=1)]
@@ -291,9 +290,7 @@ def test_flat_and_hnsw_agree_on_easy_queries(tmp_path, offline_encoder, retrieve
 def test_ivfpq_builds_and_searches(tmp_path):
     enc = TableEncoder(dim=32)
     passages = _many_passages(2000)
-    r = _build(
-        passages, tmp_path / "ivf", encoder=enc, index_type=IndexSpec("ivfpq", nprobe=64)
-    )
+    r = _build(passages, tmp_path / "ivf", encoder=enc, index_type=IndexSpec("ivfpq", nprobe=64))
     spec = json.loads((tmp_path / "ivf" / "manifest.json").read_text())["index"]
     assert spec["type"] == "ivfpq" and spec["pq_m"] == 4 and 32 % spec["pq_m"] == 0
     assert spec["nlist"] >= 1 and 1 <= spec["pq_nbits"] <= 8
@@ -597,8 +594,12 @@ def _tiny_bert(path: Path) -> Path:
         (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
         tok = transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
     config = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
     )
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(path)
@@ -750,7 +751,9 @@ def test_cpu_matmul_search_equals_faiss_search(tmp_path, mmap):
         # Same ranking wherever scores are not tied.
         assert (r_t[:, 0] == r_f[:, 0]).mean() == 1.0
     text = by_torch.search(["synthetic passage number 12"], k=3)[0]
-    assert [p.id for p in text] == [p.id for p in by_faiss.search(["synthetic passage number 12"], k=3)[0]]
+    assert [p.id for p in text] == [
+        p.id for p in by_faiss.search(["synthetic passage number 12"], k=3)[0]
+    ]
 
 
 def test_cpu_search_option_is_validated(tmp_path):

@@ -234,8 +234,11 @@ def test_unreachable_hub_fails_at_once_without_asking_it(monkeypatch, tmp_path):
     gym.make line (tokenizer= included)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(download_core, "hub_reachable", lambda: False)
-    monkeypatch.setattr(download_core, "unreachable_reason",
-                        lambda: "the Hugging Face hub is unreachable (no connection to x:443)")
+    monkeypatch.setattr(
+        download_core,
+        "unreachable_reason",
+        lambda: "the Hugging Face hub is unreachable (no connection to x:443)",
+    )
     calls = []
     monkeypatch.setattr(download_core, "HuggingFaceHub", lambda: calls.append(1))
     with pytest.raises(DownloadUnavailableError) as info:
@@ -243,8 +246,10 @@ def test_unreachable_hub_fails_at_once_without_asking_it(monkeypatch, tmp_path):
     assert calls == []  # no client was even made
     msg = str(info.value)
     assert "unreachable (no connection to x:443)" in msg
-    assert (f'gym.make("SearchQA-NQ-v0", dataset="{tmp_path}/flashrag/nq/test.jsonl", '
-            f'corpus="{tmp_path}/wiki-18.jsonl", tokenizer="qwen2.5")') in msg
+    assert (
+        f'gym.make("SearchQA-NQ-v0", dataset="{tmp_path}/flashrag/nq/test.jsonl", '
+        f'corpus="{tmp_path}/wiki-18.jsonl", tokenizer="qwen2.5")'
+    ) in msg
 
 
 def test_cli_offline_exits_1_with_the_message_on_stderr(monkeypatch, capsys, tmp_path):

@@ -41,7 +41,7 @@ def test_search_then_answer_episode(make_env, tokenizer, retriever):
     assert (reward, term, trunc) == (0.0, False, False)
     length = int(obs["length"][0])
     text = tokenizer.decode(obs["tokens"][:length].tolist())
-    assert "<information>Doc 1(Title: \"Oslo\") Oslo is the capital of Norway.\n" in text
+    assert '<information>Doc 1(Title: "Oslo") Oslo is the capital of Norway.\n' in text
     assert text.endswith("</information>\n\n")
     turn2 = tokenizer.encode("<answer> oslo </answer>")
     (obs, reward, term, trunc, info), _ = feed_tokens(env, turn2)
@@ -95,7 +95,13 @@ def test_token_and_chunk_modes_agree(make_env, tokenizer):
                 assert used == len(ids)
         obs, reward, term, trunc, info = out
         length = int(obs["length"][0])
-        results[mode] = (obs["tokens"][:length].tolist(), obs["mask"][:length].tolist(), reward, term, info["searches"])
+        results[mode] = (
+            obs["tokens"][:length].tolist(),
+            obs["mask"][:length].tolist(),
+            reward,
+            term,
+            info["searches"],
+        )
     assert results["token"] == results["chunk"]
     assert results["token"][2] == 1.0
 
@@ -125,7 +131,9 @@ def test_tag_merged_with_neighbouring_text(retriever):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(["<search> Norway</search>\n\nDoc"] * 50, trainer)
@@ -368,17 +376,38 @@ def test_render_ansi(make_env):
 def test_chunk_turn_ends_match_token_mode_on_random_streams(make_env, tokenizer, seed):
     """Chunk mode finds every turn end (tag, EOS, budget, context) where token mode does."""
     rng = np.random.default_rng(seed)
-    answer = "<answer> Oslo </answer>" if seed % 2 else "<search> Paris </search>"  # even: run to the context limit
-    pieces = [
-        tokenizer.encode(t)
-        for t in ["<search> Oslo </search>", answer, "</sea", "rch>", "</", "answer>",
-                  "Zürich", "hello world", "<search>", " 東京 "]
-    ] + [[tokenizer.eos_token_id]] + [[int(t)] for t in rng.integers(2, len(tokenizer), 20)]
+    answer = (
+        "<answer> Oslo </answer>" if seed % 2 else "<search> Paris </search>"
+    )  # even: run to the context limit
+    pieces = (
+        [
+            tokenizer.encode(t)
+            for t in [
+                "<search> Oslo </search>",
+                answer,
+                "</sea",
+                "rch>",
+                "</",
+                "answer>",
+                "Zürich",
+                "hello world",
+                "<search>",
+                " 東京 ",
+            ]
+        ]
+        + [[tokenizer.eos_token_id]]
+        + [[int(t)] for t in rng.integers(2, len(tokenizer), 20)]
+    )
     stream: list[int] = []
     while len(stream) < 3000:
         stream += pieces[int(rng.integers(len(pieces)))]
-    kw = dict(max_turns=10_000, max_response_length=int(rng.integers(5, 40)), max_prompt_length=900,
-              max_start_length=300, max_obs_length=60)
+    kw = dict(
+        max_turns=10_000,
+        max_response_length=int(rng.integers(5, 40)),
+        max_prompt_length=900,
+        max_start_length=300,
+        max_obs_length=60,
+    )
     token_env, chunk_env = make_env(action_mode="token", **kw), make_env(action_mode="chunk", **kw)
     token_env.reset(options={"index": 0})
     chunk_env.reset(options={"index": 0})
@@ -410,7 +439,9 @@ def test_search_closing_at_the_context_limit_is_not_run(make_env, tokenizer, ret
     obs, _ = probe.reset(options={"index": 0})
     prompt = int(obs["length"][0])
     ids = tokenizer.encode("<search> Oslo </search>")
-    env = make_env(action_mode="chunk", max_prompt_length=prompt + len(ids), max_start_length=prompt)
+    env = make_env(
+        action_mode="chunk", max_prompt_length=prompt + len(ids), max_start_length=prompt
+    )
     env.reset(options={"index": 0})
     obs, r, term, trunc, info = env.step(ids)
     assert info["end_reason"] == "tag" and info["search_skipped"] and trunc
@@ -484,7 +515,10 @@ def test_retrieval_failure_can_be_retried_as_if_it_never_happened(make_env, toke
     ref = make_env(action_mode=mode, retriever=MemoryRetriever(PASSAGES))
     for e in (env, ref):
         e.reset(seed=1, options={"index": 0})
-    turns = [tokenizer.encode("<search> capital of Norway </search>"), tokenizer.encode("<answer> Oslo </answer>")]
+    turns = [
+        tokenizer.encode("<search> capital of Norway </search>"),
+        tokenizer.encode("<answer> Oslo </answer>"),
+    ]
     steps = turns if mode == "chunk" else turns[0] + turns[1]
     search_step = 0 if mode == "chunk" else len(turns[0]) - 1  # the step that closes </search>
     for n, action in enumerate(steps):

@@ -25,8 +25,12 @@ hook.install()
 def _python(code: str, *path: Path) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter with ``path`` first on sys.path (then this checkout)."""
     prefix = "import sys; sys.path[:0] = " + repr([str(p) for p in (*path, ROOT)]) + "\n"
-    return subprocess.run([sys.executable, "-c", prefix + USE_THIS_HOOK + code],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", prefix + USE_THIS_HOOK + code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_a_failing_registration_is_logged_and_gymnasium_still_imports(tmp_path):
@@ -34,9 +38,11 @@ def test_a_failing_registration_is_logged_and_gymnasium_still_imports(tmp_path):
     broken.mkdir()
     (broken / "__init__.py").write_text("")
     (broken / "registration.py").write_text(
-        "def register_envs():\n    raise RuntimeError('registry on fire')\n")
-    out = _python("import gymnasium\nprint('imported', 'SearchQA-NQ-v0' in gymnasium.registry)",
-                  tmp_path)
+        "def register_envs():\n    raise RuntimeError('registry on fire')\n"
+    )
+    out = _python(
+        "import gymnasium\nprint('imported', 'SearchQA-NQ-v0' in gymnasium.registry)", tmp_path
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["imported", "False"]
     assert "could not register its Gymnasium ids" in out.stderr
@@ -45,7 +51,8 @@ def test_a_failing_registration_is_logged_and_gymnasium_still_imports(tmp_path):
 
 def test_gymnasium_registers_the_ids_and_search_env_importing_it_logs_nothing():
     for first in ("gymnasium", "search_env"):  # search_env imports Gymnasium half-way through
-        out = _python(f"import {first}\nimport gymnasium\n"
-                      "print('SearchQA-NQ-v0' in gymnasium.registry)")
+        out = _python(
+            f"import {first}\nimport gymnasium\nprint('SearchQA-NQ-v0' in gymnasium.registry)"
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["True"] and out.stderr == "", first

@@ -52,8 +52,13 @@ def _module_names() -> list[str]:
 
 @pytest.fixture(scope="module")
 def import_report() -> dict[str, dict]:
-    out = subprocess.run([sys.executable, "-c", IMPORT_ALL], capture_output=True, text=True,
-                         cwd=ROOT.parent, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_ALL],
+        capture_output=True,
+        text=True,
+        cwd=ROOT.parent,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])
 
@@ -83,7 +88,8 @@ def test_env_commands_load_no_agents_module(argv):
         "    pass\n"
         "print(sorted(m for m in sys.modules if m == 'agents' or m.startswith('agents.')))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT.parent, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "[]"

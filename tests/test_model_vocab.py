@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("torch")
 
 import search_env  # noqa: E402,F401  (registers the env ids)
-from agents.rollout import make_env  # noqa: E402
 from agents.config import TINY_WORLD, apply_overrides, tiny_cpu  # noqa: E402
+from agents.rollout import make_env  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -45,12 +45,23 @@ def test_trainer_builds_its_envs_with_the_models_logits(padded_model_dir, tmp_pa
     from agents.run import setup_run
 
     path, n_ids = padded_model_dir
-    cfg = apply_overrides(tiny_cpu(), {
-        **TINY_WORLD, "model.path": str(path), "sft.steps": 0, "steps": 1, "eval_every": 0,
-        "checkpoint_every": 0, "threads": 1, "out_dir": str(tmp_path / "run"),
-        "rollout.num_envs": 2, "rollout.group_size": 2, "rollout.eval_num_envs": 2,
-        "grpo.minibatch_size": 2,
-    })
+    cfg = apply_overrides(
+        tiny_cpu(),
+        {
+            **TINY_WORLD,
+            "model.path": str(path),
+            "sft.steps": 0,
+            "steps": 1,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "threads": 1,
+            "out_dir": str(tmp_path / "run"),
+            "rollout.num_envs": 2,
+            "rollout.group_size": 2,
+            "rollout.eval_num_envs": 2,
+            "grpo.minibatch_size": 2,
+        },
+    )
     run = setup_run(cfg)
     for vec in (run.train_env, run.eval_env):
         assert vec.envs[0].codec.vocab_size == n_ids + PADDED

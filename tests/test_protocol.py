@@ -29,7 +29,7 @@ def test_clean_question():
 def test_format_documents_wiki18_style():
     docs = [Passage("1", '"Oslo"\nOslo is a city.\nSecond line.'), Passage("2", "NoText")]
     assert format_documents(docs) == (
-        'Doc 1(Title: "Oslo") Oslo is a city.\nSecond line.\n' "Doc 2(Title: NoText) \n"
+        'Doc 1(Title: "Oslo") Oslo is a city.\nSecond line.\nDoc 2(Title: NoText) \n'
     )
 
 

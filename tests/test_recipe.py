@@ -38,17 +38,23 @@ def quick(tmp_path_factory):
 
 def _numbers(results: dict, out: Path) -> dict:
     """Every recorded number of a recipe run except timings, paths and provenance."""
+
     def drop(record: dict) -> dict:
         paths = ("model_dir", "run_dir", "curves_png")
-        return {k: v for k, v in record.items()
-                if not any(t in k for t in TIME_KEYS) and k not in paths}
+        return {
+            k: v for k, v in record.items() if not any(t in k for t in TIME_KEYS) and k not in paths
+        }
 
     return {
         "sft": drop(results["sft"]),
         "runs": {name: drop(run) for name, run in results["runs"].items()},
-        "metrics": {name: [drop(json.loads(line)) for line in
-                           (out / name / "metrics.jsonl").read_text().splitlines()]
-                    for name in results["runs"]},
+        "metrics": {
+            name: [
+                drop(json.loads(line))
+                for line in (out / name / "metrics.jsonl").read_text().splitlines()
+            ]
+            for name in results["runs"]
+        },
     }
 
 
@@ -91,8 +97,13 @@ def test_recipe_json_records_versions_commit_threads_and_wall_times(quick):
     assert machine["torch_threads"] == 1
     assert machine["python"] == ".".join(map(str, sys.version_info[:3]))
     assert machine["platform"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                          capture_output=True, text=True, check=False)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if head.returncode == 0:
         assert machine["git"]["commit"] == head.stdout.strip()
         assert isinstance(machine["git"]["dirty"], bool)
@@ -109,8 +120,22 @@ def test_quick_recipe_writes_the_table_and_a_checkpoint_eval_model_loads(quick, 
     assert table.startswith(results_table(results) + "\n\n")
     assert (out / "grpo" / "checkpoints" / f"step_{QUICK['steps']:08d}" / "state.pt").is_file()
     report = tmp_path / "eval.json"
-    code = cli_main(["eval", "--model", str(out / "grpo"), "--limit", "2", "--num-envs", "2",
-                     "--out", str(report), "--markdown", "", "--quiet"])
+    code = cli_main(
+        [
+            "eval",
+            "--model",
+            str(out / "grpo"),
+            "--limit",
+            "2",
+            "--num-envs",
+            "2",
+            "--out",
+            str(report),
+            "--markdown",
+            "",
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert f"grpo@step{QUICK['steps']}" in report.read_text()
 
@@ -127,39 +152,61 @@ def test_git_state_without_git_installed_is_none(monkeypatch):
 
 def test_package_versions_of_a_missing_package_is_none():
     assert package_versions(["numpy", "no-such-distribution-xyz"]) == {
-        "numpy": importlib.import_module("numpy").__version__, "no-such-distribution-xyz": None}
+        "numpy": importlib.import_module("numpy").__version__,
+        "no-such-distribution-xyz": None,
+    }
 
 
 # ------------------------------------------------------------------ the table
 README_RESULTS = {
     "sft": {"test_em": 2 / 205, "test_searches": 0.3756, "seconds": 401.9, "test_questions": 205},
     "runs": {
-        "grpo": {"steps": 40, "test_questions": 205, "test_em_start": 2 / 205,
-                 "test_em_end": 30 / 205, "test_searches_start": 0.3756,
-                 "test_searches_end": 0.9902, "rl_seconds": 105.0,
-                 "test_curve": [{"step": 0, "test_em": 2 / 205, "test_searches": 0.3756},
-                                {"step": 20, "test_em": 28 / 205, "test_searches": 0.9756},
-                                {"step": 40, "test_em": 30 / 205, "test_searches": 0.9902}]},
-        "grpo_no_mask": {"steps": 40, "test_questions": 205, "test_em_start": 2 / 205,
-                         "test_em_end": 3 / 205, "test_searches_start": 0.3756,
-                         "test_searches_end": 0.4732, "rl_seconds": 179.4,
-                         "test_curve": [{"step": 0, "test_em": 2 / 205, "test_searches": 0.3756},
-                                        {"step": 10, "test_em": 29 / 205, "test_searches": 0.8634},
-                                        {"step": 20, "test_em": 2 / 205, "test_searches": 0.6439},
-                                        {"step": 40, "test_em": 3 / 205, "test_searches": 0.4732}]},
+        "grpo": {
+            "steps": 40,
+            "test_questions": 205,
+            "test_em_start": 2 / 205,
+            "test_em_end": 30 / 205,
+            "test_searches_start": 0.3756,
+            "test_searches_end": 0.9902,
+            "rl_seconds": 105.0,
+            "test_curve": [
+                {"step": 0, "test_em": 2 / 205, "test_searches": 0.3756},
+                {"step": 20, "test_em": 28 / 205, "test_searches": 0.9756},
+                {"step": 40, "test_em": 30 / 205, "test_searches": 0.9902},
+            ],
+        },
+        "grpo_no_mask": {
+            "steps": 40,
+            "test_questions": 205,
+            "test_em_start": 2 / 205,
+            "test_em_end": 3 / 205,
+            "test_searches_start": 0.3756,
+            "test_searches_end": 0.4732,
+            "rl_seconds": 179.4,
+            "test_curve": [
+                {"step": 0, "test_em": 2 / 205, "test_searches": 0.3756},
+                {"step": 10, "test_em": 29 / 205, "test_searches": 0.8634},
+                {"step": 20, "test_em": 2 / 205, "test_searches": 0.6439},
+                {"step": 40, "test_em": 3 / 205, "test_searches": 0.4732},
+            ],
+        },
     },
 }
 
 
 def test_results_table_is_the_readmes_layout():
-    assert results_table(README_RESULTS) == "\n".join([
-        "| run | held-out EM start → end | searches/episode | wall time |",
-        "|---|---|---|---|",
-        "| SFT warm start | 0.010 (2/205) | 0.38 | 402 s |",
-        "| GRPO, 40 steps | 0.010 → **0.146** (30/205) | 0.38 → 0.99 | 105 s |",
-        ("| GRPO without the loss mask, 40 steps | 0.010 → 0.141 at step 10 → **0.015** (3/205) "
-         "| 0.38 → 0.86 → 0.47 | 179 s |"),
-    ])
+    assert results_table(README_RESULTS) == "\n".join(
+        [
+            "| run | held-out EM start → end | searches/episode | wall time |",
+            "|---|---|---|---|",
+            "| SFT warm start | 0.010 (2/205) | 0.38 | 402 s |",
+            "| GRPO, 40 steps | 0.010 → **0.146** (30/205) | 0.38 → 0.99 | 105 s |",
+            (
+                "| GRPO without the loss mask, 40 steps | 0.010 → 0.141 at step 10 → **0.015** (3/205) "
+                "| 0.38 → 0.86 → 0.47 | 179 s |"
+            ),
+        ]
+    )
 
 
 def test_main_prints_the_table_and_the_paths_not_json(monkeypatch, tmp_path, capsys):
@@ -167,9 +214,15 @@ def test_main_prints_the_table_and_the_paths_not_json(monkeypatch, tmp_path, cap
 
     def fake_run_recipe(out, overrides, runs, results_path):
         seen.update(out=out, overrides=overrides, runs=runs)
-        return {**README_RESULTS, "machine": {"git": {"commit": "a" * 40, "dirty": False},
-                                              "packages": {"torch": "2.13.0"}, "torch_threads": 1},
-                "wall_seconds": {"total": 600.0}}
+        return {
+            **README_RESULTS,
+            "machine": {
+                "git": {"commit": "a" * 40, "dirty": False},
+                "packages": {"torch": "2.13.0"},
+                "torch_threads": 1,
+            },
+            "wall_seconds": {"total": 600.0},
+        }
 
     monkeypatch.setattr("agents.recipe.run_recipe", fake_run_recipe)
     assert main(["--quick", "--out", str(tmp_path), "--runs", "grpo,ppo", "--set", "seed=3"]) == 0
@@ -197,15 +250,21 @@ def test_recipe_help_names_the_command_describes_it_and_lists_the_runs(capsys):
         assert name in text
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--runs", "grpo,bogus"], "'bogus'"),
-    (["--runs", ","], "no recipe run given"),
-    (["--runs", "ppo,grpo,ppo"], "given twice: ppo"),
-    (["--set", "seed"], "--set needs KEY=VALUE"),
-    (["--set", "grpo.nope=1"], "unknown config key 'grpo.nope'"),
-    (["--set", "grpo.lr=abc"], "config key 'grpo.lr' expects float, got 'abc'"),
-    (["--set", "rollout.num_envs=16"], "grpo.minibatch_size (48) must be between 1 and the batch"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--runs", "grpo,bogus"], "'bogus'"),
+        (["--runs", ","], "no recipe run given"),
+        (["--runs", "ppo,grpo,ppo"], "given twice: ppo"),
+        (["--set", "seed"], "--set needs KEY=VALUE"),
+        (["--set", "grpo.nope=1"], "unknown config key 'grpo.nope'"),
+        (["--set", "grpo.lr=abc"], "config key 'grpo.lr' expects float, got 'abc'"),
+        (
+            ["--set", "rollout.num_envs=16"],
+            "grpo.minibatch_size (48) must be between 1 and the batch",
+        ),
+    ],
+)
 def test_recipe_bad_arguments_fail_before_any_work(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path / "out"), *argv])
@@ -230,8 +289,14 @@ def metrics_fixture() -> list[dict]:
     """A GRPO run's records as the trainer logs them: eval at 0, 2, 4; train steps 1-4."""
     records = [{"step": 0, "eval_em": 0.01, "eval_searches": 0.4, "eval_time": 1.0}]
     for step in range(1, 5):
-        record = {"step": step, "reward": 0.1 * step, "em": 0.05 * step,
-                  "searches": 0.2 * step, "kl": 0.001 * step, "step_time": 1.0}
+        record = {
+            "step": step,
+            "reward": 0.1 * step,
+            "em": 0.05 * step,
+            "searches": 0.2 * step,
+            "kl": 0.001 * step,
+            "step_time": 1.0,
+        }
         if step % 2 == 0:
             record.update(eval_em=0.03 * step, eval_searches=0.2 * step)
         records.append(record)
@@ -244,21 +309,34 @@ def test_plot_run_draws_em_searches_and_kl_on_shared_labelled_steps(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in metrics_fixture()))
     records = [json.loads(line) for line in path.read_text().splitlines()]
     png = tmp_path / "curves.png"
-    fig = plot_run(records, png, name="grpo_no_mask (grpo)", train_questions=6, episodes=48,
-                   eval_questions=205, window=2)
+    fig = plot_run(
+        records,
+        png,
+        name="grpo_no_mask (grpo)",
+        train_questions=6,
+        episodes=48,
+        eval_questions=205,
+        window=2,
+    )
     one = plot_run(records, tmp_path / "one.png", name="x", train_questions=1, episodes=1)
     assert fig.legends and one.legends[0].get_texts()[0].get_text().startswith(
-        "train batch (1 question, 1 episode): ")
+        "train batch (1 question, 1 episode): "
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     em, searches, kl = fig.axes
     assert fig._suptitle.get_text() == "grpo_no_mask (grpo)"
     assert [ax.get_ylabel() for ax in fig.axes] == [
-        "exact match", "searches / episode", "KL(policy || reference)"]
+        "exact match",
+        "searches / episode",
+        "KL(policy || reference)",
+    ]
     assert kl.get_xlabel() == "RL step"
     assert em.get_shared_x_axes().joined(em, kl) and em.get_shared_x_axes().joined(em, searches)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == ["train batch (6 questions, 48 episodes): 2-step mean (faint: each step)",
-                      "held-out (205 questions): greedy"]
+    assert legend == [
+        "train batch (6 questions, 48 episodes): 2-step mean (faint: each step)",
+        "held-out (205 questions): greedy",
+    ]
     assert all(ax.get_legend() is None for ax in fig.axes)  # one legend, under the panels
     raw, smoothed, held_out = em.get_lines()
     assert list(raw.get_ydata()) == pytest.approx([0.05, 0.10, 0.15, 0.20])
@@ -272,8 +350,9 @@ def test_plot_run_draws_em_searches_and_kl_on_shared_labelled_steps(tmp_path):
 @pytest.mark.skipif(not HAS_MPL, reason="needs matplotlib")
 def test_plot_run_with_evaluations_only_still_writes_a_figure(tmp_path):
     """A run of 0 steps logs only the step-0 evaluation: no training curves, no KL."""
-    fig = plot_run([{"step": 0, "eval_em": 0.0, "eval_searches": 0.0}], tmp_path / "c.png",
-                   name="ppo")
+    fig = plot_run(
+        [{"step": 0, "eval_em": 0.0, "eval_searches": 0.0}], tmp_path / "c.png", name="ppo"
+    )
     assert (tmp_path / "c.png").is_file()
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["held-out: greedy"]
     assert not fig.axes[2].has_data()
@@ -334,4 +413,5 @@ def test_loading_the_same_qa_file_again_logs_once(tmp_path, caplog):
         for _ in range(3):
             assert len(load_flashrag_jsonl(path)) == 1
     assert [r.getMessage() for r in caplog.records if "QA examples" in r.getMessage()] == [
-        f"Loaded 1 QA examples from {path}"]
+        f"Loaded 1 QA examples from {path}"
+    ]

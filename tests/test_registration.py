@@ -34,12 +34,19 @@ from tests.conftest import PASSAGES, QUESTIONS
 def local_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     qa = root / "test.jsonl"
-    qa.write_text("".join(
-        json.dumps({"id": q.id, "question": q.question, "golden_answers": list(q.golden_answers)}) + "\n"
-        for q in QUESTIONS
-    ))
+    qa.write_text(
+        "".join(
+            json.dumps(
+                {"id": q.id, "question": q.question, "golden_answers": list(q.golden_answers)}
+            )
+            + "\n"
+            for q in QUESTIONS
+        )
+    )
     corpus = root / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"id": p.id, "contents": p.contents}) + "\n" for p in PASSAGES))
+    corpus.write_text(
+        "".join(json.dumps({"id": p.id, "contents": p.contents}) + "\n" for p in PASSAGES)
+    )
     return qa, corpus
 
 
@@ -47,7 +54,12 @@ def kwargs_for(env_id, tokenizer, local_files):
     if env_id == "SearchQA-Synth-v0":
         return {"size": "tiny"}
     qa, corpus = local_files
-    return {"dataset": str(qa), "corpus": str(corpus), "tokenizer": tokenizer, "retriever_backend": "numpy"}
+    return {
+        "dataset": str(qa),
+        "corpus": str(corpus),
+        "tokenizer": tokenizer,
+        "retriever_backend": "numpy",
+    }
 
 
 def test_all_ids_registered():
@@ -71,7 +83,9 @@ def test_seeded_rollouts_are_identical(env_id, tokenizer, local_files):
         obs, info = env.reset(seed=11)
         trace = [info["index"]]
         for _ in range(12):
-            obs, r, term, trunc, info = env.step(np.asarray(env.action_space.sample(), dtype=np.int64))
+            obs, r, term, trunc, info = env.step(
+                np.asarray(env.action_space.sample(), dtype=np.int64)
+            )
             trace.append((obs["tokens"][: int(obs["length"][0])].tolist(), r, term, trunc))
             if term or trunc:
                 obs, info = env.reset()
@@ -86,7 +100,9 @@ def test_make_vec_gives_batched_vector_env(tokenizer, local_files):
     assert isinstance(vec, SearchQAVectorEnv) and vec.num_envs == 3
     obs, _ = vec.reset(seed=0)
     assert obs["tokens"].shape[0] == 3
-    vec2 = gym.make_vec("SearchQA-NQ-v0", num_envs=2, **kwargs_for("SearchQA-NQ-v0", tokenizer, local_files))
+    vec2 = gym.make_vec(
+        "SearchQA-NQ-v0", num_envs=2, **kwargs_for("SearchQA-NQ-v0", tokenizer, local_files)
+    )
     assert vec2.envs[0].retriever is vec2.envs[1].retriever
 
 
@@ -99,12 +115,19 @@ def test_hub_tokenizer_offline_error(local_files, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     qa, corpus = local_files
     with pytest.raises(MissingPiecesError, match="pass tokenizer=") as err:
-        gym.make("SearchQA-NQ-v0", dataset=str(qa), corpus=str(corpus), tokenizer="Qwen/Qwen2.5-3B-not-cached")
+        gym.make(
+            "SearchQA-NQ-v0",
+            dataset=str(qa),
+            corpus=str(corpus),
+            tokenizer="Qwen/Qwen2.5-3B-not-cached",
+        )
     assert list(err.value.problems) == ["tokenizer"]
     assert isinstance(err.value.problems["tokenizer"], TokenizerUnavailableError)
     assert "offline mode is on" in str(err.value) and "tokenizer='qwen2.5'" in str(err.value)
-    assert (f"gym.make('SearchQA-NQ-v0', dataset={str(qa)!r}, corpus={str(corpus)!r}, "
-            "tokenizer='Qwen/Qwen2.5-3B-not-cached')") in str(err.value)
+    assert (
+        f"gym.make('SearchQA-NQ-v0', dataset={str(qa)!r}, corpus={str(corpus)!r}, "
+        "tokenizer='Qwen/Qwen2.5-3B-not-cached')"
+    ) in str(err.value)
 
 
 def test_missing_retriever_and_dataset_errors(tokenizer, local_files):
@@ -117,16 +140,22 @@ def test_missing_retriever_and_dataset_errors(tokenizer, local_files):
         gym.make("SearchQA-v0", corpus=str(corpus), tokenizer=tokenizer)
     assert list(err.value.problems) == ["dataset"]
     with pytest.raises(ValueError, match="both"):  # bad input is not a missing piece
-        gym.make("SearchQA-NQ-v0", dataset=str(qa), corpus=str(corpus), retriever="x",
-                 tokenizer=tokenizer)
+        gym.make(
+            "SearchQA-NQ-v0",
+            dataset=str(qa),
+            corpus=str(corpus),
+            retriever="x",
+            tokenizer=tokenizer,
+        )
 
 
 def test_default_tokenizer_offline_is_the_built_qwen_copy(local_files, caplog):
     """HF_HUB_OFFLINE is set (tests/conftest.py): Qwen/Qwen2.5-3B is not cached here."""
     qa, corpus = local_files
     with caplog.at_level(logging.WARNING, logger="search_env.registration"):
-        env = gym.make("SearchQA-NQ-v0", dataset=str(qa), corpus=str(corpus),
-                       retriever_backend="numpy")
+        env = gym.make(
+            "SearchQA-NQ-v0", dataset=str(qa), corpus=str(corpus), retriever_backend="numpy"
+        )
     tok = env.unwrapped.tokenizer
     assert len(tok) == 151_665 and tok.encode(" </search>") == [690, 1836, 29]
     assert "offline mode is on" in caplog.text and "tokenizer='qwen2.5'" in caplog.text
@@ -162,8 +191,11 @@ def test_unreachable_hub_reports_every_missing_piece_at_once(hub_unreachable, tm
     port, sleeps = hub_unreachable
     pytest.importorskip("datasets")
     with pytest.raises(MissingPiecesError) as err:
-        gym.make("SearchQA-NQ-v0", tokenizer="Qwen/Qwen2.5-7B-not-cached",
-                 corpus=str(tmp_path / "missing.jsonl"))
+        gym.make(
+            "SearchQA-NQ-v0",
+            tokenizer="Qwen/Qwen2.5-7B-not-cached",
+            corpus=str(tmp_path / "missing.jsonl"),
+        )
     problems = err.value.problems
     assert list(problems) == ["tokenizer", "dataset", "retriever"]
     assert isinstance(problems["dataset"], DatasetUnavailableError)
@@ -171,9 +203,11 @@ def test_unreachable_hub_reports_every_missing_piece_at_once(hub_unreachable, tm
     message = str(err.value)
     assert message.count(f"no connection to 127.0.0.1:{port}") == 2  # tokenizer and dataset
     assert "3 pieces are missing" in message and "search-env download wiki18-corpus" in message
-    assert (f"gym.make('SearchQA-NQ-v0', dataset='data/flashrag/nq/test.jsonl', "
-            f"corpus={str(tmp_path / 'missing.jsonl')!r}, "
-            "tokenizer='Qwen/Qwen2.5-7B-not-cached')") in message
+    assert (
+        f"gym.make('SearchQA-NQ-v0', dataset='data/flashrag/nq/test.jsonl', "
+        f"corpus={str(tmp_path / 'missing.jsonl')!r}, "
+        "tokenizer='Qwen/Qwen2.5-7B-not-cached')"
+    ) in message
     assert sleeps == []  # no retry with back-off: the hub was never asked
     import huggingface_hub.constants as constants
 
@@ -273,13 +307,18 @@ def test_synth_world_tokenizer_is_trained_on_the_world_and_cached():
     own = gym.make("SearchQA-Synth-v0", tokenizer="world:8192", **kwargs).unwrapped
     assert len(own.tokenizer) == 8192 and own.tokenizer is not load_synth_tokenizer()
     names = [ex.golden_answers[0] for ex in own.dataset]
+
     def pieces(tok):
         return sum(len(tok.encode(" " + n, add_special_tokens=False)) for n in names)
+
     assert pieces(own.tokenizer) < 0.8 * pieces(shipped.tokenizer)  # names stay whole
     text = own.dataset[0].question
     assert own.tokenizer.decode(own.tokenizer.encode(text)) == text
-    world_dirs = [p for p in (Path(os.environ["SEARCH_ENV_CACHE"]) / "synth").iterdir()
-                  if any((t / "tokenizer.json").is_file() for t in p.glob("tokenizer-8192-*"))]
+    world_dirs = [
+        p
+        for p in (Path(os.environ["SEARCH_ENV_CACHE"]) / "synth").iterdir()
+        if any((t / "tokenizer.json").is_file() for t in p.glob("tokenizer-8192-*"))
+    ]
     assert len(world_dirs) == 1
     again = gym.make("SearchQA-Synth-v0", tokenizer="world:8192", **kwargs).unwrapped
     assert again.tokenizer is own.tokenizer  # loaded once

@@ -7,7 +7,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -29,7 +29,14 @@ PASSAGES = [
     Passage("lyon", '"Lyon"\nLyon is a city in France.'),
     Passage("bern", '"Bern"\nBern is the federal city of Switzerland.'),
 ]
-QUERIES = ["capital of Norway", "city in Switzerland", "France", "fjords", "nothing matches here", ""]
+QUERIES = [
+    "capital of Norway",
+    "city in Switzerland",
+    "France",
+    "fjords",
+    "nothing matches here",
+    "",
+]
 
 
 class SlowRetriever:
@@ -90,7 +97,9 @@ def test_search_matches_the_local_retriever(server, bm25):
         assert isinstance(remote, Retriever)
         got = remote.search(QUERIES, 3)
     want = bm25.search(QUERIES, 3)
-    assert [[(p.id, p.contents) for p in hits] for hits in got] == [[(p.id, p.contents) for p in hits] for hits in want]
+    assert [[(p.id, p.contents) for p in hits] for hits in got] == [
+        [(p.id, p.contents) for p in hits] for hits in want
+    ]
     for g_hits, w_hits in zip(got, want):
         assert [p.score for p in g_hits] == pytest.approx([p.score for p in w_hits], rel=1e-6)
     assert got[0][0].id == "oslo" and got[4] == [] and got[5] == []
@@ -141,7 +150,11 @@ def test_4xx_is_not_retried_and_names_the_cause(server):
             remote.search(["x" * 2001], 3)
         assert time.perf_counter() - start < 0.5  # no backoff sleep: refused at once
     message = str(err.value)
-    assert server.url + "/retrieve" in message and "HTTP 422" in message and "2001 characters" in message
+    assert (
+        server.url + "/retrieve" in message
+        and "HTTP 422" in message
+        and "2001 characters" in message
+    )
     assert counters(server)["bad_requests"] - before["bad_requests"] == 1
 
 
@@ -154,7 +167,11 @@ def test_server_down_fails_after_the_retries(caplog):
                 remote.search(["capital of Norway"], 3)
         elapsed = time.perf_counter() - start
     message = str(err.value)
-    assert f"{url}/retrieve" in message and "after 3 attempt(s)" in message and "ConnectError" in message
+    assert (
+        f"{url}/retrieve" in message
+        and "after 3 attempt(s)" in message
+        and "ConnectError" in message
+    )
     retries = [r for r in caplog.records if "retry" in r.getMessage()]
     assert [r.getMessage().split("retry ")[1][:3] for r in retries] == ["1/2", "2/2"]
     delays = [float(r.getMessage().rsplit(" in ", 1)[1].split()[0]) for r in retries]
@@ -189,7 +206,11 @@ def test_slow_server_times_out_retries_then_raises(bm25):
                 remote.search(["slow query about Oslo"], 3)
             elapsed = time.perf_counter() - start
         message = str(err.value)
-        assert srv.url + "/retrieve" in message and "after 2 attempt(s)" in message and "timed out after 0.15 s" in message
+        assert (
+            srv.url + "/retrieve" in message
+            and "after 2 attempt(s)" in message
+            and "timed out after 0.15 s" in message
+        )
         assert 0.3 <= elapsed < 0.6  # two timed-out attempts, not the server's 2 x 0.6 s
         # The server is still healthy: a normal request is answered once the slow calls end.
         with RemoteRetriever(srv.url, timeout=5.0) as remote:
@@ -241,7 +262,7 @@ class ScriptedServer:
             except OSError:  # the client hung up
                 return
 
-    def __enter__(self) -> "ScriptedServer":
+    def __enter__(self) -> ScriptedServer:
         self.acceptor.start()
         return self
 
@@ -254,8 +275,13 @@ class ScriptedServer:
 
 
 def ok_answer(num_queries: int) -> bytes:
-    body = json.dumps({"result": [[{"document": {"id": "1", "contents": '"T"\nx'}, "score": 1.0}]] * num_queries}).encode()
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    body = json.dumps(
+        {"result": [[{"document": {"id": "1", "contents": '"T"\nx'}, "score": 1.0}]] * num_queries}
+    ).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
 
 
 def trickle(data: bytes, gap_s: float, stopping: threading.Event, conn: socket.socket) -> None:
@@ -313,7 +339,9 @@ def test_the_deadline_holds_through_a_proxy_from_the_environment(monkeypatch):
 def test_429_with_retry_after_is_honoured():
     def handle(conn, n, stopping):
         if n == 1:
-            conn.sendall(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0.4\r\nContent-Length: 4\r\n\r\nbusy")
+            conn.sendall(
+                b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0.4\r\nContent-Length: 4\r\n\r\nbusy"
+            )
         else:
             conn.sendall(ok_answer(2))
         return True
@@ -328,7 +356,9 @@ def test_429_with_retry_after_is_honoured():
 
 def test_retry_after_beyond_the_window_fails_at_once():
     def handle(conn, n, stopping):
-        conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 120\r\nContent-Length: 7\r\n\r\nwarming")
+        conn.sendall(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 120\r\nContent-Length: 7\r\n\r\nwarming"
+        )
         return True
 
     with ScriptedServer(handle) as srv:
@@ -343,8 +373,8 @@ def test_retry_after_beyond_the_window_fails_at_once():
 
 
 def test_retry_after_header_forms():
-    from email.utils import format_datetime
     from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
 
     from search_env.retrievers.remote import _retry_after
 
@@ -370,7 +400,9 @@ def test_backoff_has_jitter_and_a_cap():
 
 def test_retry_window_bounds_a_call_and_the_message_says_how_to_raise_it():
     url = f"http://127.0.0.1:{free_port()}"
-    with RemoteRetriever(url, retries=1000, backoff=0.05, max_backoff=0.1, retry_window=0.6) as remote:
+    with RemoteRetriever(
+        url, retries=1000, backoff=0.05, max_backoff=0.1, retry_window=0.6
+    ) as remote:
         start = time.perf_counter()
         with pytest.raises(RetrievalError) as err:
             remote.search(["q"], 1)
@@ -425,12 +457,24 @@ def test_env_retriever_options_are_checked(server, tokenizer):
 
     questions = [QAExample("q", "What is the capital of Norway?", ("Oslo",))]
     with pytest.raises(TypeError, match="timeuot"):
-        gym.make("SearchQA-v0", dataset=questions, retriever=server.url, tokenizer=tokenizer,
-                 retriever_options={"timeuot": 5})
+        gym.make(
+            "SearchQA-v0",
+            dataset=questions,
+            retriever=server.url,
+            tokenizer=tokenizer,
+            retriever_options={"timeuot": 5},
+        )
     with pytest.raises(ValueError, match="timeout must be > 0"):
-        gym.make("SearchQA-v0", dataset=questions, retriever=server.url, tokenizer=tokenizer,
-                 retriever_options={"timeout": 0})
-    with pytest.raises(ValueError, match="retriever_options= configures the client of a retrieval server"):
+        gym.make(
+            "SearchQA-v0",
+            dataset=questions,
+            retriever=server.url,
+            tokenizer=tokenizer,
+            retriever_options={"timeout": 0},
+        )
+    with pytest.raises(
+        ValueError, match="retriever_options= configures the client of a retrieval server"
+    ):
         gym.make("SearchQA-Synth-v0", size="tiny", retriever_options={"timeout": 5})
 
 
@@ -440,7 +484,10 @@ def test_parse_response_shapes():
     bare = {"result": [[{"id": 5, "contents": "c"}]]}
     assert parse_response(bare, 1) == [[Passage("5", "c", None)]]
     # The reference's Lucene path: title/text/contents and no id.
-    lucene = {"document": {"title": "Oslo", "text": "capital", "contents": '"Oslo"\ncapital'}, "score": 1.5}
+    lucene = {
+        "document": {"title": "Oslo", "text": "capital", "contents": '"Oslo"\ncapital'},
+        "score": 1.5,
+    }
     assert parse_passage(lucene) == Passage("", '"Oslo"\ncapital', 1.5)
     assert parse_passage({"title": "Oslo", "text": "capital"}).contents == '"Oslo"\ncapital'
     with pytest.raises(ValueError, match="2 result lists for 3 queries"):
@@ -458,7 +505,9 @@ def test_bad_answers_are_errors_without_retry():
         calls.append(request)
         return httpx.Response(200, content=b"<html>proxy error</html>")
 
-    with RemoteRetriever("http://127.0.0.1:9/", transport=httpx.MockTransport(handler), backoff=0.01) as remote:
+    with RemoteRetriever(
+        "http://127.0.0.1:9/", transport=httpx.MockTransport(handler), backoff=0.01
+    ) as remote:
         with pytest.raises(RetrievalError, match="unexpected answer"):
             remote.search(["q"], 1)
     assert len(calls) == 1
@@ -474,8 +523,14 @@ def test_env_accepts_a_server_url(server, tokenizer):
     from search_env.types import QAExample
 
     questions = [QAExample("q", "What is the capital of Norway?", ("Oslo",))]
-    env = gym.make("SearchQA-v0", dataset=questions, retriever=server.url, tokenizer=tokenizer,
-                   action_mode="chunk", retriever_options={"timeout": 5.0, "retries": 1, "retry_window": 9})
+    env = gym.make(
+        "SearchQA-v0",
+        dataset=questions,
+        retriever=server.url,
+        tokenizer=tokenizer,
+        action_mode="chunk",
+        retriever_options={"timeout": 5.0, "retries": 1, "retry_window": 9},
+    )
     remote = env.unwrapped.retriever
     assert isinstance(remote, RemoteRetriever)
     assert (remote.timeout, remote.retries, remote.retry_window) == (5.0, 1, 9.0)

@@ -104,12 +104,19 @@ def _module(allowed=None):
     from agents.rllib.module import TokenPolicyModule
 
     env = make_search_env(TASK_ENV_ID, TINY)
-    config = {"d_model": 16, "layers": 1, "heads": 2, "ff": 32, "window": 16,
-              "vf_share_layers": False}  # an RLlib default key: ignored
+    config = {
+        "d_model": 16,
+        "layers": 1,
+        "heads": 2,
+        "ff": 32,
+        "window": 16,
+        "vf_share_layers": False,
+    }  # an RLlib default key: ignored
     if allowed is not None:
         config["allowed_token_ids"] = allowed
-    module = TokenPolicyModule(observation_space=env.observation_space,
-                               action_space=env.action_space, model_config=config)
+    module = TokenPolicyModule(
+        observation_space=env.observation_space, action_space=env.action_space, model_config=config
+    )
     return env, module
 
 
@@ -144,8 +151,11 @@ def test_module_only_writes_allowed_tokens(ray_session):
     with pytest.raises(ValueError, match="unknown TokenPolicyModule"):
         from agents.rllib.module import TokenPolicyModule
 
-        TokenPolicyModule(observation_space=env.observation_space, action_space=env.action_space,
-                          model_config={"d_modle": 8})
+        TokenPolicyModule(
+            observation_space=env.observation_space,
+            action_space=env.action_space,
+            model_config={"d_modle": 8},
+        )
 
 
 def test_loss_row_audit_catches_bootstrap_rows_in_the_loss(ray_session):
@@ -155,9 +165,16 @@ def test_loss_row_audit_catches_bootstrap_rows_in_the_loss(ray_session):
     from agents.rllib.learner import AUDIT_KEY, AuditLossRows
 
     audit = TokenAudit(agent_tokens=3, env_tokens=5, steps=3)
-    ok = {"default_policy": {Columns.ACTIONS: torch.zeros(4), Columns.LOSS_MASK: torch.tensor([1, 1, 1, 0]).bool()}}
+    ok = {
+        "default_policy": {
+            Columns.ACTIONS: torch.zeros(4),
+            Columns.LOSS_MASK: torch.tensor([1, 1, 1, 0]).bool(),
+        }
+    }
     AuditLossRows()(rl_module=None, batch=ok, episodes=[], shared_data={AUDIT_KEY: audit})
-    bad = {"default_policy": {Columns.ACTIONS: torch.zeros(4), Columns.LOSS_MASK: torch.ones(4).bool()}}
+    bad = {
+        "default_policy": {Columns.ACTIONS: torch.zeros(4), Columns.LOSS_MASK: torch.ones(4).bool()}
+    }
     with pytest.raises(TokenAuditError, match="4 loss rows for 3 agent tokens"):
         AuditLossRows()(rl_module=None, batch=bad, episodes=[], shared_data={AUDIT_KEY: audit})
 
@@ -170,7 +187,9 @@ def test_ppo_trains_two_iterations_and_the_loss_sees_only_agent_tokens(ray_sessi
     cfg = apply_overrides(preset("test"), {"out_dir": str(tmp_path / "run"), "iterations": 2})
     summary = train_rllib(cfg, progress=False)
     assert summary["iterations"] == 2
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in records] == [1, 2]
     for r in records:
         # Every row of the PPO loss is one agent token the policy wrote: the audit inside

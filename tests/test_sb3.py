@@ -45,8 +45,9 @@ def test_token_subset_writes_exactly_the_chosen_token():
 
 def test_features_extractor_reads_sb3_float_observations():
     env = make_search_env(TASK_ENV_ID, TASK_ENV_CONFIG)
-    extractor = TokenFeaturesExtractor(env.observation_space, d_model=16, layers=1, heads=2,
-                                       ff=32, window=16).eval()
+    extractor = TokenFeaturesExtractor(
+        env.observation_space, d_model=16, layers=1, heads=2, ff=32, window=16
+    ).eval()
     obs = [env.reset(seed=i)[0] for i in range(3)]
     as_long = {k: torch.as_tensor(np.stack([o[k] for o in obs])) for k in obs[0]}
     as_float = {k: v.float() for k, v in as_long.items()}  # what SB3's preprocessing hands over
@@ -58,8 +59,19 @@ def test_features_extractor_reads_sb3_float_observations():
 
 @pytest.mark.slow
 def test_short_ppo_learn_updates_the_policy_and_writes_the_run(tmp_path):
-    cfg = SB3RunConfig(d_model=16, layers=1, heads=2, ff=32, window=16, n_envs=2, n_steps=64,
-                       batch_size=64, n_epochs=1, timesteps=256, out_dir=str(tmp_path / "sb3"))
+    cfg = SB3RunConfig(
+        d_model=16,
+        layers=1,
+        heads=2,
+        ff=32,
+        window=16,
+        n_envs=2,
+        n_steps=64,
+        batch_size=64,
+        n_epochs=1,
+        timesteps=256,
+        out_dir=str(tmp_path / "sb3"),
+    )
     model = build_model(cfg)
     before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(total_timesteps=128)
@@ -68,7 +80,9 @@ def test_short_ppo_learn_updates_the_policy_and_writes_the_run(tmp_path):
 
     summary = train_sb3(cfg)
     assert summary["timesteps"] >= cfg.timesteps
-    records = [json.loads(line) for line in (tmp_path / "sb3" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "sb3" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert len(records) == summary["rollouts"] >= 2
     assert all(0.0 <= r["answered"] <= 1.0 for r in records if "answered" in r)
     assert (tmp_path / "sb3" / "model.zip").exists()

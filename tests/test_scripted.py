@@ -3,7 +3,7 @@ strings alone."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -106,7 +106,8 @@ def test_oracle_reads_the_bridge_from_the_results_not_the_metadata(world):
     first = q.metadata["hops"][0]
     wrong_bridge = "Zzyzx Qwol"
     sentence = FACT_TEMPLATES[first["relation"]].format(
-        S=first["subject"], O=wrong_bridge, a="a", kind="novel")
+        S=first["subject"], O=wrong_bridge, a="a", kind="novel"
+    )
     planted = Passage("y", f'"{first["subject"]}"\n{sentence}')
     results = iter([[planted]])
 
@@ -154,8 +155,10 @@ def test_oracle_with_bm25_finds_nearly_everything(world):
     bm25s = pytest.importorskip("bm25s")
     passages = world.passages
     index = bm25s.BM25()
-    index.index(bm25s.tokenize([p.contents for p in passages], stopwords="en",
-                               show_progress=False), show_progress=False)
+    index.index(
+        bm25s.tokenize([p.contents for p in passages], stopwords="en", show_progress=False),
+        show_progress=False,
+    )
 
     def search(query: str, example: QAExample) -> list[Passage]:
         tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
@@ -175,8 +178,7 @@ def test_no_search_agent_scores_about_zero(world):
         return []
 
     questions = world.questions["train"] + world.questions["test"]
-    scores = [exact_match(play(NoSearchAgent(), q, search)[0], q.golden_answers)
-              for q in questions]
+    scores = [exact_match(play(NoSearchAgent(), q, search)[0], q.golden_answers) for q in questions]
     assert not search_calls
     assert sum(scores) / len(scores) <= 0.02
 

@@ -13,7 +13,7 @@ import json
 import random
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -167,7 +167,9 @@ def test_gem_search_tool_request_replayed(server, bm25):
     assert response.headers["content-type"] == "application/msgpack"
     result = msgspec.msgpack.decode(response.content)["result"]
     assert passages_to_string(result) == format_documents(bm25.search(["capital of Norway"], 3)[0])
-    assert [item["document"]["id"] for item in result] == [p.id for p in bm25.search(["capital of Norway"], 3)[0]]
+    assert [item["document"]["id"] for item in result] == [
+        p.id for p in bm25.search(["capital of Norway"], 3)[0]
+    ]
     assert all(isinstance(item["score"], float) for item in result)
 
 
@@ -175,11 +177,15 @@ def test_single_query_in_json_and_without_scores(client, bm25):
     want = bm25.search(["fjords"], 2)[0]
     scored = post(client, {"query": "fjords", "topk": 2, "return_scores": True}).json()
     assert [i["document"]["id"] for i in scored["result"]] == [p.id for p in want]
-    assert [i["score"] for i in scored["result"]] == pytest.approx([p.score for p in want], rel=1e-6)
+    assert [i["score"] for i in scored["result"]] == pytest.approx(
+        [p.score for p in want], rel=1e-6
+    )
     bare = post(client, {"query": "fjords", "topk": 2}).json()
     assert bare == {"result": [{"id": p.id, "contents": p.contents} for p in want]}
     assert post(client, {"query": "", "topk": 2}).json() == {"result": []}
-    packed = client.post("/retrieve", content=msgspec.msgpack.encode({"query": "fjords", "topk": 2}))
+    packed = client.post(
+        "/retrieve", content=msgspec.msgpack.encode({"query": "fjords", "topk": 2})
+    )
     assert msgspec.msgpack.decode(packed.content) == bare
 
 
@@ -191,9 +197,14 @@ def test_request_without_scores_returns_documents(client, bm25):
 
 def test_reference_defaults(client, bm25):
     # topk missing or null -> the reference's default 3; return_scores missing -> false.
-    for payload in ({"queries": ["capital"]}, {"queries": ["capital"], "topk": None, "return_scores": None}):
+    for payload in (
+        {"queries": ["capital"]},
+        {"queries": ["capital"], "topk": None, "return_scores": None},
+    ):
         hits = post(client, payload).json()["result"][0]
-        assert hits == [{"id": p.id, "contents": p.contents} for p in bm25.search(["capital"], 3)[0]]
+        assert hits == [
+            {"id": p.id, "contents": p.contents} for p in bm25.search(["capital"], 3)[0]
+        ]
         assert len(hits) == 3
     # Unknown fields are ignored, as pydantic does in the reference.
     assert post(client, {"queries": ["capital"], "extra": 1}).status_code == 200
@@ -214,8 +225,14 @@ def test_gem_msgpack_request(client, bm25):
     assert response.headers["content-type"] == "application/msgpack"
     body = msgspec.msgpack.decode(response.content)
     assert body == post(client, payload).json()
-    assert [d["document"]["id"] for d in body["result"][0]] == [p.id for p in bm25.search(["capital of Norway"], 3)[0]]
-    explicit = client.post("/retrieve", content=msgspec.msgpack.encode(payload), headers={"content-type": "application/msgpack"})
+    assert [d["document"]["id"] for d in body["result"][0]] == [
+        p.id for p in bm25.search(["capital of Norway"], 3)[0]
+    ]
+    explicit = client.post(
+        "/retrieve",
+        content=msgspec.msgpack.encode(payload),
+        headers={"content-type": "application/msgpack"},
+    )
     assert msgspec.msgpack.decode(explicit.content) == body
 
 
@@ -237,12 +254,24 @@ def test_gem_msgpack_request(client, bm25):
         (json.dumps({"queries": ["a"], "topk": "3"}), 422, "got '3' (str)"),
         (json.dumps({"queries": ["a"], "topk": 2.5}), 422, "'topk'"),
         (json.dumps({"queries": ["a"], "topk": True}), 422, "'topk'"),
-        (json.dumps({"queries": ["a"], "return_scores": "yes"}), 422, "'return_scores' must be true or false"),
+        (
+            json.dumps({"queries": ["a"], "return_scores": "yes"}),
+            422,
+            "'return_scores' must be true or false",
+        ),
         (json.dumps({"queries": ["a"] * 4097}), 422, "too many queries: 4097"),
-        (json.dumps({"queries": ["ok", "x" * 2001]}), 422, "queries[1] is 2001 characters long, the limit is 2000"),
+        (
+            json.dumps({"queries": ["ok", "x" * 2001]}),
+            422,
+            "queries[1] is 2001 characters long, the limit is 2000",
+        ),
         (json.dumps({"query": ["capital"]}), 422, "'query' must be a string, got list"),
         (json.dumps({"query": None}), 422, "'query' must be a string, got null"),
-        (json.dumps({"query": "x" * 2001}), 422, "'query' is 2001 characters long, the limit is 2000"),
+        (
+            json.dumps({"query": "x" * 2001}),
+            422,
+            "'query' is 2001 characters long, the limit is 2000",
+        ),
         (json.dumps({"query": "a", "queries": ["b"]}), 422, "not both"),
         (msgspec.msgpack.encode({"query": 7, "topk": 3}), 422, "'query' must be a string, got int"),
         (msgspec.msgpack.encode({"query": "a", "topk": 0}), 422, "'topk' must be an integer"),
@@ -271,11 +300,21 @@ def test_body_size_limit(bm25):
 
 
 def test_configured_limits(bm25):
-    app = create_app(bm25, max_queries_per_request=2, max_topk=4, max_query_chars=10, default_topk=1)
+    app = create_app(
+        bm25, max_queries_per_request=2, max_topk=4, max_query_chars=10, default_topk=1
+    )
     with ServerThread(app) as srv, httpx.Client(base_url=srv.url) as c:
-        assert "limit is 2" in c.post("/retrieve", json={"queries": ["a", "b", "c"]}).json()["detail"]
-        assert "from 1 to 4" in c.post("/retrieve", json={"queries": ["a"], "topk": 5}).json()["detail"]
-        assert "the limit is 10" in c.post("/retrieve", json={"queries": ["capital of x"]}).json()["detail"]
+        assert (
+            "limit is 2" in c.post("/retrieve", json={"queries": ["a", "b", "c"]}).json()["detail"]
+        )
+        assert (
+            "from 1 to 4"
+            in c.post("/retrieve", json={"queries": ["a"], "topk": 5}).json()["detail"]
+        )
+        assert (
+            "the limit is 10"
+            in c.post("/retrieve", json={"queries": ["capital of x"]}).json()["detail"]
+        )
         assert len(c.post("/retrieve", json={"queries": ["capital"]}).json()["result"][0]) == 1
         limits = c.get("/health").json()["limits"]
         assert limits["max_queries_per_request"] == 2 and limits["default_topk"] == 1
@@ -293,7 +332,9 @@ def test_parse_retrieve_request_unit():
 
 
 # ---------------------------------------------------------------------- slow and large bodies
-def _stalled_upload(srv: ServerThread, chunks: list[bytes], gap_s: float, deadline_s: float) -> tuple[bytes, float]:
+def _stalled_upload(
+    srv: ServerThread, chunks: list[bytes], gap_s: float, deadline_s: float
+) -> tuple[bytes, float]:
     """Sends headers for a 10,000-byte body, then ``chunks`` ``gap_s`` apart (never the rest);
     returns what the server sent back and when it closed the connection (bounded wait)."""
     import socket
@@ -350,8 +391,16 @@ def test_largest_valid_requests_fit_the_derived_body_limit(bm25):
     widest = "\U0001f600" * 50  # 4 bytes a character in UTF-8
     queries = [widest] * 8
     bodies = {
-        "json utf-8": (json.dumps({"queries": queries, "topk": 3, "return_scores": False}, ensure_ascii=False).encode(), "application/json"),
-        "msgpack": (msgspec.msgpack.encode({"queries": queries, "topk": 3, "return_scores": False}), None),
+        "json utf-8": (
+            json.dumps(
+                {"queries": queries, "topk": 3, "return_scores": False}, ensure_ascii=False
+            ).encode(),
+            "application/json",
+        ),
+        "msgpack": (
+            msgspec.msgpack.encode({"queries": queries, "topk": 3, "return_scores": False}),
+            None,
+        ),
     }
     with ServerThread(app) as srv, httpx.Client(base_url=srv.url) as c:
         limit = c.get("/health").json()["limits"]["max_body_bytes"]
@@ -360,7 +409,9 @@ def test_largest_valid_requests_fit_the_derived_body_limit(bm25):
             headers = {"content-type": ctype} if ctype else {}
             response = c.post("/retrieve", content=body, headers=headers)
             assert response.status_code == 200, (name, response.text)
-        too_big = c.post("/retrieve", content=b" " * (limit + 1), headers={"content-type": "application/json"})
+        too_big = c.post(
+            "/retrieve", content=b" " * (limit + 1), headers={"content-type": "application/json"}
+        )
         assert too_big.status_code == 413 and too_big.headers["connection"] == "close"
 
 
@@ -379,13 +430,19 @@ class WideRetriever:
 def test_encoded_answers_are_the_formatted_result(as_msgpack):
     from search_env.server.app import RetrieveRequest, encode_answer, format_result
 
-    results = [[Passage("1", '"Zürich"\nZürich ✓', 2.5), Passage("2", "x", None)], [], [Passage("3", "y", 1.0)]]
+    results = [
+        [Passage("1", '"Zürich"\nZürich ✓', 2.5), Passage("2", "x", None)],
+        [],
+        [Passage("3", "y", 1.0)],
+    ]
     decode = msgspec.msgpack.decode if as_msgpack else msgspec.json.decode
     for scores in (True, False):
         request = RetrieveRequest(("a", "b", "c"), 2, scores)
         assert decode(encode_answer(results, request, as_msgpack)) == format_result(results, scores)
         single = RetrieveRequest(("a",), 2, scores, single=True)
-        assert decode(encode_answer(results[:1], single, as_msgpack)) == format_result(results[:1], scores, True)
+        assert decode(encode_answer(results[:1], single, as_msgpack)) == format_result(
+            results[:1], scores, True
+        )
         with pytest.raises(ValueError, match="needs 1 result list, got 3"):
             encode_answer(results, single, as_msgpack)
 
@@ -402,8 +459,11 @@ def test_a_maximal_request_does_not_block_other_clients():
     limits = RequestLimits()
     # 4096 queries of 2000 characters (8 MB); 25 passages each (not topk's 100) keep it short.
     app = create_app(WideRetriever(25), max_wait_ms=0.0)
-    big = {"queries": ["q" * limits.max_query_chars] * limits.max_queries_per_request,
-           "topk": limits.max_topk, "return_scores": True}
+    big = {
+        "queries": ["q" * limits.max_query_chars] * limits.max_queries_per_request,
+        "topk": limits.max_topk,
+        "return_scores": True,
+    }
     body = json.dumps(big).encode()
     # The server shares this process with pytest's heap; frozen, the objects earlier
     # tests left are skipped by the garbage collector (a full pass over them is a
@@ -416,7 +476,11 @@ def test_a_maximal_request_does_not_block_other_clients():
 
         def send_big() -> None:
             with httpx.Client(timeout=60.0) as c:
-                response = c.post(srv.url + "/retrieve", content=body, headers={"content-type": "application/json"})
+                response = c.post(
+                    srv.url + "/retrieve",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
                 outcome["status"], outcome["content"] = response.status_code, response.content
             done.set()
 
@@ -450,7 +514,9 @@ def test_retriever_error_is_503_and_the_server_keeps_serving(bm25):
         assert response.status_code == 503
         assert "index shard unavailable (boom)" in response.json()["detail"]
         assert "RetrievalError" in response.json()["detail"]
-        ok = c.post("/retrieve", json={"queries": ["capital of Norway"], "topk": 3, "return_scores": True})
+        ok = c.post(
+            "/retrieve", json={"queries": ["capital of Norway"], "topk": 3, "return_scores": True}
+        )
         assert ok.status_code == 200
         assert ok.json()["result"][0][0]["document"]["id"] == "0"
 
@@ -458,7 +524,9 @@ def test_retriever_error_is_503_and_the_server_keeps_serving(bm25):
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=srv.url) as ac:
                 queries = ["capital of Norway", "boom again", "fjords", "river Danube capital"]
-                return await asyncio.gather(*(ac.post("/retrieve", json={"queries": [q]}) for q in queries))
+                return await asyncio.gather(
+                    *(ac.post("/retrieve", json={"queries": [q]}) for q in queries)
+                )
 
         statuses = [r.status_code for r in asyncio.run(burst())]
         assert statuses == [200, 503, 200, 200]
@@ -475,7 +543,14 @@ def test_health(client, server, bm25):
     assert health["index"] == {"kind": "bm25", "note": "tiny test index"}
     assert health["batching"] == {"enabled": True, "max_batch": 512, "max_wait_ms": 2.0}
     counters = health["counters"]
-    for key in ("requests", "queries", "batches", "bad_requests", "retriever_errors", "search_seconds"):
+    for key in (
+        "requests",
+        "queries",
+        "batches",
+        "bad_requests",
+        "retriever_errors",
+        "search_seconds",
+    ):
         assert key in counters
     assert counters["requests"] >= 1 and counters["queries"] >= 1 and counters["batches"] >= 1
 
@@ -502,7 +577,9 @@ def test_load_index_reads_the_manifest_kind(bm25, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- batching
-def _hammer(server: ServerThread, clients: int, requests_each: int, seed: int) -> list[tuple[str, int, list]]:
+def _hammer(
+    server: ServerThread, clients: int, requests_each: int, seed: int
+) -> list[tuple[str, int, list]]:
     """``clients`` concurrent connections, each sending one query per request (GEM style)."""
     rng = random.Random(seed)
     pool = QUERIES[:8] + QUERIES[11:]
@@ -518,14 +595,24 @@ def _hammer(server: ServerThread, clients: int, requests_each: int, seed: int) -
         answers.append((payload["queries"][0], payload["topk"], json.loads(answer)["result"]))
 
     result = asyncio.run(
-        run_load(server.host, server.port, clients, next_body, requests_per_client=requests_each, on_response=on_response)
+        run_load(
+            server.host,
+            server.port,
+            clients,
+            next_body,
+            requests_per_client=requests_each,
+            on_response=on_response,
+        )
     )
     assert result.requests == clients * requests_each and result.errors == 0
     return answers
 
 
 def _as_passages(result: list) -> list[list[Passage]]:
-    return [[Passage(d["document"]["id"], d["document"]["contents"], d["score"]) for d in hits] for hits in result]
+    return [
+        [Passage(d["document"]["id"], d["document"]["contents"], d["score"]) for d in hits]
+        for hits in result
+    ]
 
 
 def test_load_64_clients_every_answer_correct_and_batched(client, server, bm25):
@@ -542,7 +629,9 @@ def test_load_64_clients_every_answer_correct_and_batched(client, server, bm25):
         assert [[(p.id, p.contents) for p in hits] for hits in got] == [
             [(p.id, p.contents) for p in hits] for hits in direct[(q, k)]
         ]
-        assert [p.score for p in got[0]] == pytest.approx([p.score for p in direct[(q, k)][0]], rel=1e-6)
+        assert [p.score for p in got[0]] == pytest.approx(
+            [p.score for p in direct[(q, k)][0]], rel=1e-6
+        )
     after = client.get("/health").json()["counters"]
     requests = after["requests"] - before["requests"]
     batches = after["batches"] - before["batches"]
@@ -563,7 +652,12 @@ def test_batching_on_and_off_give_identical_results(bm25):
             async def run() -> list:
                 async with httpx.AsyncClient(base_url=srv.url) as ac:
                     rs = await asyncio.gather(
-                        *(ac.post("/retrieve", json={"queries": [q], "topk": 3, "return_scores": True}) for q in queries)
+                        *(
+                            ac.post(
+                                "/retrieve", json={"queries": [q], "topk": 3, "return_scores": True}
+                            )
+                            for q in queries
+                        )
                     )
                 return [r.json()["result"][0] for r in rs]
 
@@ -598,7 +692,10 @@ def test_microbatcher_merges_splits_and_respects_limits():
     async def main() -> tuple[RecordingRetriever, list, MicroBatcher]:
         r = RecordingRetriever()
         b = MicroBatcher(r.search, max_batch=4, max_wait_ms=50.0)
-        jobs = [b.submit([f"q{i}"], 2) for i in range(6)] + [b.submit(["m1", "m2"], 3), b.submit(["big"] * 9, 1)]
+        jobs = [b.submit([f"q{i}"], 2) for i in range(6)] + [
+            b.submit(["m1", "m2"], 3),
+            b.submit(["big"] * 9, 1),
+        ]
         out = await asyncio.gather(*jobs)
         await b.close()
         return r, out, b
@@ -606,13 +703,18 @@ def test_microbatcher_merges_splits_and_respects_limits():
     r, out, b = asyncio.run(main())
     for i in range(6):
         assert out[i] == [[Passage(f"q{i}#0", f"q{i}", 2.0), Passage(f"q{i}#1", f"q{i}", 1.0)]]
-    assert [[p.id for p in hits] for hits in out[6]] == [["m1#0", "m1#1", "m1#2"], ["m2#0", "m2#1", "m2#2"]]
+    assert [[p.id for p in hits] for hits in out[6]] == [
+        ["m1#0", "m1#1", "m1#2"],
+        ["m2#0", "m2#1", "m2#2"],
+    ]
     assert len(out[7]) == 9 and all(len(h) == 1 for h in out[7])
     # max_batch=4 queries per call, except one oversized request that goes alone;
     # one call per distinct k; every query answered once.
     assert all(len(qs) <= 4 or qs == ["big"] * 9 for qs, _ in r.calls)
     assert all(len({k}) == 1 for _, k in r.calls)
-    assert sorted(q for qs, _ in r.calls for q in qs) == sorted([f"q{i}" for i in range(6)] + ["m1", "m2"] + ["big"] * 9)
+    assert sorted(q for qs, _ in r.calls for q in qs) == sorted(
+        [f"q{i}" for i in range(6)] + ["m1", "m2"] + ["big"] * 9
+    )
     assert b.stats.requests == 8 and b.stats.queries == 17 and b.stats.batches == len(r.calls) < 8
 
 
@@ -658,7 +760,10 @@ def test_microbatcher_isolates_a_failing_request_and_closes_cleanly():
         r = RecordingRetriever(fail_on="bad")
         b = MicroBatcher(r.search, max_wait_ms=30.0)
         results = await asyncio.gather(
-            b.submit(["good"], 1), b.submit(["bad"], 1), b.submit(["fine"], 1), return_exceptions=True
+            b.submit(["good"], 1),
+            b.submit(["bad"], 1),
+            b.submit(["fine"], 1),
+            return_exceptions=True,
         )
         await b.close()
         with pytest.raises(RuntimeError, match="shutting down"):
@@ -678,18 +783,42 @@ def test_run_serve_loads_the_index_and_passes_the_settings(bm25, tmp_path, monke
 
     index_dir = bm25.save(tmp_path / "idx")
     args = add_serve_arguments(argparse.ArgumentParser()).parse_args(
-        ["--index", str(index_dir), "--port", "8123", "--max-batch", "64", "--max-wait-ms", "1.5",
-         "--no-batching", "--backend", "numpy", "--threads", "1", "--topk", "5",
-         "--max-body-bytes", "5000", "--body-timeout", "2.5"]
+        [
+            "--index",
+            str(index_dir),
+            "--port",
+            "8123",
+            "--max-batch",
+            "64",
+            "--max-wait-ms",
+            "1.5",
+            "--no-batching",
+            "--backend",
+            "numpy",
+            "--threads",
+            "1",
+            "--topk",
+            "5",
+            "--max-body-bytes",
+            "5000",
+            "--body-timeout",
+            "2.5",
+        ]
     )
     assert args.host == "127.0.0.1"  # loopback unless asked
     seen = {}
-    monkeypatch.setattr(launch, "serve", lambda retriever, **kw: seen.update(retriever=retriever, **kw))
+    monkeypatch.setattr(
+        launch, "serve", lambda retriever, **kw: seen.update(retriever=retriever, **kw)
+    )
     assert run_serve(args) == 0
     assert isinstance(seen["retriever"], BM25Retriever) and seen["retriever"].backend == "numpy"
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     assert seen["max_batch"] == 64 and seen["max_wait_ms"] == 1.5 and seen["batching"] is False
-    assert seen["default_topk"] == 5 and seen["max_body_bytes"] == 5000 and seen["body_timeout_s"] == 2.5
+    assert (
+        seen["default_topk"] == 5
+        and seen["max_body_bytes"] == 5000
+        and seen["body_timeout_s"] == 2.5
+    )
     info = seen["info"]
     assert info["kind"] == "bm25" and info["num_passages"] == len(PASSAGES) and "files" not in info
     # The info dict is what /health shows.
@@ -698,12 +827,18 @@ def test_run_serve_loads_the_index_and_passes_the_settings(bm25, tmp_path, monke
         assert httpx.get(srv.url + "/health").json()["index"]["path"] == str(index_dir.resolve())
 
 
-@pytest.mark.parametrize("damage", ["missing directory", "no manifest", "bad manifest", "truncated file", "unknown kind"])
-def test_serve_command_reports_index_errors_in_one_line(bm25, tmp_path, capsys, monkeypatch, damage):
+@pytest.mark.parametrize(
+    "damage", ["missing directory", "no manifest", "bad manifest", "truncated file", "unknown kind"]
+)
+def test_serve_command_reports_index_errors_in_one_line(
+    bm25, tmp_path, capsys, monkeypatch, damage
+):
     from search_env.cli import main
     from search_env.server import launch
 
-    monkeypatch.setattr(launch, "serve", lambda *a, **kw: pytest.fail("must not serve a broken index"))
+    monkeypatch.setattr(
+        launch, "serve", lambda *a, **kw: pytest.fail("must not serve a broken index")
+    )
     index_dir = bm25.save(tmp_path / "idx")
     manifest = index_dir / "manifest.json"
     if damage == "missing directory":

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from search_env.rewards import normalize
 from search_env.synth import files
 from search_env.synth.config import QUESTION_MIX, QUESTION_TYPES, SynthConfig
 from search_env.synth.files import build_cached, write_corpus, write_qa
 from search_env.synth.relations import RELATIONS, extract_fact
 from search_env.synth.world import SynthWorld, generate_world
-from search_env.rewards import normalize
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,9 @@ def test_sizes_scale_with_num_entities(world):
     ratio_q = len(_all_questions(world)) / len(_all_questions(small))
     assert 3.3 < ratio_p < 4.7
     assert 3.3 < ratio_q < 4.7
-    more = generate_world(SynthConfig(num_entities=100, distractors_per_entity=3.0,
-                                      questions_per_entity=2.0))
+    more = generate_world(
+        SynthConfig(num_entities=100, distractors_per_entity=3.0, questions_per_entity=2.0)
+    )
     assert len(more.passages) > len(small.passages) + 150
     assert len(_all_questions(more)) > 1.8 * len(_all_questions(small))
 
@@ -94,8 +95,9 @@ def test_every_hop_is_stated_in_its_gold_passage(world):
             assert len(hops) == 2
             earlier = min(hops, key=lambda h: int(h["object"]))
             assert q.golden_answers[0] == earlier["subject"]
-            assert {h["subject"] for h in hops} <= set(q.question.replace("?", "").split(", ")[1]
-                                                     .split(" or "))
+            assert {h["subject"] for h in hops} <= set(
+                q.question.replace("?", "").split(", ")[1].split(" or ")
+            )
         else:
             assert (meta["type"] == "single") == (len(hops) == 1)
             for prev, nxt in zip(hops, hops[1:]):
@@ -139,8 +141,10 @@ def test_near_namesakes_exist_and_do_not_match(world):
     titles = {p.title.strip('"') for p in world.passages}
     namesakes = titles - set(world.names)
     assert namesakes  # distractor titles
-    text = ("Velorin Quastadt was born in the city of Brell. "
-            "Avelorin Quastad was born in the city of Orm.")
+    text = (
+        "Velorin Quastadt was born in the city of Brell. "
+        "Avelorin Quastad was born in the city of Orm."
+    )
     assert extract_fact("birthplace", "Velorin Quastad", text) is None
     assert extract_fact("birthplace", "Velorin Quastadt", text) == "Brell"
 
@@ -148,7 +152,7 @@ def test_near_namesakes_exist_and_do_not_match(world):
 def test_extract_fact_reads_information_blocks():
     block = (
         '\n\n<information>Doc 1(Title: "Orvessa Dynamics") Orvessa Dynamics was founded by '
-        "Velorin Quastad. Orvessa Dynamics was founded in 1932.\nDoc 2(Title: \"The Amber Gate\") "
+        'Velorin Quastad. Orvessa Dynamics was founded in 1932.\nDoc 2(Title: "The Amber Gate") '
         "The Amber Gate is an album by Ivo Trel. Velorin Quastad worked as an engineer.\n"
         "</information>\n\n"
     )
@@ -182,7 +186,8 @@ def test_split_is_disjoint_and_holds_out_entities(world):
 
     def names_in(q):
         return {h["subject"] for h in q.metadata["hops"]} | {
-            h["object"] for h in q.metadata["hops"]}
+            h["object"] for h in q.metadata["hops"]
+        }
 
     assert not any(names_in(q) & heldout for q in train)
     assert any(names_in(q) & heldout for q in test)
@@ -190,8 +195,9 @@ def test_split_is_disjoint_and_holds_out_entities(world):
 
 
 def test_heldout_and_test_fraction_extremes():
-    no_test = generate_world(SynthConfig(num_entities=60, test_fraction=0.0,
-                                         heldout_entity_fraction=0.0))
+    no_test = generate_world(
+        SynthConfig(num_entities=60, test_fraction=0.0, heldout_entity_fraction=0.0)
+    )
     assert no_test.questions["test"] == [] and no_test.questions["train"]
     all_test = generate_world(SynthConfig(num_entities=60, test_fraction=1.0))
     assert all_test.questions["train"] == []
@@ -227,7 +233,11 @@ def test_bad_configs_raise(kwargs):
 def test_question_types_have_one_spelling(world):
     assert QUESTION_TYPES == ("single", "bridge", "comparison")
     assert [tuple(s) for s in QUESTION_MIX] == [
-        ("single", 1), ("bridge", 2), ("bridge", 3), ("comparison", 2)]
+        ("single", 1),
+        ("bridge", 2),
+        ("bridge", 3),
+        ("comparison", 2),
+    ]
     shapes = {(q.metadata["type"], len(q.metadata["hops"])) for q in _all_questions(world)}
     assert shapes == set(QUESTION_MIX)
     with pytest.raises(ValueError, match="4 weights .*2-hop bridge, 3-hop bridge"):

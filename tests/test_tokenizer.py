@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("tokenizers")
 pytest.importorskip("transformers")
 
+from search_env.protocol import INVALID_ACTION_MESSAGE, SEARCH_R1_TEMPLATE  # noqa: E402
 from search_env.synth.tokenizer import (  # noqa: E402
     ASSET_DIR,
     EOS_TOKEN,
@@ -14,13 +15,11 @@ from search_env.synth.tokenizer import (  # noqa: E402
     load_synth_tokenizer,
     train_synth_tokenizer,
 )
-from search_env.protocol import INVALID_ACTION_MESSAGE, SEARCH_R1_TEMPLATE  # noqa: E402
 
 TEXTS = [
     "<think> I need the birthplace of Velorin Quastad. </think>\n"
     "<search> Velorin Quastad born in city </search>",
-    '\n\n<information>Doc 1(Title: "Trelmont") Trelmont is a city in Dravenia.\n'
-    "</information>\n\n",
+    '\n\n<information>Doc 1(Title: "Trelmont") Trelmont is a city in Dravenia.\n</information>\n\n',
     "<answer> Trelmont </answer>",
     "Zürich 東京 🙂",
     "  leading spaces, tabs\tand\nnew lines  ",
@@ -53,7 +52,8 @@ def test_special_tokens(tok):
     assert tok.encode(EOS_TOKEN, add_special_tokens=False) == [tok.eos_token_id]
     assert tok.decode([tok.eos_token_id], skip_special_tokens=True) == ""
     assert tok.encode("hello", add_special_tokens=True) == tok.encode(
-        "hello", add_special_tokens=False)  # no BOS/EOS added
+        "hello", add_special_tokens=False
+    )  # no BOS/EOS added
     assert not getattr(tok, "chat_template", None)
     assert len(tok) == 4096
 

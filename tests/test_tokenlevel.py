@@ -98,7 +98,9 @@ def test_trainers_import_only_what_they_use():
     import subprocess
     import sys
 
-    code = ("import sys, agents.sb3.train, agents.ppo; "
-            "print(sorted(m for m in sys.modules if m.startswith(('agents.rllib', 'agents.grpo'))))")
+    code = (
+        "import sys, agents.sb3.train, agents.ppo; "
+        "print(sorted(m for m in sys.modules if m.startswith(('agents.rllib', 'agents.grpo'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

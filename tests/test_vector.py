@@ -13,7 +13,9 @@ from tests.faults import LONG_QUESTION, FlakyRetriever, plain, vec_state
 def make_vec(tokenizer):
     def make(n=4, mode="chunk", autoreset_mode="disabled", retriever=None, **kw):
         retriever = retriever or MemoryRetriever(PASSAGES)
-        envs = [SearchQAEnv(QUESTIONS, retriever, tokenizer, action_mode=mode, **kw) for _ in range(n)]
+        envs = [
+            SearchQAEnv(QUESTIONS, retriever, tokenizer, action_mode=mode, **kw) for _ in range(n)
+        ]
         return SearchQAVectorEnv(n, envs=envs, autoreset_mode=autoreset_mode), retriever
 
     return make
@@ -121,7 +123,9 @@ def test_vector_observations_are_copies(make_vec, tokenizer):
     obs2, *_ = vec.step([tokenizer.encode("hi"), tokenizer.encode("hi")])
     n = int(before[0].nonzero()[0].max()) + 1
     assert np.array_equal(obs2["tokens"][0][:n], before[0][:n])
-    assert vec.envs[0].context_ids.tolist() == obs2["tokens"][0][: int(obs2["length"][0, 0])].tolist()
+    assert (
+        vec.envs[0].context_ids.tolist() == obs2["tokens"][0][: int(obs2["length"][0, 0])].tolist()
+    )
 
 
 def test_step_before_reset_raises(make_vec):
@@ -174,8 +178,15 @@ def test_bad_action_in_one_sub_env_changes_nothing(make_vec, tokenizer, mode):
     for v in (vec, ref):
         v.reset(seed=0, options={"index": np.array([0, 1, 2, 0])})
     if mode == "chunk":
-        good = [tokenizer.encode(t) for t in
-                ["<search> capital of Norway </search>", "<answer> Zurich </answer>", "hmm", "<answer> x </answer>"]]
+        good = [
+            tokenizer.encode(t)
+            for t in [
+                "<search> capital of Norway </search>",
+                "<answer> Zurich </answer>",
+                "hmm",
+                "<answer> x </answer>",
+            ]
+        ]
         bad = [
             (good[:2] + [[], good[3]], ValueError, "sub-env 2: chunk mode takes at least one"),
             (good[:3] + [[5, 10**9]], ValueError, "sub-env 3: token id 1000000000"),
@@ -204,18 +215,32 @@ def _script(tokenizer):
     """Three steps of four sub-envs, each with a search by a sub-env still running."""
     enc = tokenizer.encode
     return [
-        [enc("<search> capital of Norway </search>"), enc("<answer> Zürich </answer>"),
-         enc("<search> France </search>"), enc("no tags")],
-        [enc("<answer> Oslo </answer>"), enc("<search> Switzerland city </search>"),
-         enc("<search> capital of France </search>"), enc("<search> Bergen </search>")],
-        [enc("<search> Oslo </search>"), enc("<answer> Zürich </answer>"),
-         enc("<search> Paris </search>"), enc("<answer> Oslo </answer>")],
+        [
+            enc("<search> capital of Norway </search>"),
+            enc("<answer> Zürich </answer>"),
+            enc("<search> France </search>"),
+            enc("no tags"),
+        ],
+        [
+            enc("<answer> Oslo </answer>"),
+            enc("<search> Switzerland city </search>"),
+            enc("<search> capital of France </search>"),
+            enc("<search> Bergen </search>"),
+        ],
+        [
+            enc("<search> Oslo </search>"),
+            enc("<answer> Zürich </answer>"),
+            enc("<search> Paris </search>"),
+            enc("<answer> Oslo </answer>"),
+        ],
     ]
 
 
 @pytest.mark.parametrize("autoreset_mode", ["disabled", "next_step", "same_step"])
 @pytest.mark.parametrize("failing_step", [0, 1, 2])
-def test_retrieval_failure_rolls_back_and_a_retry_continues(make_vec, tokenizer, autoreset_mode, failing_step):
+def test_retrieval_failure_rolls_back_and_a_retry_continues(
+    make_vec, tokenizer, autoreset_mode, failing_step
+):
     from search_env.retrievers.base import RetrievalError
 
     flaky = FlakyRetriever()
@@ -254,8 +279,13 @@ def test_retrieval_failure_with_observe_is_shown_not_raised(make_vec, tokenizer)
     flaky = FlakyRetriever(failures=1)
     vec, _ = make_vec(n=2, retriever=flaky, on_retrieval_error="observe")
     vec.reset(seed=0, options={"index": np.array([0, 1])})
-    obs, rewards, term, trunc, info = vec.step([tokenizer.encode("<search> Oslo </search>"), tokenizer.encode("hmm")])
-    assert info["_retrieval_error"].tolist() == [True, False] and "is down" in info["retrieval_error"][0]
+    obs, rewards, term, trunc, info = vec.step(
+        [tokenizer.encode("<search> Oslo </search>"), tokenizer.encode("hmm")]
+    )
+    assert (
+        info["_retrieval_error"].tolist() == [True, False]
+        and "is down" in info["retrieval_error"][0]
+    )
     assert "Retrieval failed" in tokenizer.decode(obs["tokens"][0, : obs["length"][0, 0]].tolist())
 
 
@@ -279,7 +309,12 @@ def test_failed_reset_changes_nothing(make_long_vec, tokenizer):
     before = vec_state(vec)
     half = np.array([True, False, True, True])
     cases = [
-        (None, {"index": np.array([0, 1, 3, 2])}, ValueError, "no room"),  # sub-envs 0, 1 reset first
+        (
+            None,
+            {"index": np.array([0, 1, 3, 2])},
+            ValueError,
+            "no room",
+        ),  # sub-envs 0, 1 reset first
         (7, {"index": np.array([0, 3, 1, 2])}, ValueError, "no room"),
         (None, {"example": LONG_QUESTION}, ValueError, "no room"),
         (None, {"group_size": 2, "reset_mask": half}, ValueError, "part of group 0"),
@@ -333,8 +368,10 @@ def test_vector_rng_is_its_own_stream(make_vec):
     assert twin_info["index"].tolist() == info["index"].tolist()
     assert vec.np_random.bit_generator.state == twin.np_random.bit_generator.state
     for _ in range(3):  # unseeded resets continue the same streams
-        assert vec.reset(options={"group_size": 2})[1]["index"].tolist() == \
-            twin.reset(options={"group_size": 2})[1]["index"].tolist()
+        assert (
+            vec.reset(options={"group_size": 2})[1]["index"].tolist()
+            == twin.reset(options={"group_size": 2})[1]["index"].tolist()
+        )
 
 
 def test_constructor_errors(tokenizer):
@@ -362,8 +399,13 @@ def test_make_vec_with_zero_envs_is_a_clear_error(tokenizer):
     import search_env  # noqa: F401  (registers the ids)
 
     with pytest.raises(ValueError, match="num_envs"):
-        gym.make_vec("SearchQA-v0", num_envs=0, dataset=QUESTIONS,
-                     retriever=MemoryRetriever(PASSAGES), tokenizer=tokenizer)
+        gym.make_vec(
+            "SearchQA-v0",
+            num_envs=0,
+            dataset=QUESTIONS,
+            retriever=MemoryRetriever(PASSAGES),
+            tokenizer=tokenizer,
+        )
 
 
 # ------------------------------------------------------------- Gymnasium's vector wrappers
@@ -382,19 +424,24 @@ def _wrappers():
     return {
         "DictInfoToList": lambda v: W.DictInfoToList(v),
         "RecordEpisodeStatistics": lambda v: W.RecordEpisodeStatistics(v),
-        "TransformObservation": lambda v: W.TransformObservation(v, lambda o: o, v.observation_space),
+        "TransformObservation": lambda v: W.TransformObservation(
+            v, lambda o: o, v.observation_space
+        ),
         "FilterObservation": lambda v: W.FilterObservation(v, ["tokens", "length"]),
         "FlattenObservation": lambda v: W.FlattenObservation(v),
         "VectorizeTransformObservation": lambda v: W.VectorizeTransformObservation(
-            v, gym.wrappers.FilterObservation, filter_keys=["tokens", "length"]),
+            v, gym.wrappers.FilterObservation, filter_keys=["tokens", "length"]
+        ),
         "TransformReward": lambda v: W.TransformReward(v, lambda r: 2 * r),
         "VectorizeTransformReward": lambda v: W.VectorizeTransformReward(
-            v, gym.wrappers.TransformReward, func=lambda r: 2 * r),
+            v, gym.wrappers.TransformReward, func=lambda r: 2 * r
+        ),
         "ClipReward": lambda v: W.ClipReward(v, 0.0, 0.5),
         "NormalizeReward": lambda v: W.NormalizeReward(v),
         "TransformAction": lambda v: W.TransformAction(v, lambda a: a, v.action_space),
         "VectorizeTransformAction": lambda v: W.VectorizeTransformAction(
-            v, gym.wrappers.TransformAction, func=lambda a: a, action_space=v.single_action_space),
+            v, gym.wrappers.TransformAction, func=lambda a: a, action_space=v.single_action_space
+        ),
     }
 
 
@@ -404,7 +451,10 @@ def test_gymnasium_vector_wrappers(make_vec, tokenizer, name, mode):
     vec, _ = make_vec(n=2, mode=mode, autoreset_mode="next_step")
     wrapped = _wrappers()[name](vec)
     wrapped.reset(seed=0, options={"index": np.array([0, 2])})
-    turns = [("<search> capital of Norway </search>", "hmm"), ("<answer> Oslo </answer>", "<answer> Paris </answer>")]
+    turns = [
+        ("<search> capital of Norway </search>", "hmm"),
+        ("<answer> Oslo </answer>", "<answer> Paris </answer>"),
+    ]
     for first, second in turns:
         a, b = tokenizer.encode(first), tokenizer.encode(second)
         if mode == "chunk":

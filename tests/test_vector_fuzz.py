@@ -87,14 +87,21 @@ def run_fuzz(tok, seed: int, episodes: int) -> FuzzReport:
             topk=int(rng.integers(1, 4)),
         )
         flaky, reliable = FlakyRetriever(PASSAGES), MemoryRetriever(PASSAGES)
-        faulty = SearchQAVectorEnv(n, envs=[SearchQAEnv(data, flaky, tok, **kw) for _ in range(n)], autoreset_mode=mode)
-        clean = SearchQAVectorEnv(n, envs=[SearchQAEnv(data, reliable, tok, **kw) for _ in range(n)], autoreset_mode=mode)
+        faulty = SearchQAVectorEnv(
+            n, envs=[SearchQAEnv(data, flaky, tok, **kw) for _ in range(n)], autoreset_mode=mode
+        )
+        clean = SearchQAVectorEnv(
+            n, envs=[SearchQAEnv(data, reliable, tok, **kw) for _ in range(n)], autoreset_mode=mode
+        )
         group = next(g for g in (3, 2, 1) if n % g == 0)
 
         def good_reset_options(mask: np.ndarray) -> dict:
             if with_long or rng.random() < 0.5:
                 return {"index": rng.integers(len(QUESTIONS), size=n), "reset_mask": mask}
-            if mask.reshape(-1, group).all(axis=1).tolist() == mask.reshape(-1, group).any(axis=1).tolist():
+            if (
+                mask.reshape(-1, group).all(axis=1).tolist()
+                == mask.reshape(-1, group).any(axis=1).tolist()
+            ):
                 return {"group_size": group, "reset_mask": mask}
             return {"reset_mask": mask}
 
@@ -127,17 +134,24 @@ def run_fuzz(tok, seed: int, episodes: int) -> FuzzReport:
                 except (ValueError, TypeError):
                     report.raised_resets += 1
                     check(vec_state(faulty) == before, f"{what} changed the state")
-            a, b = faulty.reset(seed=seed_, options=options), clean.reset(seed=seed_, options=options)
+            a, b = (
+                faulty.reset(seed=seed_, options=options),
+                clean.reset(seed=seed_, options=options),
+            )
             check(plain(a) == plain(b), "reset results differ")
 
         first = int(rng.integers(1000))
         reset_both(first, good_reset_options(np.ones(n, bool)))
         target = report.episodes + int(rng.integers(20, 60))
         while report.episodes < target:
-            actions: list = [random_turn(rng, tok) if rng.random() < 0.9 else None for _ in range(n)]
+            actions: list = [
+                random_turn(rng, tok) if rng.random() < 0.9 else None for _ in range(n)
+            ]
             checked = [
-                i for i in range(n)
-                if faulty.active[i] and actions[i] is not None
+                i
+                for i in range(n)
+                if faulty.active[i]
+                and actions[i] is not None
                 and not (mode == "next_step" and faulty._needs_reset[i])
             ]
             if checked and rng.random() < 0.15:
@@ -162,7 +176,10 @@ def run_fuzz(tok, seed: int, episodes: int) -> FuzzReport:
                     check(vec_state(faulty) == before, "a failed retrieval changed the state")
             want = clean.step(actions)
             report.steps += 1
-            check(plain(got) == plain(want), f"step {report.steps}: the retry differs from a clean run")
+            check(
+                plain(got) == plain(want),
+                f"step {report.steps}: the retry differs from a clean run",
+            )
             check(twin_state(faulty) == twin_state(clean), f"step {report.steps}: states differ")
             check(faulty.last_batch.queries == clean.last_batch.queries, "batch sizes differ")
             report.episodes += int(np.sum(got[2] | got[3]))
@@ -170,8 +187,10 @@ def run_fuzz(tok, seed: int, episodes: int) -> FuzzReport:
                 mask = ~faulty.active if faulty.active.any() else np.ones(n, bool)
                 reset_both(None, good_reset_options(mask))
             elif mode != "disabled" and rng.random() < 0.03:
-                reset_both(int(rng.integers(1000)) if rng.random() < 0.5 else None,
-                           good_reset_options(np.ones(n, bool)))
+                reset_both(
+                    int(rng.integers(1000)) if rng.random() < 0.5 else None,
+                    good_reset_options(np.ones(n, bool)),
+                )
         flaky.failures = 0
     return report
 

@@ -12,6 +12,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+
 torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
 import search_env  # noqa: F401  (registers the env ids)
@@ -39,8 +40,13 @@ def test_missing_vllm_names_the_extra(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def vec():
     env = gym.make_vec(
-        "SearchQA-Synth-v0", num_envs=4, size="tiny", action_mode="chunk",
-        autoreset_mode="disabled", max_prompt_length=MAX_LEN, max_start_length=512,
+        "SearchQA-Synth-v0",
+        num_envs=4,
+        size="tiny",
+        action_mode="chunk",
+        autoreset_mode="disabled",
+        max_prompt_length=MAX_LEN,
+        max_start_length=512,
     )
     yield env
     env.close()
@@ -55,8 +61,9 @@ def sharp_model(tok, seed: int):
     """A tiny Qwen2 with head_dim 32 (the smallest vLLM's CPU attention supports) and
     weights of std 0.3, so that next-token distributions are sharp and varied: greedy
     decoding then has no near-ties and different seeds give different text."""
-    model = make_tiny_qwen2(tok, hidden_size=64, heads=2, kv_heads=1, intermediate=128,
-                            max_positions=MAX_LEN, seed=seed)
+    model = make_tiny_qwen2(
+        tok, hidden_size=64, heads=2, kv_heads=1, intermediate=128, max_positions=MAX_LEN, seed=seed
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -77,8 +84,7 @@ def hf(model, tok):
 
 @pytest.fixture(scope="module")
 def policy(vllm, model, tok):
-    p = VLLMPolicy.from_model(model, tok, seed=0, max_model_len=MAX_LEN,
-                              kv_cache_bytes=64 << 20)
+    p = VLLMPolicy.from_model(model, tok, seed=0, max_model_len=MAX_LEN, kv_cache_bytes=64 << 20)
     yield p
     tmpdir = p._tmpdir
     p.close()
@@ -87,8 +93,12 @@ def policy(vllm, model, tok):
 
 @pytest.fixture(scope="module")
 def prompts(tok):
-    texts = ["Question: who founded Velmora?\n", "Question: where was Orlan Vey born?\n",
-             "<search> capital </search>", "Doc 1"]
+    texts = [
+        "Question: who founded Velmora?\n",
+        "Question: where was Orlan Vey born?\n",
+        "<search> capital </search>",
+        "Doc 1",
+    ]
     return [np.asarray(tok(t)["input_ids"], dtype=np.int64) for t in texts]
 
 
@@ -96,7 +106,7 @@ def hf_logprobs(hf, prompt, generated, temperature):
     """Log-probs of ``generated`` after ``prompt``, recomputed by the HF model."""
     ids = torch.from_numpy(np.concatenate([prompt, generated]))[None]
     lp = hf.logprobs(ids, torch.ones_like(ids), temperature=temperature)
-    return lp[0, len(prompt):].detach().numpy()
+    return lp[0, len(prompt) :].detach().numpy()
 
 
 @pytest.mark.slow
@@ -111,7 +121,7 @@ def test_sampling_contract_and_logprobs(policy, hf, prompts):
         np.testing.assert_allclose(g.logprobs, hf_logprobs(hf, p, g.token_ids, 0.7), atol=1e-4)
     # The samples are not greedy: sharper and flatter temperatures give other texts.
     hot = policy.generate(prompts, 17, stop_strings=(), stop_token_ids=[], temperature=2.0)
-    assert any(not np.array_equal(a.token_ids, b.token_ids[:len(a)]) for a, b in zip(gens, hot))
+    assert any(not np.array_equal(a.token_ids, b.token_ids[: len(a)]) for a, b in zip(gens, hot))
 
 
 @pytest.mark.slow
@@ -144,8 +154,11 @@ def test_stop_string_across_tokens_and_stop_token(policy, hf, tok, prompts):
     free = policy.generate(prompts[:1], 40, stop_strings=(), stop_token_ids=[], greedy=True)[0]
     ids = free.token_ids.tolist()
     # A stop string made of the end of one token and the start of the next.
-    k = next(i for i in range(3, len(ids) - 1)
-             if len(tok.decode([ids[i]])) >= 2 and len(tok.decode([ids[i + 1]])) >= 2)
+    k = next(
+        i
+        for i in range(3, len(ids) - 1)
+        if len(tok.decode([ids[i]])) >= 2 and len(tok.decode([ids[i + 1]])) >= 2
+    )
     stop = tok.decode([ids[k]])[-2:] + tok.decode([ids[k + 1]])[:2]
     end, reason = StopChecker(tok, [stop], [], policy.vocab_size).first_stop(ids)
     assert reason == "stop" and end <= k + 1
@@ -157,8 +170,9 @@ def test_stop_string_across_tokens_and_stop_token(policy, hf, tok, prompts):
     np.testing.assert_array_equal(got.token_ids, ref.token_ids)
     # A stop token id: the turn ends with its first occurrence.
     stop_id = ids[5]
-    got = policy.generate(prompts[:1], 40, stop_strings=(), stop_token_ids=[stop_id],
-                          greedy=True)[0]
+    got = policy.generate(prompts[:1], 40, stop_strings=(), stop_token_ids=[stop_id], greedy=True)[
+        0
+    ]
     assert got.token_ids.tolist() == ids[: ids.index(stop_id) + 1]
     assert got.finish_reason == "eos"
 
@@ -220,10 +234,18 @@ def test_clear_errors(tok, tmp_path):
         from agents.config import TINY_WORLD, apply_overrides, tiny_cpu
         from agents.grpo import train_grpo
 
-        cfg = apply_overrides(tiny_cpu(), {
-            **TINY_WORLD, "model.hidden_size": 32, "model.heads": 2, "model.kv_heads": 1,
-            "rollout.backend": "vllm", "sft.steps": 10**6, "out_dir": str(tmp_path / "run"),
-        })
+        cfg = apply_overrides(
+            tiny_cpu(),
+            {
+                **TINY_WORLD,
+                "model.hidden_size": 32,
+                "model.heads": 2,
+                "model.kv_heads": 1,
+                "rollout.backend": "vllm",
+                "sft.steps": 10**6,
+                "out_dir": str(tmp_path / "run"),
+            },
+        )
         with pytest.raises(ValueError, match="head sizes"):
             train_grpo(cfg)
 
@@ -243,17 +265,34 @@ def test_grpo_run_keeps_the_engine_on_the_trained_weights(tmp_path, monkeypatch)
         return runs[-1]
 
     monkeypatch.setattr(grpo, "setup_run", spy_setup_run)
-    cfg = apply_overrides(tiny_cpu(), {
-        "steps": 2, "eval_every": 0, "checkpoint_every": 0, "out_dir": str(tmp_path / "run"),
-        "threads": 1, "model.hidden_size": 64, "model.heads": 2, "model.kv_heads": 1,
-        "model.intermediate": 64, "model.layers": 1, **TINY_WORLD,
-        "rollout.env_kwargs.max_response_length": 16, "rollout.num_envs": 8,
-        "rollout.group_size": 4, "rollout.eval_questions": 4, "rollout.eval_num_envs": 4,
-        "rollout.backend": "vllm", "rollout.vllm_kv_cache_gb": 0.0625,
-        "grpo.minibatch_size": 4, "grpo.lr": 1e-2, "sft.steps": 0,
-        # A random model earns no reward, so no advantage: the entropy bonus moves it.
-        "grpo.entropy_coef": 0.1,
-    })
+    cfg = apply_overrides(
+        tiny_cpu(),
+        {
+            "steps": 2,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "out_dir": str(tmp_path / "run"),
+            "threads": 1,
+            "model.hidden_size": 64,
+            "model.heads": 2,
+            "model.kv_heads": 1,
+            "model.intermediate": 64,
+            "model.layers": 1,
+            **TINY_WORLD,
+            "rollout.env_kwargs.max_response_length": 16,
+            "rollout.num_envs": 8,
+            "rollout.group_size": 4,
+            "rollout.eval_questions": 4,
+            "rollout.eval_num_envs": 4,
+            "rollout.backend": "vllm",
+            "rollout.vllm_kv_cache_gb": 0.0625,
+            "grpo.minibatch_size": 4,
+            "grpo.lr": 1e-2,
+            "sft.steps": 0,
+            # A random model earns no reward, so no advantage: the entropy bonus moves it.
+            "grpo.entropy_coef": 0.1,
+        },
+    )
     grpo.train_grpo(cfg)
     run = runs[0]
     assert isinstance(run.policy, VLLMPolicy)
@@ -262,9 +301,10 @@ def test_grpo_run_keeps_the_engine_on_the_trained_weights(tmp_path, monkeypatch)
     got = run.policy.generate(prompts, 12, stop_strings=(), stop_token_ids=[], greedy=True)
     trained, initial = HFPolicy(run.model, run.tokenizer), HFPolicy(run.ref_model, run.tokenizer)
     for p, g in zip(prompts, got):
-        np.testing.assert_allclose(g.logprobs, hf_logprobs(trained, p, g.token_ids, 1.0),
-                                   atol=1e-4)
-    stale = [np.abs(g.logprobs - hf_logprobs(initial, p, g.token_ids, 1.0)).max()
-             for p, g in zip(prompts, got)]
+        np.testing.assert_allclose(g.logprobs, hf_logprobs(trained, p, g.token_ids, 1.0), atol=1e-4)
+    stale = [
+        np.abs(g.logprobs - hf_logprobs(initial, p, g.token_ids, 1.0)).max()
+        for p, g in zip(prompts, got)
+    ]
     assert max(stale) > 1e-2
     run.policy.close()

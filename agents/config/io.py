@@ -41,7 +41,8 @@ def build_config(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
     if not isinstance(data, Mapping):  # ValueError like every other bad value: callers catch it
         raise ValueError(  # noqa: TRY004
             f"config key {prefix.rstrip('.') or cls.__name__!r} expects an object of "
-            f"{cls.__name__} fields, got {data!r}")
+            f"{cls.__name__} fields, got {data!r}"
+        )
     types = field_types(cls)
     unknown = [name for name in data if name not in types]
     if unknown:

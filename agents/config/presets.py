@@ -45,8 +45,16 @@ def tiny_cpu() -> TrainConfig:
         checkpoint_every=20,
         out_dir="runs/tiny-cpu",
         threads=1,
-        model=ModelConfig(path="tiny", hidden_size=128, layers=2, heads=8, kv_heads=4,
-                          intermediate=256, max_positions=1024, device="cpu"),
+        model=ModelConfig(
+            path="tiny",
+            hidden_size=128,
+            layers=2,
+            heads=8,
+            kv_heads=4,
+            intermediate=256,
+            max_positions=1024,
+            device="cpu",
+        ),
         rollout=RolloutConfig(
             env_kwargs={
                 "num_entities": 2000,
@@ -67,8 +75,15 @@ def tiny_cpu() -> TrainConfig:
         ),
         grpo=GRPOConfig(lr=3e-4, kl_coef=0.001, minibatch_size=48, epochs=1),
         ppo=PPOConfig(lr=3e-4, critic_lr=2e-3, minibatch_size=48, epochs=1, vf_coef=0.5),
-        sft=SFTConfig(steps=2000, lm_steps=0, batch_size=24, lr=6e-3, swap_names=True,
-                      quote_evidence=True, closed_book=0.5),
+        sft=SFTConfig(
+            steps=2000,
+            lm_steps=0,
+            batch_size=24,
+            lr=6e-3,
+            swap_names=True,
+            quote_evidence=True,
+            closed_book=0.5,
+        ),
     )
 
 
@@ -98,8 +113,9 @@ def search_r1_3b() -> TrainConfig:
         eval_every=50,
         checkpoint_every=50,
         out_dir="runs/search-r1-3b",
-        model=ModelConfig(path="Qwen/Qwen2.5-3B", dtype="bfloat16", gradient_checkpointing=True,
-                          device="cuda"),
+        model=ModelConfig(
+            path="Qwen/Qwen2.5-3B", dtype="bfloat16", gradient_checkpointing=True, device="cuda"
+        ),
         rollout=RolloutConfig(
             env_id="SearchQA-NQ-v0",
             env_kwargs={"retriever": "http://127.0.0.1:8000"},
@@ -108,11 +124,27 @@ def search_r1_3b() -> TrainConfig:
             temperature=1.0,
             eval_num_envs=256,
         ),
-        grpo=GRPOConfig(lr=1e-6, warmup_ratio=0.285, kl_coef=0.001, kl_kind="low_var_kl",
-                        minibatch_size=256, epochs=1),
-        ppo=PPOConfig(lr=1e-6, critic_lr=1e-5, warmup_ratio=0.285, clip=0.2, value_clip=0.5,
-                      entropy_coef=0.001, kl_coef=0.001, kl_in_reward=True, kl_kind="kl",
-                      minibatch_size=256, epochs=1),
+        grpo=GRPOConfig(
+            lr=1e-6,
+            warmup_ratio=0.285,
+            kl_coef=0.001,
+            kl_kind="low_var_kl",
+            minibatch_size=256,
+            epochs=1,
+        ),
+        ppo=PPOConfig(
+            lr=1e-6,
+            critic_lr=1e-5,
+            warmup_ratio=0.285,
+            clip=0.2,
+            value_clip=0.5,
+            entropy_coef=0.001,
+            kl_coef=0.001,
+            kl_in_reward=True,
+            kl_kind="kl",
+            minibatch_size=256,
+            epochs=1,
+        ),
     )
 
 
@@ -134,7 +166,9 @@ def search_r1_3b_grpo() -> TrainConfig:
 
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
-    "tiny-cpu": tiny_cpu, "search-r1-3b": search_r1_3b, "search-r1-3b-grpo": search_r1_3b_grpo,
+    "tiny-cpu": tiny_cpu,
+    "search-r1-3b": search_r1_3b,
+    "search-r1-3b-grpo": search_r1_3b_grpo,
 }
 """Named presets, by CLI name."""
 

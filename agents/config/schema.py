@@ -171,7 +171,9 @@ class PPOConfig:
     @property
     def critic_masked(self) -> bool:
         """Whether GAE, value loss and whitening skip env tokens."""
-        return self.mask_env_tokens and self.mask_critic_and_whitening and not self.reference_masking
+        return (
+            self.mask_env_tokens and self.mask_critic_and_whitening and not self.reference_masking
+        )
 
 
 @dataclass
@@ -263,10 +265,14 @@ class TrainConfig:
             raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
         if self.algo == "grpo" and r.group_size < 2:
             # a one-episode group is its own baseline: the advantage is the raw reward
-            raise ValueError(f"algo 'grpo' needs rollout.group_size >= 2 (its advantages are "
-                             f"relative to the group), got {r.group_size}")
+            raise ValueError(
+                f"algo 'grpo' needs rollout.group_size >= 2 (its advantages are "
+                f"relative to the group), got {r.group_size}"
+            )
         # Only the section of the algorithm that runs: the other one is not used.
         minibatch = (self.grpo if self.algo == "grpo" else self.ppo).minibatch_size
         if not 1 <= minibatch <= r.num_envs:
-            raise ValueError(f"{self.algo}.minibatch_size ({minibatch}) must be between 1 and "
-                             f"the batch, rollout.num_envs ({r.num_envs}) episodes")
+            raise ValueError(
+                f"{self.algo}.minibatch_size ({minibatch}) must be between 1 and "
+                f"the batch, rollout.num_envs ({r.num_envs}) episodes"
+            )

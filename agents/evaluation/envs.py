@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from search_env.evaluate import eval_env_kwargs as env_kwargs_for  # noqa: F401  (shared with the scripted CLI)
 from search_env.protocol import ProtocolConfig
 from search_env.types import QAExample
 
 PROTOCOL_KEYS = frozenset(f.name for f in dataclasses.fields(ProtocolConfig)) | {
-    "reward_metric", "format_score", "on_retrieval_error",
+    "reward_metric",
+    "format_score",
+    "on_retrieval_error",
 }
 """Env kwargs that describe the conversation, valid for every env id."""
 
@@ -27,8 +30,9 @@ def open_env(env_id: str, num_envs: int, kwargs: Mapping[str, Any]) -> Any:
     import search_env  # noqa: F401  (registers the ids)
 
     try:
-        return gym.make_vec(env_id, num_envs=num_envs, action_mode="chunk",
-                            autoreset_mode="disabled", **kwargs)
+        return gym.make_vec(
+            env_id, num_envs=num_envs, action_mode="chunk", autoreset_mode="disabled", **kwargs
+        )
     except Exception as exc:  # unknown id, offline dataset or tokenizer, bad kwargs
         raise EvalSetupError(f"could not make {env_id}: {type(exc).__name__}: {exc}") from exc
 
@@ -57,10 +61,16 @@ def derived_env(vec: Any, dataset: Sequence[QAExample], template: str) -> Any:
     protocol = dataclasses.replace(base.protocol, template=template, max_turns=0)
     envs = []
     for _ in range(vec.num_envs):
-        env = SearchQAEnv(dataset, base.retriever, base.tokenizer, action_mode="chunk",
-                          protocol=protocol, reward_metric=base.reward_metric,
-                          eos_token_ids=sorted(base.codec.eos_ids),
-                          vocab_size=base.codec.vocab_size)
+        env = SearchQAEnv(
+            dataset,
+            base.retriever,
+            base.tokenizer,
+            action_mode="chunk",
+            protocol=protocol,
+            reward_metric=base.reward_metric,
+            eos_token_ids=sorted(base.codec.eos_ids),
+            vocab_size=base.codec.vocab_size,
+        )
         env.reward_fn = base.reward_fn  # the very same reward (format_score included)
         envs.append(env)
     return SearchQAVectorEnv(vec.num_envs, envs=envs, autoreset_mode="disabled")

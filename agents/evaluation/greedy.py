@@ -3,7 +3,8 @@ metrics (the trainers log them; the full table with baselines is :mod:`.runner`'
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from agents.rollout import Trajectory, collect, rollout_stats
 
@@ -21,6 +22,7 @@ def evaluate_greedy(
     n = vec_env.num_envs
     for lo in range(0, len(indices), n):
         chunk = list(indices[lo : lo + n])
-        trajectories += collect(vec_env, policy, indices=chunk, greedy=True,
-                                max_new_tokens=max_new_tokens)
+        trajectories += collect(
+            vec_env, policy, indices=chunk, greedy=True, max_new_tokens=max_new_tokens
+        )
     return rollout_stats(trajectories, prefix="eval_")

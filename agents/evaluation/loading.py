@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from agents.evaluation.envs import (
     PROTOCOL_KEYS,
@@ -105,8 +106,9 @@ def _run_relative(path: str, run_dir: Path, out_dir: str) -> str:
     return path
 
 
-def _load_run_model(cfg: Any, tokenizer: Any, config: Path, run_dir: Path,
-                    out_dir: str) -> tuple[Any, Any]:
+def _load_run_model(
+    cfg: Any, tokenizer: Any, config: Path, run_dir: Path, out_dir: str
+) -> tuple[Any, Any]:
     """``load_model`` on a run's model config; a path that is not there is one clear error."""
     from agents.model import load_model
 
@@ -118,16 +120,20 @@ def _load_run_model(cfg: Any, tokenizer: Any, config: Path, run_dir: Path,
         return load_model(cfg, tokenizer)
     # Found nowhere: a hub id ("name" or "namespace/name"), or a local path that is gone.
     bases = [b for b in (_training_dir(run_dir, out_dir), run_dir, Path.cwd()) if b is not None]
-    hint = (f"model.path {given!r} of {config} is not a directory under "
-            f"{', '.join(str(b) for b in dict.fromkeys(bases))}")
+    hint = (
+        f"model.path {given!r} of {config} is not a directory under "
+        f"{', '.join(str(b) for b in dict.fromkeys(bases))}"
+    )
     if given.count("/") > 1 or given.startswith((".", "~")) or "\\" in given:
         raise EvalSetupError(f"{hint} (nor a hub id)")
     try:
         return load_model(cfg, tokenizer)
     except Exception as exc:  # offline, unknown repo: transformers' message runs to many lines
         lines = str(exc).strip().splitlines()
-        raise EvalSetupError(f"{hint}, and loading it as a hub id failed: "
-                             f"{lines[0] if lines else type(exc).__name__}") from exc
+        raise EvalSetupError(
+            f"{hint}, and loading it as a hub id failed: "
+            f"{lines[0] if lines else type(exc).__name__}"
+        ) from exc
 
 
 def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
@@ -151,8 +157,8 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
     import torch
 
     from agents.checkpoint import CorruptCheckpointError, latest_checkpoint, verify_checkpoint
-    from agents.model import load_model, resolve_device
     from agents.config import ModelConfig, from_dict
+    from agents.model import load_model, resolve_device
 
     root = Path(path)
     if not root.exists():
@@ -179,8 +185,9 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
     else:
         checkpoint = latest_checkpoint(root)
         if checkpoint is None:
-            raise EvalSetupError(f"run {root} has no checkpoint yet "
-                                 f"({root / 'checkpoints'} holds none)")
+            raise EvalSetupError(
+                f"run {root} has no checkpoint yet ({root / 'checkpoints'} holds none)"
+            )
         run_name = root.resolve().name
     step = checkpoint.name.rpartition("_")[2]
     name = f"{run_name}@step{int(step)}" if step.isdigit() else f"{run_name}@{checkpoint.name}"
@@ -195,14 +202,17 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
         try:
             env = make_env(rollout, rollout.eval_split, 1)  # resolves "synth", "world:N", hub ids
         except Exception as exc:  # offline tokenizer, a dataset that is gone
-            raise EvalSetupError(f"could not make the env of run {run_dir} (for its tokenizer): "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            raise EvalSetupError(
+                f"could not make the env of run {run_dir} (for its tokenizer): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         tokenizer = env.envs[0].tokenizer
         env.close()
     else:  # the trainer gave the env the model's own tokenizer, whatever env_kwargs said
         env_kwargs.pop("tokenizer", None)
-    model_cfg = dataclasses.replace(cfg.model, dtype=dtype, device=str(dev),
-                                    gradient_checkpointing=False)
+    model_cfg = dataclasses.replace(
+        cfg.model, dtype=dtype, device=str(dev), gradient_checkpointing=False
+    )
     model, tokenizer = _load_run_model(model_cfg, tokenizer, config, run_dir, cfg.out_dir)
     try:  # a damaged checkpoint is refused, not evaluated
         verify_checkpoint(checkpoint)
@@ -213,8 +223,14 @@ def load_model_for_eval(path: str | Path, device: str = "auto", dtype: str = "au
     if "model" not in state:
         raise EvalSetupError(f"{checkpoint / 'state.pt'} holds no model state")
     model.load_state_dict(state["model"])
-    return LoadedModel(model.eval(), tokenizer, name, env_id=rollout.env_id,
-                       env_kwargs=env_kwargs, max_new_tokens=rollout.max_new_tokens)
+    return LoadedModel(
+        model.eval(),
+        tokenizer,
+        name,
+        env_id=rollout.env_id,
+        env_kwargs=env_kwargs,
+        max_new_tokens=rollout.max_new_tokens,
+    )
 
 
 def _resolve_env_paths(env_kwargs: Mapping[str, Any], trained_in: Path | None) -> dict[str, Any]:
@@ -228,8 +244,12 @@ def _resolve_env_paths(env_kwargs: Mapping[str, Any], trained_in: Path | None) -
         return out
     for key in _PATH_KEYS & set(out):
         value = out[key]
-        if (isinstance(value, str) and "://" not in value and not Path(value).is_absolute()
-                and (trained_in / value).exists()):
+        if (
+            isinstance(value, str)
+            and "://" not in value
+            and not Path(value).is_absolute()
+            and (trained_in / value).exists()
+        ):
             out[key] = str(trained_in / value)
     return out
 
@@ -272,9 +292,17 @@ def evaluate_model(
     try:
         for env_id in env_ids:
             run_kwargs = loaded.env_kwargs_for(env_id)
-            kwargs = {**run_kwargs, **env_kwargs_for(
-                env_id, split=split, size=size or run_kwargs.get("size"),
-                qa_dir=qa_dir, retriever=shared, extra=env_kwargs)}
+            kwargs = {
+                **run_kwargs,
+                **env_kwargs_for(
+                    env_id,
+                    split=split,
+                    size=size or run_kwargs.get("size"),
+                    qa_dir=qa_dir,
+                    retriever=shared,
+                    extra=env_kwargs,
+                ),
+            }
             kwargs.setdefault("tokenizer", loaded.tokenizer)
             kwargs.setdefault("vocab_size", loaded.vocab_size())
             kwargs.setdefault("eos_token_ids", loaded.eos_token_ids())
@@ -282,19 +310,28 @@ def evaluate_model(
         param = next(loaded.model.parameters())
         policy = HFPolicy(loaded.model, loaded.tokenizer, device=param.device, seed=0)
         report = evaluate_policy(
-            policy, envs, methods=["search", *baselines], limit=limit,
+            policy,
+            envs,
+            methods=["search", *baselines],
+            limit=limit,
             max_new_tokens=max_new_tokens or loaded.max_new_tokens,
-            model_name=loaded.name, progress=progress,
+            model_name=loaded.name,
+            progress=progress,
         )
     finally:
         for vec in envs.values():
             vec.close()
-    report.settings.update({
-        "model_path": str(path), "num_envs": num_envs, "device": str(param.device),
-        "dtype": str(param.dtype).removeprefix("torch."),
-        "env_kwargs": {k: _jsonable(v) for k, v in (env_kwargs or {}).items()},
-        "run_env_id": loaded.env_id, "run_env_kwargs": loaded.env_kwargs,
-    })
+    report.settings.update(
+        {
+            "model_path": str(path),
+            "num_envs": num_envs,
+            "device": str(param.device),
+            "dtype": str(param.dtype).removeprefix("torch."),
+            "env_kwargs": {k: _jsonable(v) for k, v in (env_kwargs or {}).items()},
+            "run_env_id": loaded.env_id,
+            "run_env_kwargs": loaded.env_kwargs,
+        }
+    )
     return report
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from search_env.protocol import clean_question, format_documents
 from search_env.types import QAExample
@@ -43,7 +44,10 @@ def check_rag_template(template: str) -> None:
 
 
 def rag_dataset(
-    vec: Any, indices: Sequence[int], template: str = RAG_TEMPLATE, batch_size: int = 256,
+    vec: Any,
+    indices: Sequence[int],
+    template: str = RAG_TEMPLATE,
+    batch_size: int = 256,
     progress: bool = False,
 ) -> tuple[list[QAExample], list[tuple[str, ...]]]:
     """Each question with its top-k documents already in its text, and the doc ids.
@@ -64,11 +68,14 @@ def rag_dataset(
             queries = [e.question.strip()[: protocol.max_query_chars] for e in chunk]
             results = vec.retriever.search(queries, protocol.topk)
             if len(results) != len(queries):
-                raise RuntimeError(f"the retriever returned {len(results)} result lists "
-                                   f"for {len(queries)} queries")
+                raise RuntimeError(
+                    f"the retriever returned {len(results)} result lists for {len(queries)} queries"
+                )
             for example, passages in zip(chunk, results):
-                text = template.format(documents=format_documents(passages, protocol),
-                                       question=clean_question(example.question))
+                text = template.format(
+                    documents=format_documents(passages, protocol),
+                    question=clean_question(example.question),
+                )
                 examples.append(dataclasses.replace(example, question=text[:-1]))
                 doc_ids.append(tuple(p.id for p in passages))
             bar.update(len(chunk))

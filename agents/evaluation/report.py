@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 PAPER_COLUMNS: dict[str, str] = {
     "SearchQA-NQ-v0": "NQ",
@@ -204,9 +205,14 @@ class EvalReport:
 
     def to_dict(self, episodes: bool = True) -> dict[str, Any]:
         """A JSON-able dict: settings, per-(method, env) metrics (and episodes), tables."""
+
         def result(r: MethodResult) -> dict[str, Any]:
-            out = {"method": r.method, "env_id": r.env_id, "column": r.column,
-                   "metrics": r.metrics()}
+            out = {
+                "method": r.method,
+                "env_id": r.env_id,
+                "column": r.column,
+                "metrics": r.metrics(),
+            }
             if episodes:
                 out["episodes"] = [dataclasses.asdict(e) for e in r.episodes]
             return out
@@ -239,8 +245,7 @@ class EvalReport:
         parts = [
             f"# Evaluation of {self.model}",
             "",
-            f"Greedy decoding on {scope} of each dataset. {self.avg_note()} "
-            "'–': not evaluated.",
+            f"Greedy decoding on {scope} of each dataset. {self.avg_note()} '–': not evaluated.",
         ]
         for metric, (title, _) in TABLE_METRICS.items():
             parts += ["", f"## {title}", "", self.markdown_table(metric)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from agents.evaluation.envs import derived_env
 from agents.evaluation.prompts import (
@@ -32,18 +33,32 @@ logger = logging.getLogger(__name__)
 
 def _episode(index: int, example: QAExample, **fields: Any) -> EpisodeRecord:
     """A record of ``example``'s episode; ``fields`` are the outcome."""
-    return EpisodeRecord(index=index, id=example.id, question=example.question,
-                         golden_answers=tuple(example.golden_answers), **fields)
+    return EpisodeRecord(
+        index=index,
+        id=example.id,
+        question=example.question,
+        golden_answers=tuple(example.golden_answers),
+        **fields,
+    )
 
 
 def _record(
     t: Trajectory, index: int, example: QAExample, doc_ids: tuple[str, ...] | None = None
 ) -> EpisodeRecord:
     return _episode(
-        index, example, answer=t.answer, reward=t.reward,
-        em=t.scores["em"], f1=t.scores["f1"], cover_em=t.scores["cover_em"],
-        searches=t.searches, turns=t.turns, response_length=t.agent_tokens,
-        context_length=len(t.tokens), terminated=t.terminated, doc_ids=doc_ids,
+        index,
+        example,
+        answer=t.answer,
+        reward=t.reward,
+        em=t.scores["em"],
+        f1=t.scores["f1"],
+        cover_em=t.scores["cover_em"],
+        searches=t.searches,
+        turns=t.turns,
+        response_length=t.agent_tokens,
+        context_length=len(t.tokens),
+        terminated=t.terminated,
+        doc_ids=doc_ids,
     )
 
 
@@ -69,8 +84,14 @@ def run_policy(
         for t in collect(vec, policy, indices=chunk, greedy=True, max_new_tokens=max_new_tokens):
             p = position[t.index]
             example = vec.dataset[t.index] if original is None else original[p]
-            records.append(_record(t, t.index if original is None else p, example,
-                                   None if doc_ids is None else doc_ids[p]))
+            records.append(
+                _record(
+                    t,
+                    t.index if original is None else p,
+                    example,
+                    None if doc_ids is None else doc_ids[p],
+                )
+            )
         if bar is not None:
             bar.update(len(chunk))
     return records
@@ -83,18 +104,32 @@ def run_oracle(vec: Any, indices: Sequence[int], bar: Any = None) -> list[Episod
 
     env = vec.envs[0]
     max_searches = env.protocol.max_turns
-    result = evaluate("oracle", lambda: OracleAgent(max_searches=max_searches), vec, indices,
-                      progress=None if bar is None else bar.update)
+    result = evaluate(
+        "oracle",
+        lambda: OracleAgent(max_searches=max_searches),
+        vec,
+        indices,
+        progress=None if bar is None else bar.update,
+    )
     records = []
     for ep in result.per_episode:
         example = vec.dataset[ep["index"]]
-        records.append(_episode(
-            ep["index"], example, answer=ep["answer"],
-            reward=float(env.reward_fn(ep["answer"], example.golden_answers)),
-            em=ep["em"], f1=ep["f1"], cover_em=ep["cover_em"], searches=ep["searches"],
-            turns=ep["turns"], response_length=ep["agent_tokens"], context_length=None,
-            terminated=ep["terminated"],
-        ))
+        records.append(
+            _episode(
+                ep["index"],
+                example,
+                answer=ep["answer"],
+                reward=float(env.reward_fn(ep["answer"], example.golden_answers)),
+                em=ep["em"],
+                f1=ep["f1"],
+                cover_em=ep["cover_em"],
+                searches=ep["searches"],
+                turns=ep["turns"],
+                response_length=ep["agent_tokens"],
+                context_length=None,
+                terminated=ep["terminated"],
+            )
+        )
     return sorted(records, key=lambda r: r.index)
 
 
@@ -130,8 +165,15 @@ def run_method(
     else:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     try:
-        return run_policy(env, policy, indices, max_new_tokens=max_new_tokens, bar=bar,
-                          original=original, doc_ids=docs)
+        return run_policy(
+            env,
+            policy,
+            indices,
+            max_new_tokens=max_new_tokens,
+            bar=bar,
+            original=original,
+            doc_ids=docs,
+        )
     finally:
         env.close()
 
@@ -171,11 +213,18 @@ def evaluate_policy(
         raise ValueError("a policy is needed for methods other than 'oracle'")
     check_direct_template(direct_template)
     check_rag_template(rag_template)
-    report = EvalReport(model=model_name, settings={
-        "limit": limit, "max_new_tokens": max_new_tokens, "methods": list(methods),
-        "envs": list(envs), "direct_template": direct_template, "rag_template": rag_template,
-        "protocol": {k: dataclasses.asdict(v.envs[0].protocol) for k, v in envs.items()},
-    })
+    report = EvalReport(
+        model=model_name,
+        settings={
+            "limit": limit,
+            "max_new_tokens": max_new_tokens,
+            "methods": list(methods),
+            "envs": list(envs),
+            "direct_template": direct_template,
+            "rag_template": rag_template,
+            "protocol": {k: dataclasses.asdict(v.envs[0].protocol) for k, v in envs.items()},
+        },
+    )
     for env_id, vec in envs.items():
         n = len(vec.dataset) if limit is None else min(limit, len(vec.dataset))
         for method in methods:
@@ -187,9 +236,17 @@ def evaluate_policy(
             start = time.perf_counter()
             desc = f"{method} {column_name(env_id)}"
             with tqdm(total=n, desc=desc, unit="ep", disable=not progress) as bar:
-                records = run_method(method, vec, policy, range(n), max_new_tokens=max_new_tokens,
-                                     direct_template=direct_template, rag_template=rag_template,
-                                     bar=bar, progress=progress)
+                records = run_method(
+                    method,
+                    vec,
+                    policy,
+                    range(n),
+                    max_new_tokens=max_new_tokens,
+                    direct_template=direct_template,
+                    rag_template=rag_template,
+                    bar=bar,
+                    progress=progress,
+                )
             seconds = time.perf_counter() - start
             report.results.append(MethodResult(method, env_id, records, seconds))
     return report

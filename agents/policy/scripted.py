@@ -6,7 +6,8 @@ and returned with made-up log-probs, so rollouts can be checked without a model.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-from search_env.codec import get_codec
+from collections.abc import Sequence
+from typing import Any
 
 from agents.policy.base import FinishReason
+from search_env.codec import get_codec
 
 
 class StopChecker:

@@ -104,8 +104,11 @@ def _quiet_engine_start() -> Iterator[None]:
     env_before = os.environ.get(key)
     set_threads = torch.set_num_threads
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-    hidden = {name: sys.modules.pop(name) for name in list(sys.modules)
-              if name == "llvmlite" or name.startswith("llvmlite.")}
+    hidden = {
+        name: sys.modules.pop(name)
+        for name in list(sys.modules)
+        if name == "llvmlite" or name.startswith("llvmlite.")
+    }
     os.environ[key] = "0"
     try:
         yield
@@ -302,8 +305,11 @@ class VLLMPolicy:
             )
         checker = self._stops.get(stop_strings, stop_token_ids)
         # Greedy draws no seed, so that (as with HFPolicy) it leaves the sampling stream be.
-        seeds = [None] * n if greedy else (
-            torch.randint(0, 2**62, (n,), generator=self.generator).tolist())
+        seeds = (
+            [None] * n
+            if greedy
+            else (torch.randint(0, 2**62, (n,), generator=self.generator).tolist())
+        )
         params = [
             SamplingParams(
                 temperature=0.0 if greedy else float(temperature),
@@ -342,8 +348,10 @@ class VLLMPolicy:
             reason = "length"
         else:
             # vLLM saw a stop the env's scanner does not (text vs bytes): keep its turn.
-            logger.warning("vLLM stopped a turn (%r) where the stop scanner finds no stop",
-                           completion.stop_reason)
+            logger.warning(
+                "vLLM stopped a turn (%r) where the stop scanner finds no stop",
+                completion.stop_reason,
+            )
             reason = "eos" if isinstance(completion.stop_reason, int) else "stop"
         return Generation(np.asarray(ids, np.int64), np.asarray(logps, np.float32), reason)
 

@@ -31,8 +31,12 @@ _EXPORTS = {
     "train_rllib": "agents.rllib.train",
     "audit_chunk": "agents.rllib.audit",
 }
-_NEEDS_RAY = {"agents.rllib.env", "agents.rllib.module", "agents.rllib.learner",
-              "agents.rllib.callbacks"}
+_NEEDS_RAY = {
+    "agents.rllib.env",
+    "agents.rllib.module",
+    "agents.rllib.learner",
+    "agents.rllib.callbacks",
+}
 
 __all__ = sorted(_EXPORTS)
 

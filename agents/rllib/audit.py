@@ -30,7 +30,9 @@ class TokenAudit:
     """Actions (RLlib timesteps) in the chunks."""
 
 
-def audit_chunk(tokens: np.ndarray, mask: np.ndarray, length: np.ndarray, actions: np.ndarray) -> TokenAudit:
+def audit_chunk(
+    tokens: np.ndarray, mask: np.ndarray, length: np.ndarray, actions: np.ndarray
+) -> TokenAudit:
     """Check one episode chunk: ``T + 1`` observations and the ``T`` actions between them.
 
     Args:
@@ -73,7 +75,9 @@ def audit_episodes(episodes: list[Any]) -> TokenAudit:
         if isinstance(obs, list):  # not yet numpy-ised: a list of dicts
             obs = {k: np.stack([o[k] for o in obs]) for k in ("tokens", "mask", "length")}
         audit = audit_chunk(
-            np.asarray(obs["tokens"]), np.asarray(obs["mask"]), np.asarray(obs["length"]),
+            np.asarray(obs["tokens"]),
+            np.asarray(obs["mask"]),
+            np.asarray(obs["length"]),
             np.asarray(episode.get_actions()),
         )
         agent, env, steps = agent + audit.agent_tokens, env + audit.env_tokens, steps + audit.steps

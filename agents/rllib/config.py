@@ -197,12 +197,24 @@ def cluster() -> RLlibRunConfig:
             "max_start_length": 256,
             "format_score": 0.1,
         },
-        module=ModuleConfig(d_model=512, layers=6, heads=8, ff=2048, window=1024, allowed_words=None),
-        runners=RunnerConfig(num_env_runners=64, num_envs_per_env_runner=16, num_cpus_per_env_runner=1,
-                             rollout_fragment_length=64, sample_timeout_s=600.0),
+        module=ModuleConfig(
+            d_model=512, layers=6, heads=8, ff=2048, window=1024, allowed_words=None
+        ),
+        runners=RunnerConfig(
+            num_env_runners=64,
+            num_envs_per_env_runner=16,
+            num_cpus_per_env_runner=1,
+            rollout_fragment_length=64,
+            sample_timeout_s=600.0,
+        ),
         learners=LearnerConfig(num_learners=4, num_gpus_per_learner=1),
-        ppo=PPOSettings(lr=1e-4, train_batch_size=65_536, minibatch_size=8_192, num_epochs=2,
-                        entropy_coeff=0.001),
+        ppo=PPOSettings(
+            lr=1e-4,
+            train_batch_size=65_536,
+            minibatch_size=8_192,
+            num_epochs=2,
+            entropy_coeff=0.001,
+        ),
         iterations=2_000,
         out_dir="runs/rllib-cluster",
         ray_address="auto",
@@ -211,7 +223,11 @@ def cluster() -> RLlibRunConfig:
     )
 
 
-PRESETS: dict[str, Callable[[], RLlibRunConfig]] = {"laptop": laptop, "test": test, "cluster": cluster}
+PRESETS: dict[str, Callable[[], RLlibRunConfig]] = {
+    "laptop": laptop,
+    "test": test,
+    "cluster": cluster,
+}
 """Named presets, by CLI name."""
 
 
@@ -226,8 +242,9 @@ def preset(name: str) -> RLlibRunConfig:
 def _keywords(settings: Any, **rename: str) -> dict[str, Any]:
     """The fields of a flat settings dataclass as keyword arguments, by field name or
     ``rename[field name]``."""
-    return {rename.get(f.name, f.name): getattr(settings, f.name)
-            for f in dataclasses.fields(settings)}
+    return {
+        rename.get(f.name, f.name): getattr(settings, f.name) for f in dataclasses.fields(settings)
+    }
 
 
 def allowed_token_ids(config: RLlibRunConfig) -> list[int] | None:
@@ -253,7 +270,11 @@ def build_ppo_config(config: RLlibRunConfig) -> Any:
 
     m, r, lr, p = config.module, config.runners, config.learners, config.ppo
     model_config: dict[str, Any] = {
-        "d_model": m.d_model, "layers": m.layers, "heads": m.heads, "ff": m.ff, "window": m.window,
+        "d_model": m.d_model,
+        "layers": m.layers,
+        "heads": m.heads,
+        "ff": m.ff,
+        "window": m.window,
     }
     allowed = allowed_token_ids(config)
     if allowed is not None:
@@ -264,8 +285,9 @@ def build_ppo_config(config: RLlibRunConfig) -> Any:
         .environment(env=config.env_id, env_config=dict(config.env_config))
         .env_runners(**_keywords(r))
         .learners(**_keywords(lr), learner_class=TokenPPOTorchLearner)
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=TokenPolicyModule,
-                                               model_config=model_config))
+        .rl_module(
+            rl_module_spec=RLModuleSpec(module_class=TokenPolicyModule, model_config=model_config)
+        )
         .training(**_keywords(p, train_batch_size="train_batch_size_per_learner"))
         .callbacks(SearchEpisodeMetrics)
         .debugging(seed=config.seed)

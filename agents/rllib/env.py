@@ -10,7 +10,8 @@ one creator per id in ``search_env.registration.ENV_IDS``, each calling
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import gymnasium as gym
 

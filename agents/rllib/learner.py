@@ -29,9 +29,17 @@ AUDIT_KEY = "_search_env_token_audit"
 class AuditEpisodes(ConnectorV2):
     """First learner-connector piece: audit the train episodes before PPO extends them."""
 
-    def __call__(self, *, rl_module: Any, batch: dict[str, Any], episodes: list[Any],
-                 explore: bool | None = None, shared_data: dict | None = None,
-                 metrics: Any = None, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        *,
+        rl_module: Any,
+        batch: dict[str, Any],
+        episodes: list[Any],
+        explore: bool | None = None,
+        shared_data: dict | None = None,
+        metrics: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         chunks = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False))
         if shared_data is not None:
             shared_data[AUDIT_KEY] = audit_episodes(chunks)
@@ -41,9 +49,17 @@ class AuditEpisodes(ConnectorV2):
 class AuditLossRows(ConnectorV2):
     """Last learner-connector piece: the rows that enter the loss are the agent tokens."""
 
-    def __call__(self, *, rl_module: Any, batch: dict[str, Any], episodes: list[Any],
-                 explore: bool | None = None, shared_data: dict | None = None,
-                 metrics: Any = None, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        *,
+        rl_module: Any,
+        batch: dict[str, Any],
+        episodes: list[Any],
+        explore: bool | None = None,
+        shared_data: dict | None = None,
+        metrics: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         audit: TokenAudit | None = (shared_data or {}).get(AUDIT_KEY)
         if audit is None:
             raise TokenAuditError("AuditLossRows needs AuditEpisodes earlier in the pipeline")
@@ -58,8 +74,11 @@ class AuditLossRows(ConnectorV2):
                 f"{audit.steps} steps: only agent tokens may enter the loss"
             )
         if metrics is not None:
-            for key, value in (("agent_tokens", audit.agent_tokens),
-                               ("env_tokens", audit.env_tokens), ("loss_rows", rows)):
+            for key, value in (
+                ("agent_tokens", audit.agent_tokens),
+                ("env_tokens", audit.env_tokens),
+                ("loss_rows", rows),
+            ):
                 metrics.log_value((ALL_MODULES, key), value, reduce="sum")
         return batch
 

@@ -62,9 +62,12 @@ class TokenPolicyModule(TorchRLModule, ValueFunctionAPI):
         if allowed is not None:
             allowed = sorted({int(t) for t in allowed})
             if not allowed or allowed[0] < 0 or allowed[-1] >= self.vocab_size:
-                raise ValueError(f"allowed_token_ids must be non-empty ids in [0, {self.vocab_size})")
+                raise ValueError(
+                    f"allowed_token_ids must be non-empty ids in [0, {self.vocab_size})"
+                )
         self.register_buffer(
-            "allowed", torch.tensor(allowed if allowed is not None else [], dtype=torch.long),
+            "allowed",
+            torch.tensor(allowed if allowed is not None else [], dtype=torch.long),
             persistent=False,
         )
         d = self.encoder.out_dim

@@ -102,8 +102,9 @@ def _ray_init(cfg: RLlibRunConfig, temp_dir: str | None) -> bool:
     return True
 
 
-def train_rllib(cfg: RLlibRunConfig, *, ray_temp_dir: str | None = None,
-                progress: bool = True) -> dict[str, Any]:
+def train_rllib(
+    cfg: RLlibRunConfig, *, ray_temp_dir: str | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Train ``cfg`` with RLlib PPO; write the run directory; return the summary.
 
     Starts a local Ray (or joins ``cfg.ray_address``) unless Ray is already initialised,
@@ -139,12 +140,19 @@ def train_rllib(cfg: RLlibRunConfig, *, ray_temp_dir: str | None = None,
                 bar.update(1)
                 bar.set_postfix(reward=f"{record.get('reward', float('nan')):.3f}")
             if cfg.time_budget_s is not None and record["wall_time"] >= cfg.time_budget_s:
-                logger.info("time budget of %.0f s reached after %d iterations",
-                            cfg.time_budget_s, iteration)
+                logger.info(
+                    "time budget of %.0f s reached after %d iterations",
+                    cfg.time_budget_s,
+                    iteration,
+                )
                 break
         if bar is not None:
             bar.close()
-        checkpoint = str(algo.save_to_path(str((run_dir / "checkpoint").resolve()))) if cfg.checkpoint else None
+        checkpoint = (
+            str(algo.save_to_path(str((run_dir / "checkpoint").resolve())))
+            if cfg.checkpoint
+            else None
+        )
         return _finish(cfg, run_dir, metrics.records, started, checkpoint, plot_curves)
     finally:
         if algo is not None:
@@ -153,8 +161,14 @@ def train_rllib(cfg: RLlibRunConfig, *, ray_temp_dir: str | None = None,
             ray.shutdown()
 
 
-def _finish(cfg: RLlibRunConfig, run_dir: Path, records: list[dict[str, Any]], started: float,
-            checkpoint: str | None, plot_curves: Any) -> dict[str, Any]:
+def _finish(
+    cfg: RLlibRunConfig,
+    run_dir: Path,
+    records: list[dict[str, Any]],
+    started: float,
+    checkpoint: str | None,
+    plot_curves: Any,
+) -> dict[str, Any]:
     rewards = [r["reward"] for r in records if "reward" in r]
     summary: dict[str, Any] = {
         "backend": "rllib",
@@ -167,8 +181,9 @@ def _finish(cfg: RLlibRunConfig, run_dir: Path, records: list[dict[str, Any]], s
     }
     if rewards:
         summary.update(reward_first=rewards[0], reward_last=rewards[-1], reward_best=max(rewards))
-    png = plot_curves(records, run_dir / "curves.png", keys=PLOT_KEYS,
-                      title=f"rllib ppo {run_dir.name}")
+    png = plot_curves(
+        records, run_dir / "curves.png", keys=PLOT_KEYS, title=f"rllib ppo {run_dir.name}"
+    )
     summary["curves_png"] = str(png) if png else None
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
@@ -193,11 +208,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> RLlibRunConfig:
     """The resolved config of a command line."""
     cfg = base_config(args, load_config, preset, default="laptop")
-    return apply_overrides(cfg, overrides_from_args(args, RLlibRunConfig, (
-        ("env", "env_id"), ("out", "out_dir"), ("iterations", "iterations"),
-        ("time_budget", "time_budget_s"), ("seed", "seed"),
-        ("address", "ray_address"), ("num_cpus", "num_cpus"),
-    )))
+    return apply_overrides(
+        cfg,
+        overrides_from_args(
+            args,
+            RLlibRunConfig,
+            (
+                ("env", "env_id"),
+                ("out", "out_dir"),
+                ("iterations", "iterations"),
+                ("time_budget", "time_budget_s"),
+                ("seed", "seed"),
+                ("address", "ray_address"),
+                ("num_cpus", "num_cpus"),
+            ),
+        ),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -216,8 +242,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m agents.rllib.train``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m agents.rllib.train",
-                                                   description=__doc__.splitlines()[0]))
+    parser = add_arguments(
+        argparse.ArgumentParser(
+            prog="python -m agents.rllib.train", description=__doc__.splitlines()[0]
+        )
+    )
     return run(parser.parse_args(argv))
 
 

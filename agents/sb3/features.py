@@ -32,5 +32,8 @@ class TokenFeaturesExtractor(BaseFeaturesExtractor):
         self.encoder = TokenEncoder(int(tokens.high.max()) + 1, config)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.encoder(observations["tokens"].round().long(), observations["mask"].round().long(),
-                            observations["length"].round().long())  # (B, d_model)
+        return self.encoder(
+            observations["tokens"].round().long(),
+            observations["mask"].round().long(),
+            observations["length"].round().long(),
+        )  # (B, d_model)

@@ -95,14 +95,30 @@ def build_model(cfg: SB3RunConfig) -> Any:
     from agents.sb3.features import TokenFeaturesExtractor
 
     venv = DummyVecEnv([lambda: make_env(cfg) for _ in range(cfg.n_envs)])
-    encoder = {"d_model": cfg.d_model, "layers": cfg.layers, "heads": cfg.heads, "ff": cfg.ff,
-               "window": cfg.window}
+    encoder = {
+        "d_model": cfg.d_model,
+        "layers": cfg.layers,
+        "heads": cfg.heads,
+        "ff": cfg.ff,
+        "window": cfg.window,
+    }
     return PPO(
-        "MultiInputPolicy", venv, learning_rate=cfg.lr, n_steps=cfg.n_steps,
-        batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, gamma=cfg.gamma,
-        gae_lambda=cfg.gae_lambda, ent_coef=cfg.ent_coef, seed=cfg.seed, device="cpu",
-        policy_kwargs={"features_extractor_class": TokenFeaturesExtractor,
-                       "features_extractor_kwargs": encoder, "net_arch": []},
+        "MultiInputPolicy",
+        venv,
+        learning_rate=cfg.lr,
+        n_steps=cfg.n_steps,
+        batch_size=cfg.batch_size,
+        n_epochs=cfg.n_epochs,
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda,
+        ent_coef=cfg.ent_coef,
+        seed=cfg.seed,
+        device="cpu",
+        policy_kwargs={
+            "features_extractor_class": TokenFeaturesExtractor,
+            "features_extractor_kwargs": encoder,
+            "net_arch": [],
+        },
     )
 
 
@@ -128,12 +144,18 @@ def _rollout_logger(metrics: Any, started: float) -> Any:
 
         def _on_rollout_end(self) -> None:
             self.rollout += 1
-            record: dict[str, Any] = {"step": self.rollout, "timesteps": int(self.num_timesteps),
-                                      "episodes": len(self.returns)}
+            record: dict[str, Any] = {
+                "step": self.rollout,
+                "timesteps": int(self.num_timesteps),
+                "episodes": len(self.returns),
+            }
             if self.returns:
                 n = len(self.returns)
-                record.update(reward=sum(self.returns) / n, answered=sum(self.answered) / n,
-                              em=sum(self.em) / n)
+                record.update(
+                    reward=sum(self.returns) / n,
+                    answered=sum(self.answered) / n,
+                    em=sum(self.em) / n,
+                )
             record["wall_time"] = time.perf_counter() - started
             metrics.log(record)
             self.returns, self.answered, self.em = [], [], []
@@ -159,14 +181,21 @@ def train_sb3(cfg: SB3RunConfig) -> dict[str, Any]:
     model.save(run_dir / "model.zip")
     rewards = [r["reward"] for r in metrics.records if "reward" in r]
     summary: dict[str, Any] = {
-        "backend": "sb3", "algo": "ppo", "rollouts": len(metrics.records),
-        "timesteps": int(model.num_timesteps), "run_dir": str(run_dir),
+        "backend": "sb3",
+        "algo": "ppo",
+        "rollouts": len(metrics.records),
+        "timesteps": int(model.num_timesteps),
+        "run_dir": str(run_dir),
         "wall_seconds": time.perf_counter() - started,
     }
     if rewards:
         summary.update(reward_first=rewards[0], reward_last=rewards[-1], reward_best=max(rewards))
-    png = plot_curves(metrics.records, run_dir / "curves.png", keys=("reward", "answered"),
-                      title=f"sb3 ppo {run_dir.name}")
+    png = plot_curves(
+        metrics.records,
+        run_dir / "curves.png",
+        keys=("reward", "answered"),
+        title=f"sb3 ppo {run_dir.name}",
+    )
     summary["curves_png"] = str(png) if png else None
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -174,8 +203,9 @@ def train_sb3(cfg: SB3RunConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m agents.sb3.train``."""
-    parser = argparse.ArgumentParser(prog="python -m agents.sb3.train",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.sb3.train", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--timesteps", type=int, help="agent tokens to train on")
     parser.add_argument("--seed", type=int, help="seed")
@@ -183,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         require_sb3()
-        overrides = overrides_from_args(args, SB3RunConfig, (
-            ("out", "out_dir"), ("timesteps", "timesteps"), ("seed", "seed")))
+        overrides = overrides_from_args(
+            args, SB3RunConfig, (("out", "out_dir"), ("timesteps", "timesteps"), ("seed", "seed"))
+        )
         cfg = apply_overrides(SB3RunConfig(), overrides)
     except (ImportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

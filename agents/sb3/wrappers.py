@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -20,7 +21,9 @@ class TokenSubset(gym.ActionWrapper):
     def __init__(self, env: gym.Env, token_ids: Sequence[int]) -> None:
         super().__init__(env)
         if not isinstance(env.action_space, spaces.Discrete):
-            raise TypeError(f"TokenSubset needs a token-mode env (Discrete actions), got {env.action_space}")
+            raise TypeError(
+                f"TokenSubset needs a token-mode env (Discrete actions), got {env.action_space}"
+            )
         ids = [int(t) for t in token_ids]
         vocab = int(env.action_space.n)
         if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= vocab:

@@ -80,8 +80,12 @@ class TokenEncoder(nn.Module):
         self.kind_emb = nn.Embedding(2, config.d_model)  # environment / agent token
         self.pos_emb = nn.Embedding(config.window, config.d_model)  # distance from the end
         layer = nn.TransformerEncoderLayer(
-            config.d_model, config.heads, config.ff, config.dropout,
-            batch_first=True, norm_first=True,
+            config.d_model,
+            config.heads,
+            config.ff,
+            config.dropout,
+            batch_first=True,
+            norm_first=True,
         )
         self.blocks = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.d_model)
@@ -90,7 +94,9 @@ class TokenEncoder(nn.Module):
     def out_dim(self) -> int:
         return self.config.d_model
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, mask: torch.Tensor, length: torch.Tensor
+    ) -> torch.Tensor:
         """``(B, L)`` buffers and ``(B, 1)`` lengths -> ``(B, d_model)`` features."""
         window = self.config.window
         ids, kinds, valid = last_window(tokens, mask, length, window)  # (B, W) each

@@ -35,8 +35,16 @@ TASK_ENV_CONFIG: dict[str, Any] = {
 }
 """The small synthetic task: contexts stay under 128 tokens, episodes under 17 steps."""
 
-TASK_WORDS: tuple[str, ...] = ("<search>", "</search>", "<answer>", "</answer>", "<|endoftext|>",
-                               " the", " a", " of")
+TASK_WORDS: tuple[str, ...] = (
+    "<search>",
+    "</search>",
+    "<answer>",
+    "</answer>",
+    "<|endoftext|>",
+    " the",
+    " a",
+    " of",
+)
 """The policy's vocabulary on the synthetic task (each must be one token)."""
 
 

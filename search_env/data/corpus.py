@@ -17,8 +17,9 @@ import hashlib
 import json
 import logging
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, cast
+from typing import IO, Any, BinaryIO, cast
 
 from search_env.files import atomic_file
 from search_env.types import Passage

@@ -211,17 +211,21 @@ def build_backend(ranks: dict[bytes, int]) -> Tokenizer:
     vocab, merges = _vocab_and_merges(ranks)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
-        # the regex above already split the text: ByteLevel only maps bytes to symbols
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+            # the regex above already split the text: ByteLevel only maps bytes to symbols
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.add_tokens([
-        AddedToken(content, special=special, normalized=False)
-        for content, special in SPECIAL_TOKENS
-    ])
+    tok.add_tokens(
+        [
+            AddedToken(content, special=special, normalized=False)
+            for content, special in SPECIAL_TOKENS
+        ]
+    )
     # add_tokens hands out the next free ids: they must be Qwen's
     for offset, (content, _) in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(content) != NUM_RANKS + offset:
@@ -273,10 +277,11 @@ def build_qwen_tokenizer(
         "model_max_length": 131072,
         "chat_template": chat_template(spec),
         "search_env_source": f"built from qwen-tokenizer's qwen.tiktoken ({spec}, "
-                             f"builder {BUILDER_VERSION})",
+        f"builder {BUILDER_VERSION})",
     }
     (out_dir / "tokenizer_config.json").write_text(
-        json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     return out_dir
 
 
@@ -289,12 +294,13 @@ def qwen_tokenizer_dir(spec: str = "qwen2.5") -> Path:
     if (target / "tokenizer_config.json").is_file():
         return target
     built = [root / f"{other}-{key}" for other in VARIANTS if other != spec]
-    backend = next((d / "tokenizer.json" for d in built if (d / "tokenizer_config.json").is_file()),
-                   None)
+    backend = next(
+        (d / "tokenizer.json" for d in built if (d / "tokenizer_config.json").is_file()), None
+    )
     return build_dir(target, lambda tmp: build_qwen_tokenizer(tmp, spec, backend_file=backend))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_qwen_tokenizer(spec: str = "qwen2.5") -> PreTrainedTokenizerFast:
     """The offline Qwen2.5 tokenizer (``"qwen2.5"`` or ``"qwen2.5-instruct"``), loaded once."""
     from transformers import PreTrainedTokenizerFast

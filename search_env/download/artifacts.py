@@ -124,7 +124,6 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
-
 _TOKENIZER_ARG = 'tokenizer="qwen2.5"'
 """Qwen2.5's tokenizer, built offline (the same ids as Qwen/Qwen2.5-3B's; see search_env.data.qwen)."""
 _GYM_EXAMPLE = (
@@ -319,4 +318,3 @@ def artifact_table(dest_dir: str | Path = DEFAULT_DEST) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
     return "\n".join(line.rstrip() for line in lines)
-

@@ -291,9 +291,7 @@ def download(
     files: dict[str, Any] = {}
     downloads: dict[str, Any] = {}
     if artifact.postprocess is PostProcess.GUNZIP:
-        digest, src_digest, checked = gunzip(
-            fetched.paths[0], target, fetched.remotes[0], progress
-        )
+        digest, src_digest, checked = gunzip(fetched.paths[0], target, fetched.remotes[0], progress)
         rel, entry = _file_entry(target, dest, digest, False)
         files[rel] = entry
         downloads[artifact.files[0]] = {

@@ -20,8 +20,9 @@ import os
 import shutil
 import sys
 from array import array
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 

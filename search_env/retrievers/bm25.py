@@ -31,9 +31,10 @@ import shutil
 import tempfile
 import weakref
 from array import array
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Sized
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -41,7 +42,12 @@ from tqdm.auto import tqdm
 from search_env.data.corpus import corpus_fingerprint, iter_corpus
 from search_env.files import make_staging_dir
 from search_env.retrievers import _index_files
-from search_env.retrievers._index_files import MANIFEST_NAME, OFFSETS_NAME, PASSAGES_NAME, available_cpus
+from search_env.retrievers._index_files import (
+    MANIFEST_NAME,
+    OFFSETS_NAME,
+    PASSAGES_NAME,
+    available_cpus,
+)
 from search_env.retrievers._index_files import PassageStore as _PassageStore
 from search_env.retrievers._index_files import PassageWriter as _PassageWriter
 from search_env.retrievers._index_files import package_version as _package_version
@@ -239,7 +245,9 @@ class BM25Retriever:
         self._store = store
         self._vocab: dict[str, int] = tokenizer.get_vocab_dict()
         self._stopwords = frozenset(tokenizer.stopwords or ())
-        self._word_ids: dict[str, int | None] = {}  # query word -> id cache (stemming is the slow part)
+        self._word_ids: dict[
+            str, int | None
+        ] = {}  # query word -> id cache (stemming is the slow part)
         self.params = params
         self.backend = backend
         self.n_threads = _resolve_threads(n_threads, backend)
@@ -313,12 +321,20 @@ class BM25Retriever:
             columns = _TokenIdColumns()
 
             def contents() -> Iterator[str]:
-                bar = tqdm(passages, desc="BM25 tokenize", unit="doc", total=total, disable=not show_progress)
+                bar = tqdm(
+                    passages,
+                    desc="BM25 tokenize",
+                    unit="doc",
+                    total=total,
+                    disable=not show_progress,
+                )
                 for passage in bar:
                     writer.add(passage)
                     yield passage.contents
 
-            for ids in tokenizer.streaming_tokenize(contents(), update_vocab=True, allow_empty=True):
+            for ids in tokenizer.streaming_tokenize(
+                contents(), update_vocab=True, allow_empty=True
+            ):
                 columns.append(ids)
             offsets = writer.close()
             if len(columns) == 0:
@@ -409,7 +425,9 @@ class BM25Retriever:
                     "files: sha256 of the size (8 bytes little-endian) + first 1 MiB + last 1 MiB"
                 ),
             }
-            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            (tmp / MANIFEST_NAME).write_text(
+                json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
+            )
             _index_files.publish_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -458,7 +476,11 @@ class BM25Retriever:
         try:
             p = manifest["params"]
             params = BM25Params(
-                k1=p["k1"], b=p["b"], method=p["method"], stemmer=p["stemmer"], stopwords=p["stopwords"]
+                k1=p["k1"],
+                b=p["b"],
+                method=p["method"],
+                stemmer=p["stemmer"],
+                stopwords=p["stopwords"],
             )
             model = bm25s.BM25.load(
                 str(index_dir), mmap=mmap, load_corpus=False, show_progress=False, backend=backend
@@ -466,7 +488,9 @@ class BM25Retriever:
             tokenizer = _make_tokenizer(params)
             tokenizer.load_stopwords(str(index_dir), TOKENIZER_STOPWORDS_NAME)
             tokenizer.load_vocab(str(index_dir), TOKENIZER_VOCAB_NAME)
-            offsets = np.load(index_dir / OFFSETS_NAME, mmap_mode="r" if mmap else None, allow_pickle=False)
+            offsets = np.load(
+                index_dir / OFFSETS_NAME, mmap_mode="r" if mmap else None, allow_pickle=False
+            )
             store = _PassageStore(index_dir / PASSAGES_NAME, offsets, use_mmap=mmap)
             _check_consistency(index_dir, manifest, model, tokenizer, store)
             if tokenizer.get_vocab_dict() == model.vocab_dict:
@@ -475,8 +499,12 @@ class BM25Retriever:
         except CorruptIndexError:
             raise
         except Exception as e:
-            raise CorruptIndexError(f"{index_dir}: cannot load index files: {type(e).__name__}: {e}") from e
-        logger.info("loaded BM25 index of %d passages from %s (mmap=%s)", len(store), index_dir, mmap)
+            raise CorruptIndexError(
+                f"{index_dir}: cannot load index files: {type(e).__name__}: {e}"
+            ) from e
+        logger.info(
+            "loaded BM25 index of %d passages from %s (mmap=%s)", len(store), index_dir, mmap
+        )
         return cls(
             model,
             tokenizer,
@@ -488,7 +516,9 @@ class BM25Retriever:
         )
 
     # ------------------------------------------------------------------ searching
-    def search(self, queries: Sequence[str], k: int, *, n_threads: int | None = None) -> list[list[Passage]]:
+    def search(
+        self, queries: Sequence[str], k: int, *, n_threads: int | None = None
+    ) -> list[list[Passage]]:
         """Retrieves up to ``k`` passages for each query, in one bm25s call.
 
         Args:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from search_env.retrievers.base import RetrievalError, Retriever
 from search_env.types import Passage

@@ -9,7 +9,7 @@ inner-product scores need no normalisation.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from search_env.retrievers.base import RetrievalError, Retriever
 from search_env.types import Passage

@@ -8,8 +8,9 @@ writes ``dense``). Another backend plugs in with ``register_index_kind("mykind",
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from search_env.retrievers._index_files import MANIFEST_NAME
 from search_env.retrievers.base import CorruptIndexError, Retriever

@@ -18,8 +18,9 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from search_env.retrievers.base import RetrievalError
 from search_env.types import Passage

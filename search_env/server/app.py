@@ -41,9 +41,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from search_env.retrievers.base import Retriever
 from search_env.server.batching import MicroBatcher

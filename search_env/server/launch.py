@@ -190,10 +190,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     add("--max-topk", type=int, default=100)
     add("--max-queries", type=int, default=4096, help="most queries in one request")
     add("--max-query-chars", type=int, default=2000)
-    add("--max-body-bytes", type=int, default=None,
-        help="largest request body (default: what the largest valid request needs)")
-    add("--body-timeout", type=float, default=10.0,
-        help="seconds a client has to send a request body (slower: 408, connection closed)")
+    add(
+        "--max-body-bytes",
+        type=int,
+        default=None,
+        help="largest request body (default: what the largest valid request needs)",
+    )
+    add(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a request body (slower: 408, connection closed)",
+    )
     add("--backend", default="auto", choices=["auto", "numba", "numpy"], help="bm25 backend")
     add("--threads", type=int, default=-1, help="retriever threads (-1: all cores)")
     add("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -76,8 +76,9 @@ class SynthConfig:
             raise ValueError("questions_per_entity must be > 0")
         mix = tuple(self.question_mix)
         if len(mix) != len(QUESTION_MIX):
-            raise ValueError(f"question_mix needs {len(QUESTION_MIX)} weights "
-                             f"({_shape_names()}), got {mix!r}")
+            raise ValueError(
+                f"question_mix needs {len(QUESTION_MIX)} weights ({_shape_names()}), got {mix!r}"
+            )
         for w in mix:
             _check_float("question_mix weight", w, 0.0, math.inf)
         if sum(mix) <= 0:

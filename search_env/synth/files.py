@@ -11,9 +11,9 @@ import gzip
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
 
 from search_env.files import build_dir
 from search_env.files import cache_dir as default_cache_dir
@@ -53,8 +53,12 @@ def write_corpus(world: SynthWorld, path: str | Path) -> Path:
 
 
 def _qa_row(example: QAExample) -> str:
-    row = {"id": example.id, "question": example.question,
-           "golden_answers": list(example.golden_answers), "metadata": example.metadata}
+    row = {
+        "id": example.id,
+        "question": example.question,
+        "golden_answers": list(example.golden_answers),
+        "metadata": example.metadata,
+    }
     return json.dumps(row, ensure_ascii=False) + "\n"
 
 
@@ -67,7 +71,8 @@ def write_qa(world: SynthWorld, directory: str | Path) -> dict[str, Path]:
     try:
         if "questions" in world.__dict__:  # already built: reuse
             pairs: Iterator[tuple[str, QAExample]] = (
-                (s, q) for s, qs in world.questions.items() for q in qs)
+                (s, q) for s, qs in world.questions.items() for q in qs
+            )
         else:
             pairs = world.iter_questions()
         for split, example in pairs:
@@ -101,8 +106,11 @@ def build_cached(config: SynthConfig, cache_dir: Path | None = None) -> Path:
         world = generate_world(config)
         write_corpus(world, tmp / "corpus.jsonl")
         write_qa(world, tmp)
-        meta = {"format": FORMAT_VERSION, "config": asdict(config),
-                "num_passages": world.num_passages}
+        meta = {
+            "format": FORMAT_VERSION,
+            "config": asdict(config),
+            "num_passages": world.num_passages,
+        }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     return build_dir(target, build)

@@ -110,6 +110,7 @@ class OracleAgent:
         if done and self._evidence:  # the quote says it all
             thought, self._evidence = self._evidence, ""
         else:
-            thought = self._quoted("I found the answer." if done else
-                                   "I could not find it; my best guess:")
+            thought = self._quoted(
+                "I found the answer." if done else "I could not find it; my best guess:"
+            )
         return answer_turn(thought, self._subject)

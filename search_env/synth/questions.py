@@ -9,7 +9,8 @@ and ``metadata["hops"]`` holds its gold reasoning path, one dict per hop: ``subj
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from search_env.synth.config import QUESTION_MIX, QUESTION_TYPES, QuestionShape
 from search_env.synth.names import CITY, COUNTRY, ORG, PERSON, WORK
@@ -54,8 +55,9 @@ def iter_questions(world: SynthWorld) -> Iterator[tuple[str, QAExample]]:
         for _ in range(whole + (rng.random() < frac)):
             for _attempt in range(3):
                 u = rng.random()
-                shape = next(QUESTION_MIX[i] for i, c in enumerate(cumulative)
-                             if u < c or i == last)
+                shape = next(
+                    QUESTION_MIX[i] for i, c in enumerate(cumulative) if u < c or i == last
+                )
                 built = _make_question(world, anchor, shape, rng)
                 if built.key not in seen:
                     break
@@ -83,8 +85,7 @@ def of_types(examples: Sequence[QAExample], types: Sequence[str]) -> list[QAExam
     bad = sorted(set(types) - set(QUESTION_TYPES))
     if bad or not types:
         raise ValueError(
-            f"question_types must be a non-empty subset of {QUESTION_TYPES}, "
-            f"got {list(types)!r}"
+            f"question_types must be a non-empty subset of {QUESTION_TYPES}, got {list(types)!r}"
         )
     kept = [ex for ex in examples if ex.metadata.get("type") in types]
     if not kept:
@@ -131,8 +132,11 @@ def _chain(world: SynthWorld, anchor: int, hops: int, rng: random.Random) -> _Bu
         options = _relations_of(world, idx)
         if step < hops - 1:  # a bridge must lead to another entity
             options = [r for r in options if RELATIONS[r].object_kind is not None]
-        options = [r for r in options if RELATIONS[r].object_kind is None
-                   or world.fact_value(idx, r) not in path]
+        options = [
+            r
+            for r in options
+            if RELATIONS[r].object_kind is None or world.fact_value(idx, r) not in path
+        ]
         if not options:
             return None
         relation = rng.choice(options)
@@ -145,8 +149,7 @@ def _chain(world: SynthWorld, anchor: int, hops: int, rng: random.Random) -> _Bu
     for relation, subject in zip(relations[:-1], path):
         phrase = RELATIONS[relation].phrase.format(P=phrase, **world.format_keys(subject))
     last_subject = path[len(relations) - 1]
-    text = RELATIONS[relations[-1]].question.format(P=phrase,
-                                                    **world.format_keys(last_subject))
+    text = RELATIONS[relations[-1]].question.format(P=phrase, **world.format_keys(last_subject))
     if RELATIONS[relations[-1]].object_kind is not None:
         golds = world.answers(path[-1])
     else:

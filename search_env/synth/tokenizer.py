@@ -18,8 +18,9 @@ import argparse
 import functools
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from search_env.files import build_dir
 from search_env.protocol import (
@@ -61,8 +62,7 @@ def _oracle_turns(world: SynthWorld, protocol: ProtocolConfig, limit: int) -> It
             action = parse_turn(turn)
             if action.kind != "search":
                 break
-            observation = protocol.information_format.format(
-                docs=format_documents(gold, protocol))
+            observation = protocol.information_format.format(docs=format_documents(gold, protocol))
             episode.append(observation)
         yield "".join(episode) + EOS_TOKEN
 
@@ -141,7 +141,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_synth_tokenizer(directory: Path = ASSET_DIR) -> PreTrainedTokenizerFast:
     """The shipped tokenizer (or one written by :func:`train_synth_tokenizer` to
     ``directory``), loaded once (offline; needs ``transformers``)."""
@@ -198,8 +198,9 @@ def world_tokenizer(
 
     target = Path(world_dir) / f"tokenizer-{vocab_size}-{_world_digest(config)}"
     if not (target / "tokenizer.json").is_file():
-        build_dir(target, lambda tmp: train_synth_tokenizer(
-            tmp, vocab_size, world=generate_world(config)))
+        build_dir(
+            target, lambda tmp: train_synth_tokenizer(tmp, vocab_size, world=generate_world(config))
+        )
     return load_synth_tokenizer(target)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 from array import array
+from collections.abc import Callable, Iterator
 from functools import cached_property
-from typing import Callable, Iterator
 
 from search_env.rewards import normalize
 from search_env.synth.config import SynthConfig
@@ -140,8 +140,9 @@ class SynthWorld:
                 alias = self._alias(kind, idx, name, rng)
                 self.names.append(name)
                 self.aliases.append(alias)
-        self.heldout = bytearray(rng.random() < self.config.heldout_entity_fraction
-                                 for _ in range(n))
+        self.heldout = bytearray(
+            rng.random() < self.config.heldout_entity_fraction for _ in range(n)
+        )
 
     def _unique(self, make: Callable[[], str]) -> str:
         for _ in range(200):
@@ -162,8 +163,7 @@ class SynthWorld:
             style = int(rng.random() * len(COUNTRY_ALIASES))
             alias = COUNTRY_ALIASES[style].format(name)
         elif kind == ORG:
-            self._sub[idx] = next(i for i, (t, _) in enumerate(ORG_TYPES)
-                                  if name.endswith(" " + t))
+            self._sub[idx] = next(i for i, (t, _) in enumerate(ORG_TYPES) if name.endswith(" " + t))
             alias = f"{name} {rng.choice(ORG_ALIAS_SUFFIXES)}"
         else:
             self._sub[idx] = int(rng.random() * len(WORK_KINDS))
@@ -322,8 +322,15 @@ class SynthWorld:
         article = _article(keys["kind"] if relation == "creator" else obj)
         return rel.template.format(S=subject, O=obj, a=article, **keys)
 
-    def _pad(self, kind: int, name: str, facts: list[str], rng: random.Random,
-             extra: dict[str, str], base_year: int) -> str:
+    def _pad(
+        self,
+        kind: int,
+        name: str,
+        facts: list[str],
+        rng: random.Random,
+        extra: dict[str, str],
+        base_year: int,
+    ) -> str:
         """Join facts and filler sentences into 30-100 words.
 
         Years in fillers come after ``base_year`` (birth, founding or release).
@@ -337,10 +344,14 @@ class SynthWorld:
             if words >= 30 and want <= 0:
                 break
             text = filler.format(
-                S=name, W=invented_word(rng, 2, 3), w=invented_word(rng, 1, 2).lower(),
+                S=name,
+                W=invented_word(rng, 2, 3),
+                w=invented_word(rng, 1, 2).lower(),
                 Y=str(min(2024, base_year + 5 + int(rng.random() * 60))),
                 N=f"{1000 + int(rng.random() * 900000):,}",
-                adj=rng.choice(_FILLER_ADJS), good=rng.choice(_GOODS), **extra,
+                adj=rng.choice(_FILLER_ADJS),
+                good=rng.choice(_GOODS),
+                **extra,
             )
             # fillers go anywhere except before the first (defining) sentence
             sentences.insert(1 + int(rng.random() * len(sentences)), text)
@@ -356,14 +367,16 @@ class SynthWorld:
             obj = self.fact(idx, relation)
             if obj is not None:
                 groups[RELATIONS[relation].passage].append(
-                    self._sentence(relation, name, obj, keys))
+                    self._sentence(relation, name, obj, keys)
+                )
         if self.aliases[idx]:
             groups[0].insert(1, f"{name} is also known as {self.aliases[idx]}.")
         if kind == CITY:
             country = self._facts["country"][idx]
             if self._facts["capital"][country] == idx:
-                groups[0].append(f"{name} serves as the seat of government of "
-                                 f"{self.names[country]}.")
+                groups[0].append(
+                    f"{name} serves as the seat of government of {self.names[country]}."
+                )
         extra = {"industry": ORG_TYPES[self._sub[idx]][1] if kind == ORG else ""}
         base = self._facts[YEAR_RELATION[kind]][idx]
         return [f'"{name}"\n' + self._pad(kind, name, g, rng, extra, base) for g in groups]
@@ -403,33 +416,43 @@ class SynthWorld:
         org = self.names[self.random_entity(ORG, rng)]
         if kind == PERSON:
             title = f"{w} Congress"
-            text = (f"The {w} Congress was a gathering held near {city} in {year}. Among its "
-                    f"guests were {name} and {person}, both born in the region, who debated "
-                    f"{rng.choice(_TOPICS)}. {name} later recalled the congress as a turning "
-                    f"point. The proceedings were printed by {org}.")
+            text = (
+                f"The {w} Congress was a gathering held near {city} in {year}. Among its "
+                f"guests were {name} and {person}, both born in the region, who debated "
+                f"{rng.choice(_TOPICS)}. {name} later recalled the congress as a turning "
+                f"point. The proceedings were printed by {org}."
+            )
         elif kind == CITY:
             title = f"{w} Road"
-            text = (f"The {w} Road is an old trade route that connects {name} with {city}. "
-                    f"Travellers founded many inns along it, and merchants from {name} carried "
-                    f"{rng.choice(_GOODS)} over it for centuries. The road was paved in {year} "
-                    f"with money raised by {org}.")
+            text = (
+                f"The {w} Road is an old trade route that connects {name} with {city}. "
+                f"Travellers founded many inns along it, and merchants from {name} carried "
+                f"{rng.choice(_GOODS)} over it for centuries. The road was paved in {year} "
+                f"with money raised by {org}."
+            )
         elif kind == COUNTRY:
             other = self.names[self.random_entity(COUNTRY, rng)]
             title = f"Treaty of {w}"
-            text = (f"The Treaty of {w} was signed in {year} by envoys of {name} and {other}. "
-                    f"It settled a long dispute over {rng.choice(_TOPICS)} and fixed the border "
-                    f"near {city}. The capital cities of both sides celebrated its signing, "
-                    f"and {person} drafted most of its articles.")
+            text = (
+                f"The Treaty of {w} was signed in {year} by envoys of {name} and {other}. "
+                f"It settled a long dispute over {rng.choice(_TOPICS)} and fixed the border "
+                f"near {city}. The capital cities of both sides celebrated its signing, "
+                f"and {person} drafted most of its articles."
+            )
         elif kind == ORG:
             title = f"{w} Prize"
-            text = (f"The {w} Prize is an award founded in {year} and sponsored by {name}. It "
-                    f"is given each year in {city} for work on {rng.choice(_TOPICS)}. Past "
-                    f"winners include {person}, and the jury meets at the offices of {name}.")
+            text = (
+                f"The {w} Prize is an award founded in {year} and sponsored by {name}. It "
+                f"is given each year in {city} for work on {rng.choice(_TOPICS)}. Past "
+                f"winners include {person}, and the jury meets at the offices of {name}."
+            )
         else:
             title = f"{w} Review"
-            text = (f"The {w} Review is a literary magazine published in {city} since {year}. "
-                    f"One of its best known issues was devoted to {name}, with essays by "
-                    f"{person} on its themes and on its reception by readers.")
+            text = (
+                f"The {w} Review is a literary magazine published in {city} since {year}. "
+                f"One of its best known issues was devoted to {name}, with essays by "
+                f"{person} on its themes and on its reception by readers."
+            )
         return f'"{title}"\n{text}'
 
     # ---- questions ----

@@ -17,9 +17,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Sized
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -281,9 +282,7 @@ def build_index(
         if not paths:
             raise ValueError("cannot build a dense index from an empty corpus")
         partial.drop_from(len(paths))
-        logger.info(
-            "encoded %d chunks, reused %d saved chunks", partial.encoded, partial.reused
-        )
+        logger.info("encoded %d chunks, reused %d saved chunks", partial.encoded, partial.reused)
         chunks = ChunkRows(paths)
         if spec.type == "ivfpq":
             spec = _resolve_ivfpq(spec, chunks.n, dim)
