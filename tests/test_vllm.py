@@ -260,8 +260,8 @@ def test_grpo_run_keeps_the_engine_on_the_trained_weights(tmp_path, monkeypatch)
 
     runs, real_setup_run = [], grpo.setup_run
 
-    def spy_setup_run(cfg, resume=False):  # keeps the Run, to look at its policy after
-        runs.append(real_setup_run(cfg, resume))
+    def spy_setup_run(cfg, *args, **kwargs):  # keeps the Run, to look at its policy after
+        runs.append(real_setup_run(cfg, *args, **kwargs))
         return runs[-1]
 
     monkeypatch.setattr(grpo, "setup_run", spy_setup_run)
