@@ -219,7 +219,8 @@ def _dataset_parts(
         raise ValueError("pass retriever= or corpus=, not both")
     missing = (TokenizerUnavailableError, DatasetUnavailableError, FileNotFoundError, ImportError)
     problems: dict[str, BaseException] = {}
-    tok = examples = None
+    tok: Any = None
+    examples: Sequence[QAExample] | None = None
     try:
         tok = load_tokenizer(tokenizer)
     except missing as exc:
@@ -239,6 +240,7 @@ def _dataset_parts(
         raise MissingPiecesError(
             _env_id(name), problems, _make_call(name, dataset, split, corpus, retriever, tokenizer)
         ) from next(iter(problems.values()))
+    assert examples is not None  # loaded, or problems["dataset"] raised above
     return (
         examples,
         load_retriever(retriever, corpus, backend=retriever_backend, options=retriever_options),

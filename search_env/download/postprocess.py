@@ -170,7 +170,7 @@ def _gunzip_unchecked(
             else:
                 out.write(head)
                 out_digest.update(head)
-                stream = gz  # type: ignore[assignment]
+                stream = gz
             for chunk in iter(lambda: stream.read(_CHUNK), b""):
                 out.write(chunk)
                 out_digest.update(chunk)

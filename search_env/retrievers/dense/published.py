@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from search_env.files import cache_dir as default_cache_dir
 from search_env.retrievers._index_files import PassageStore, sha256_file
 from search_env.retrievers.base import CorruptIndexError
 from search_env.retrievers.dense.faiss_io import read_faiss_index
@@ -93,7 +94,7 @@ def published_corpus_offsets(
     if cache_dir is not None:
         dirs = [Path(cache_dir)]
     else:
-        dirs = [path.parent, cache_dir() / "offsets"]
+        dirs = [path.parent, default_cache_dir() / "offsets"]  # the argument shadows cache_dir()
     for d in dirs:
         if (d / name).is_file():
             offsets = np.load(d / name, mmap_mode="r", allow_pickle=False)
