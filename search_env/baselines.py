@@ -193,7 +193,7 @@ def play_episodes(
                 on_step(vec.last_batch)
             for i in np.flatnonzero(running):
                 steps[i] += 1
-                used = len(actions[i]) - int(info["ignored_tokens"][i])  # type: ignore[arg-type]
+                used = len(actions[i]) - int(info["ignored_tokens"][i])
                 agent_tokens[i] += used
                 length = int(obs["length"][i, 0])
                 new_ids[i] = obs["tokens"][i, int(seen[i]) + used : length]

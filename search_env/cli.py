@@ -101,6 +101,7 @@ def _eval_scripted(
 
     import search_env  # noqa: F401  (registers the ids)
     from search_env.evaluate import eval_env_kwargs, evaluate
+    from search_env.vector import SearchQAVectorEnv
 
     kwargs = eval_env_kwargs(
         env_id,
@@ -117,6 +118,13 @@ def _eval_scripted(
         vec = gym.make_vec(env_id, num_envs=args.num_envs, autoreset_mode="disabled", **kwargs)
     except Exception as exc:  # unknown id, offline dataset, missing retriever, bad kwargs
         print(f"error: could not make {env_id}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    if not isinstance(vec, SearchQAVectorEnv):  # another package's id: no dataset, no codec
+        print(
+            f"error: {env_id} is not a search-env id (gym.make_vec gave {type(vec).__name__})",
+            file=sys.stderr,
+        )
+        vec.close()
         return None
     setup = time.perf_counter() - t0
     n = len(vec.dataset) if args.limit is None else min(args.limit, len(vec.dataset))

@@ -200,7 +200,7 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
 
         vocab = self.codec.vocab_size
         length = self.protocol.max_prompt_length
-        token_space = spaces.Discrete(vocab)
+        token_space: spaces.Discrete[np.int64] = spaces.Discrete(vocab)
         self.action_space = token_space if action_mode == "token" else ChunkSpace(token_space)
         self.observation_space = spaces.Dict(
             {
@@ -277,18 +277,18 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
                     f"options['example'] must be a QAExample, got {type(example).__name__}"
                 )
         else:
-            index = options.get("index")
-            if index is None:
-                index = int(self.np_random.integers(len(self.dataset)))
+            raw = options.get("index")
+            if raw is None:
+                raw = int(self.np_random.integers(len(self.dataset)))
             elif (
-                isinstance(index, (bool, np.bool_))
-                or not isinstance(index, (int, np.integer))
-                or not 0 <= index < len(self.dataset)
+                isinstance(raw, (bool, np.bool_))
+                or not isinstance(raw, (int, np.integer))
+                or not 0 <= raw < len(self.dataset)
             ):
                 raise ValueError(
-                    f"options['index'] must be an int in [0, {len(self.dataset)}), got {index!r}"
+                    f"options['index'] must be an int in [0, {len(self.dataset)}), got {raw!r}"
                 )
-            index = int(index)
+            index = int(raw)
             example = self.dataset[index]
         # cached: GRPO groups and epochs reset to the same question again and again
         (prompt_ids,) = self.codec.encode_pieces(
@@ -331,8 +331,9 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         if self._pending is not None:
             raise RuntimeError("begin_step() called twice without finish_step()")
         ids = self.check_action(action)
+        end_reason: str | None
         if self.action_mode == "chunk":
-            end_reason, consumed = self._push_chunk(ids)
+            end_reason, consumed = self._push_chunk(np.asarray(ids))  # already an array here
         else:
             end_reason, consumed = self._push(int(ids[0])), 1
         info: dict[str, Any] = {"turn": self._turn_index, "turn_ended": end_reason is not None}
@@ -683,7 +684,9 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
     def done(self) -> bool:
         return self._done
 
-    def render(self) -> str | None:
+    # gym.Env declares render() -> RenderFrame | list[RenderFrame] | None with a TypeVar bound
+    # to nothing, which no concrete return type can override.
+    def render(self) -> str | None:  # type: ignore[override]
         if self.render_mode != "ansi":
             return None
         return self.tokenizer.decode(self.context_ids.tolist())

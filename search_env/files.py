@@ -153,7 +153,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def build_dir(target: str | Path, build: Callable[[Path], None]) -> Path:
+def build_dir(target: str | Path, build: Callable[[Path], object]) -> Path:
     """Fills a staging sibling of ``target`` with ``build(staging)``, then renames it to
     ``target``.
 

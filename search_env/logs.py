@@ -19,7 +19,7 @@ class _StderrHandler(logging.StreamHandler):
         super().__init__(stream)
 
     @property
-    def stream(self) -> TextIO:  # type: ignore[override]
+    def stream(self) -> TextIO:
         return sys.stderr if self._fixed is None else self._fixed
 
     @stream.setter

@@ -180,4 +180,5 @@ def parse_turn(text: str) -> TurnAction:
     kind, content = match.group(1), match.group(2).strip()
     if kind == "search" and not content:
         return TurnAction("invalid", None, tags)
-    return TurnAction(kind, content, tags)  # type: ignore[arg-type]
+    action: ActionKind = "search" if kind == "search" else "answer"  # _TURN_RE's two tags
+    return TurnAction(action, content, tags)

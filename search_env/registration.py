@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
@@ -26,6 +26,9 @@ from search_env.files import cache_dir
 from search_env.hub import hub_offline, hub_reachable, unreachable_reason
 from search_env.types import QAExample
 from search_env.vector import SearchQAVectorEnv
+
+if TYPE_CHECKING:
+    from search_env.retrievers.base import Retriever
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +141,7 @@ def load_retriever(
     *,
     backend: str = "auto",
     options: dict[str, Any] | None = None,
-) -> Any:
+) -> Retriever:
     """Resolve ``retriever=`` / ``corpus=`` into a :class:`~search_env.retrievers.Retriever`.
 
     ``retriever`` may be an object with ``search``, the URL of a retrieval server
@@ -219,7 +222,8 @@ def _dataset_parts(
         raise ValueError("pass retriever= or corpus=, not both")
     missing = (TokenizerUnavailableError, DatasetUnavailableError, FileNotFoundError, ImportError)
     problems: dict[str, BaseException] = {}
-    tok = examples = None
+    tok: Any = None
+    examples: Sequence[QAExample] | None = None
     try:
         tok = load_tokenizer(tokenizer)
     except missing as exc:
@@ -239,6 +243,7 @@ def _dataset_parts(
         raise MissingPiecesError(
             _env_id(name), problems, _make_call(name, dataset, split, corpus, retriever, tokenizer)
         ) from next(iter(problems.values()))
+    assert examples is not None  # loaded, or problems["dataset"] raised above
     return (
         examples,
         load_retriever(retriever, corpus, backend=retriever_backend, options=retriever_options),

@@ -67,7 +67,7 @@ class SearchQATextEnv(gym.Wrapper[str, str, dict[str, np.ndarray], Any]):
         agent_end = before + int(mask[before:].sum())
         new_text = self._text(obs, agent_end)
         info["context"] = self._text(obs, 0)
-        return new_text, reward, terminated, truncated, info
+        return new_text, float(reward), terminated, truncated, info
 
     def _text(self, obs: dict[str, np.ndarray], start: int) -> str:
         length = int(obs["length"][0])

@@ -97,7 +97,7 @@ class _Undo:
         active, needs_reset, vec._started, rng, state, seed = self.vec_state
         vec.active[:] = active
         vec._needs_reset[:] = needs_reset
-        if rng is not None:
+        if rng is not None and state is not None:  # both set or both None
             rng.bit_generator.state = state
         vec._np_random, vec._np_random_seed = rng, seed
 

@@ -834,3 +834,13 @@ def test_manifest_may_name_only_plain_files(tmp_path, name):
     with pytest.raises(CorruptIndexError, match="only plain file names") as err:
         DenseRetriever.load(target, encoder=enc, device="cpu")
     assert str(target) in str(err.value)
+
+
+def test_published_offsets_default_dirs(tmp_path, monkeypatch):
+    """Without cache_dir= the offsets go next to the corpus (the default cache as fallback)."""
+    monkeypatch.setenv("SEARCH_ENV_CACHE", str(tmp_path / "cache"))
+    enc = TableEncoder(dim=8)
+    _, corpus = _write_published(tmp_path, PASSAGES, enc)
+    offsets = published_corpus_offsets(corpus, show_progress=False)
+    assert len(offsets) == len(PASSAGES) + 1 and offsets[-1] == corpus.stat().st_size
+    assert len(list(tmp_path.glob("*.offsets.npy"))) == 1

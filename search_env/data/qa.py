@@ -184,7 +184,7 @@ def load_flashrag_jsonl(path: str | Path) -> list[QAExample]:
             the message names the file and line.
     """
     path = Path(path)
-    examples = []
+    examples: list[QAExample] = []
     for location, record in _iter_json_records(path):
         try:
             examples.append(_flashrag_row(record, default_id=str(len(examples))))

@@ -217,7 +217,7 @@ class HuggingFaceHub:
 def _silent_tqdm_class() -> type:
     from tqdm.auto import tqdm
 
-    class SilentTqdm(tqdm):  # type: ignore[misc, valid-type]
+    class SilentTqdm(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)

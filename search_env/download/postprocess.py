@@ -163,6 +163,7 @@ def _gunzip_unchecked(
         atomic_file(dst) as out,
     ):
         reader = _HashingReader(raw, src_digest, bar.update)
+        # typeshed wants a seek() too; reading a stream front to back never calls it.
         with gzip.GzipFile(fileobj=reader, mode="rb") as gz:  # type: ignore[call-overload]
             head = gz.read(512)
             if _is_tar_header(head):
@@ -170,7 +171,7 @@ def _gunzip_unchecked(
             else:
                 out.write(head)
                 out_digest.update(head)
-                stream = gz  # type: ignore[assignment]
+                stream = gz
             for chunk in iter(lambda: stream.read(_CHUNK), b""):
                 out.write(chunk)
                 out_digest.update(chunk)

@@ -172,7 +172,7 @@ def _resolve_threads(n_threads: int, backend: str) -> int:
     if backend == "numba":
         import numba
 
-        n_threads = min(n_threads, numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+        n_threads = min(n_threads, numba.config.NUMBA_NUM_THREADS)
     return n_threads
 
 
@@ -343,7 +343,7 @@ class BM25Retriever:
             vocab = tokenizer.get_vocab_dict()
             model = bm25s.BM25(k1=k1, b=b, method=method, backend=backend)
             model.index(
-                bm25s.tokenization.Tokenized(ids=columns, vocab=vocab),  # type: ignore[arg-type]
+                bm25s.tokenization.Tokenized(ids=columns, vocab=vocab),
                 show_progress=show_progress,
             )
             del columns

@@ -297,7 +297,9 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
 
 
-def _config_for(spec: str | EncoderConfig, overrides: dict[str, Any]) -> EncoderConfig:
+def _config_for(
+    spec: str | os.PathLike[str] | EncoderConfig, overrides: dict[str, Any]
+) -> EncoderConfig:
     if isinstance(spec, EncoderConfig):
         base = spec
     elif spec in PRESETS:

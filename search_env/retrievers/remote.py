@@ -234,7 +234,7 @@ class RemoteRetriever:
         max_batch: int | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        httpx = _import_httpx()
+        self._httpx = _import_httpx()  # not named httpx: that name is the module's type here
         seconds = {
             "timeout": timeout, "backoff": backoff, "max_backoff": max_backoff,
             "retry_window": retry_window,
@@ -265,10 +265,9 @@ class RemoteRetriever:
         self.retry_window = float(retry_window)
         self.return_scores = bool(return_scores)
         self.max_batch = max_batch
-        self._httpx = httpx
         self._rng = random.Random()
         self._deadline = _Deadline()
-        self._client: httpx.Client = httpx.Client(timeout=self.timeout, transport=transport)
+        self._client: httpx.Client = self._httpx.Client(timeout=self.timeout, transport=transport)
         if transport is None:
             self._clamp_sockets_to_the_deadline()
 
@@ -345,7 +344,7 @@ class RemoteRetriever:
 
         mounts = getattr(self._client, "_mounts", {}) or {}
         transports = [getattr(self._client, "_transport", None), *mounts.values()]
-        pools = [getattr(t, "_pool", None) for t in transports if t is not None]
+        pools: list[Any] = [getattr(t, "_pool", None) for t in transports if t is not None]
         pools = [pool for pool in pools if hasattr(pool, "_network_backend")]
         if not pools:  # pragma: no cover - a future httpx
             logger.warning("cannot reach httpx's sockets: timeout applies per socket operation")
@@ -373,7 +372,7 @@ class RemoteRetriever:
             attempt += 1
             cause, asked = self._attempt(payload, len(queries))
             if cause is None:
-                return asked  # type: ignore[return-value]
+                return asked
             if attempt > self.retries:
                 stop = "no retries left"
                 break

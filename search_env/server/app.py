@@ -305,7 +305,8 @@ def _answer_types() -> tuple[type, type]:
     ``gc=False``: a maximal answer holds 409,600 items; as tracked objects (dicts), the
     garbage collector passes over them again and again while they are built.
     """
-    msgspec = _import_msgspec()
+    _import_msgspec()  # the clear ImportError when the extra is missing
+    import msgspec  # the typed module: the structs' base and ``gc=`` are checked
 
     class Document(msgspec.Struct, gc=False):
         id: str
@@ -453,17 +454,21 @@ def create_app(
                 f"request body of {declared} bytes exceeds the limit of {limits.body_limit}", 413
             )
         body = bytearray()
+
+        async def receive() -> None:
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > limits.body_limit:
+                    raise RequestError(
+                        f"request body exceeds the limit of {limits.body_limit} bytes", 413
+                    )
+
         try:
             # One deadline for the whole body (wall clock), not per chunk: a client that
-            # trickles a byte a second must not keep its connection either.
-            async with asyncio.timeout(limits.body_timeout_s):
-                async for chunk in request.stream():
-                    body += chunk
-                    if len(body) > limits.body_limit:
-                        raise RequestError(
-                            f"request body exceeds the limit of {limits.body_limit} bytes", 413
-                        )
-        except TimeoutError:
+            # trickles a byte a second must not keep its connection either. wait_for, not
+            # asyncio.timeout: that is Python 3.11+, and 3.10 is supported.
+            await asyncio.wait_for(receive(), limits.body_timeout_s)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError on 3.10
             raise RequestError(
                 f"request body not received within {limits.body_timeout_s:g} s "
                 f"({len(body)} bytes arrived)",

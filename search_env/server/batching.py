@@ -307,4 +307,5 @@ class MicroBatcher:
         if error is not None:
             job.future.set_exception(error)
         else:
-            job.future.set_result(results)  # type: ignore[arg-type]
+            assert results is not None  # every caller passes results or error=
+            job.future.set_result(results)

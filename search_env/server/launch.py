@@ -41,8 +41,9 @@ def warm_up(retriever: Retriever) -> None:
     first passage. Failures are logged, not raised: the server can still start.
     """
     try:
-        if callable(getattr(retriever, "warmup", None)):
-            retriever.warmup()  # type: ignore[attr-defined]
+        warmup = getattr(retriever, "warmup", None)  # optional: not in the Retriever protocol
+        if callable(warmup):
+            warmup()
             return
         # BM25Retriever has no public "any passage" accessor: use its store.
         store = getattr(retriever, "_store", None)

@@ -147,13 +147,17 @@ def _chain(world: SynthWorld, anchor: int, hops: int, rng: random.Random) -> _Bu
             path.append(idx)
     phrase = world.display_name(anchor)
     for relation, subject in zip(relations[:-1], path):
-        phrase = RELATIONS[relation].phrase.format(P=phrase, **world.format_keys(subject))
+        template = RELATIONS[relation].phrase
+        assert template is not None  # inner hops lead to entities, and those have a phrase
+        phrase = template.format(P=phrase, **world.format_keys(subject))
     last_subject = path[len(relations) - 1]
     text = RELATIONS[relations[-1]].question.format(P=phrase, **world.format_keys(last_subject))
     if RELATIONS[relations[-1]].object_kind is not None:
         golds = world.answers(path[-1])
     else:
-        golds = (world.fact(last_subject, relations[-1]),)
+        literal = world.fact(last_subject, relations[-1])
+        assert literal is not None  # _relations_of keeps only the facts an entity has
+        golds = (literal,)
     meta = {
         "type": "single" if hops == 1 else "bridge",
         "hops": [_hop(world, s, r) for s, r in zip(path, relations)],

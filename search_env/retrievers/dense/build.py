@@ -199,6 +199,7 @@ def _build_faiss_in_memory(
         index.referenced_objects = [quantizer]  # keep the quantizer alive with the index
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(chunks.n, size=min(chunks.n, spec.train_size), replace=False))
+        assert spec.nlist is not None and spec.pq_nbits is not None  # set by _resolve_ivfpq
         if len(sample) < 39 * max(spec.nlist, 2**spec.pq_nbits):
             # faiss prints one warning per sub-quantizer otherwise; say it once.
             logger.warning("only %d training vectors: IVF-PQ recall will be poor", len(sample))

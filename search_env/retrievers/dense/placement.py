@@ -134,6 +134,7 @@ class TorchFlat:
         self.ntotal = sum(int(s.shape[0]) for s in self._shards)
         self._starts = np.cumsum([0] + [int(s.shape[0]) for s in self._shards])[:-1].tolist()
         self._max_block_bytes = max_block_bytes
+        self.owner: object = None  # what the shards view (a faiss index), kept alive with them
 
     @classmethod
     def from_rows(
@@ -269,8 +270,8 @@ def _to_gpu(cpu_index: Any, backend: str) -> tuple[Any, str]:
         logger.info("torch sees no CUDA GPU; the index stays on the CPU")
         return cpu_index, "cpu"
     devices = [f"cuda:{i}" for i in range(n_torch)]
-    index = TorchFlat.from_rows(n, d, rows, devices=devices, dtype=torch.float16)
-    return index, f"torch-cuda x{n_torch}"
+    torch_index = TorchFlat.from_rows(n, d, rows, devices=devices, dtype=torch.float16)
+    return torch_index, f"torch-cuda x{n_torch}"
 
 
 def wants_gpu(device: str, backend: str) -> bool:

@@ -94,7 +94,7 @@ def published_corpus_offsets(
     if cache_dir is not None:
         dirs = [Path(cache_dir)]
     else:
-        dirs = [path.parent, default_cache_dir() / "offsets"]
+        dirs = [path.parent, default_cache_dir() / "offsets"]  # the argument shadows cache_dir()
     for d in dirs:
         if (d / name).is_file():
             offsets = np.load(d / name, mmap_mode="r", allow_pickle=False)

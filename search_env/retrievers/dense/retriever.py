@@ -382,8 +382,12 @@ class DenseRetriever:
         """Changes HNSW ``ef_search`` or IVF ``nprobe`` for later searches."""
         if self.spec is None:
             raise ValueError("search parameters are unknown for this index")
-        changes = {k: v for k, v in (("ef_search", ef_search), ("nprobe", nprobe)) if v is not None}
-        self.spec = dataclasses.replace(self.spec, **changes)
+        spec = self.spec
+        self.spec = dataclasses.replace(
+            spec,
+            ef_search=spec.ef_search if ef_search is None else ef_search,
+            nprobe=spec.nprobe if nprobe is None else nprobe,
+        )
         self._configured_k = 0
         self._configure_search(1)
 
