@@ -138,3 +138,28 @@ def hub_offline() -> Iterator[None]:
     finally:
         for module, flag, value in reversed(saved):
             setattr(module, flag, value)
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning "the hub cannot be reached", for whichever HTTP stack is present.
+
+    Not OSError as a whole: a full disk must not be reported as missing internet.
+    """
+    import socket
+
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
+    for module, names in (
+        ("httpx", ("TransportError",)),
+        ("httpx2", ("TransportError",)),  # huggingface_hub >= 2
+        ("requests.exceptions", ("ConnectionError", "Timeout")),  # huggingface_hub < 1
+        # hf_hub_download turns a failed connection into this when nothing is cached.
+        ("huggingface_hub.utils", ("LocalEntryNotFoundError",)),
+    ):
+        mod = sys.modules.get(module)
+        if mod is None:
+            continue  # not imported, so nothing of it can have been raised
+        for name in names:
+            cls = getattr(mod, name, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                errors.append(cls)
+    return tuple(dict.fromkeys(errors))

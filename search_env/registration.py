@@ -135,6 +135,13 @@ def load_tokenizer(spec: Any) -> Any:
         ) from exc
 
 
+NO_RETRIEVER = (
+    "this env needs a retriever: pass retriever=<Retriever object, index directory or "
+    "server URL> or corpus=<wiki-18 style JSONL> (a BM25 index is built and cached); "
+    "`search-env download wiki18-corpus` fetches the Search-R1 corpus"
+)
+
+
 def load_retriever(
     retriever: Any = None,
     corpus: str | Path | None = None,
@@ -172,10 +179,7 @@ def load_retriever(
         kind = index_info(spec)["kind"]
         return load_index(spec, **({"backend": backend} if kind == "bm25" else {}))
     if corpus is None:
-        raise ValueError(
-            "this env needs a retriever: pass retriever=<Retriever object, index directory or "
-            "server URL> or corpus=<wiki-18 style JSONL> (a BM25 index is built and cached)"
-        )
+        raise ValueError(NO_RETRIEVER)
     from search_env.data.corpus import corpus_fingerprint
 
     index_dir = cache_dir() / "bm25" / corpus_fingerprint(corpus)[:16]
@@ -258,11 +262,7 @@ def _env_id(name: str | None) -> str:
 def _retriever_problem(retriever: Any, corpus: str | Path | None) -> BaseException | None:
     """Why ``retriever=``/``corpus=`` cannot give a retriever, checked without building it."""
     if retriever is None and corpus is None:
-        return ValueError(
-            "this env needs a retriever: pass retriever=<Retriever object, index directory or "
-            "server URL> or corpus=<wiki-18 style JSONL> (a BM25 index is built and cached); "
-            "`search-env download wiki18-corpus` fetches the Search-R1 corpus"
-        )
+        return ValueError(NO_RETRIEVER)
     if corpus is not None and retriever is None and not Path(corpus).is_file():
         return FileNotFoundError(
             f"corpus={str(corpus)!r} is not a file; `search-env download wiki18-corpus "

@@ -290,19 +290,6 @@ def _unavailable_message(
     )
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    # ConnectionError, OfflineModeIsEnabled, LocalEntryNotFoundError and
-    # DatasetNotFoundError are all OSErrors; httpx transport errors are not.
-    errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
-    try:
-        import httpx
-
-        errors += (httpx.TransportError,)
-    except ImportError:
-        pass
-    return errors
-
-
 def load_hub_dataset(
     name: str, split: str | None = None, *, cache_dir: str | Path | None = None
 ) -> list[QAExample]:
@@ -333,7 +320,7 @@ def load_hub_dataset(
             "(pip install 'search-env[data]'), or pass a local FlashRAG .jsonl file instead."
         ) from e
 
-    from search_env.hub import hub_offline, hub_reachable, unreachable_reason
+    from search_env.hub import hub_offline, hub_reachable, network_errors, unreachable_reason
 
     logger.info("Loading %s/%s split %s from the hub", info.repo, info.config, split)
     # Without a hub, `datasets` would retry for half a minute: read its cache instead.
@@ -342,7 +329,8 @@ def load_hub_dataset(
         cache = None if cache_dir is None else str(cache_dir)
         with contextlib.nullcontext() if online else hub_offline():
             table = datasets.load_dataset(info.repo, info.config, split=split, cache_dir=cache)
-    except _network_errors() as e:
+    # DatasetNotFoundError, OfflineModeIsEnabled and LocalEntryNotFoundError are OSErrors
+    except (OSError, *network_errors()) as e:
         reason = None if online else unreachable_reason()
         raise DatasetUnavailableError(_unavailable_message(info, split, e, reason)) from e
 

@@ -31,12 +31,11 @@ from search_env.download.hub_client import (
     HuggingFaceHub,
     RemoteFile,
     RemoteListing,
-    network_errors,
 )
 from search_env.download.messages import unavailable_message
 from search_env.download.postprocess import Digest, check, concat, gunzip, hash_file
 from search_env.files import atomic_file
-from search_env.hub import hub_reachable, unreachable_reason
+from search_env.hub import hub_reachable, network_errors, unreachable_reason
 
 __all__ = ["MANIFEST_NAME", "download"]
 

@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from search_env.download.errors import DownloadError
+from search_env.hub import network_errors
 
 __all__ = [
     "HubClient",
     "HuggingFaceHub",
     "RemoteFile",
     "RemoteListing",
-    "network_errors",
 ]
 
 _INSTALL_HINT = "pip install 'search-env[data]'"
@@ -223,28 +222,3 @@ def _silent_tqdm_class() -> type:
             super().__init__(*args, **kwargs)
 
     return SilentTqdm
-
-
-def network_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions meaning "the hub cannot be reached", for whichever HTTP stack is present.
-
-    Not OSError as a whole: a full disk must not be reported as missing internet.
-    """
-    import socket
-
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
-    for module, names in (
-        ("httpx", ("TransportError",)),
-        ("httpx2", ("TransportError",)),  # huggingface_hub >= 2
-        ("requests.exceptions", ("ConnectionError", "Timeout")),  # huggingface_hub < 1
-        # hf_hub_download turns a failed connection into this when nothing is cached.
-        ("huggingface_hub.utils", ("LocalEntryNotFoundError",)),
-    ):
-        mod = sys.modules.get(module)
-        if mod is None:
-            continue  # not imported, so nothing of it can have been raised
-        for name in names:
-            cls = getattr(mod, name, None)
-            if isinstance(cls, type) and issubclass(cls, BaseException):
-                errors.append(cls)
-    return tuple(dict.fromkeys(errors))
