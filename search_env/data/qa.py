@@ -290,6 +290,14 @@ def _unavailable_message(
     )
 
 
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What a failed hub load raises: the HTTP stack's network errors, and OSErrors
+    (DatasetNotFoundError, OfflineModeIsEnabled, LocalEntryNotFoundError are OSErrors)."""
+    from search_env.hub import network_errors
+
+    return (OSError, *network_errors())
+
+
 def load_hub_dataset(
     name: str, split: str | None = None, *, cache_dir: str | Path | None = None
 ) -> list[QAExample]:
@@ -320,7 +328,7 @@ def load_hub_dataset(
             "(pip install 'search-env[data]'), or pass a local FlashRAG .jsonl file instead."
         ) from e
 
-    from search_env.hub import hub_offline, hub_reachable, network_errors, unreachable_reason
+    from search_env.hub import hub_offline, hub_reachable, unreachable_reason
 
     logger.info("Loading %s/%s split %s from the hub", info.repo, info.config, split)
     # Without a hub, `datasets` would retry for half a minute: read its cache instead.
@@ -329,8 +337,7 @@ def load_hub_dataset(
         cache = None if cache_dir is None else str(cache_dir)
         with contextlib.nullcontext() if online else hub_offline():
             table = datasets.load_dataset(info.repo, info.config, split=split, cache_dir=cache)
-    # DatasetNotFoundError, OfflineModeIsEnabled and LocalEntryNotFoundError are OSErrors
-    except (OSError, *network_errors()) as e:
+    except _unavailable_errors() as e:
         reason = None if online else unreachable_reason()
         raise DatasetUnavailableError(_unavailable_message(info, split, e, reason)) from e
 
