@@ -27,6 +27,7 @@ from agents.config.presets import (
 )
 from agents.config.schema import (
     Algo,
+    FSDPConfig,
     GRPOConfig,
     ModelConfig,
     PPOConfig,
@@ -39,6 +40,7 @@ __all__ = [
     "PRESETS",
     "TINY_WORLD",
     "Algo",
+    "FSDPConfig",
     "GRPOConfig",
     "ModelConfig",
     "PPOConfig",

@@ -42,6 +42,10 @@ class ModelConfig:
     """Recompute activations in the backward pass (GPU memory saver; off on CPU)."""
     device: str = "auto"
     """``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"``."""
+    lora_rank: int = 0
+    """LoRA adapters of this rank on every linear layer (``peft``); 0 trains all weights."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_rank``)."""
 
 
 @dataclass
@@ -115,6 +119,11 @@ class GRPOConfig:
     """Sequences (episodes) per optimizer step; at most ``rollout.num_envs``."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
+    micro_batch_tokens: int | None = None
+    """Token budget (padded tokens) of one forward/backward pass: each mini-batch is split
+    into micro-batches of at most this many tokens, balanced by length, with gradient
+    accumulation (the gradient equals the whole mini-batch's); the no-grad log-prob passes
+    use the same budget. ``None``: one pass per mini-batch."""
     mask_env_tokens: bool = True
     """Search-R1's retrieved-token masking: env tokens (information blocks, messages) get
     no loss. False (the ablation) trains on every token after the prompt."""
@@ -159,6 +168,11 @@ class PPOConfig:
     """Sequences (episodes) per optimizer step; at most ``rollout.num_envs``."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
+    micro_batch_tokens: int | None = None
+    """Token budget (padded tokens) of one forward/backward pass: each mini-batch is split
+    into micro-batches of at most this many tokens, balanced by length, with gradient
+    accumulation (the gradient equals the whole mini-batch's); the no-grad log-prob passes
+    use the same budget. ``None``: one pass per mini-batch."""
     mask_env_tokens: bool = True
     """Retrieved-token masking of the actor loss (policy loss, entropy, KL)."""
     mask_critic_and_whitening: bool = True
@@ -216,6 +230,19 @@ class SFTConfig:
 
 
 @dataclass
+class FSDPConfig:
+    """Sharding when launched with ``torchrun`` (FSDP2 ``fully_shard`` per decoder layer)."""
+
+    cpu_offload: bool = False
+    """Keep sharded parameters, gradients and optimizer state in CPU memory between uses."""
+    reshard_after_forward: bool = True
+    """Free each layer's gathered parameters after its forward (ZeRO-3); False keeps them
+    until the backward (ZeRO-2-like: faster, more memory)."""
+    ref_offload: bool = False
+    """Keep the frozen reference model's shards in CPU memory."""
+
+
+@dataclass
 class TrainConfig:
     """A whole training run: algorithm, components and bookkeeping."""
 
@@ -246,6 +273,8 @@ class TrainConfig:
     """PPO settings (used when ``algo == "ppo"``)."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Warm start run before RL (``steps=0``: none)."""
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """Sharding over ranks (used under ``torchrun``)."""
 
     def __post_init__(self) -> None:
         if self.algo not in ("grpo", "ppo"):
@@ -269,6 +298,11 @@ class TrainConfig:
                 f"algo 'grpo' needs rollout.group_size >= 2 (its advantages are "
                 f"relative to the group), got {r.group_size}"
             )
+        if self.model.lora_rank < 0 or self.model.lora_alpha < 1:
+            raise ValueError(
+                f"model.lora_rank must be >= 0 and model.lora_alpha >= 1, got "
+                f"{self.model.lora_rank} and {self.model.lora_alpha}"
+            )
         # Only the section of the algorithm that runs: the other one is not used.
         minibatch = (self.grpo if self.algo == "grpo" else self.ppo).minibatch_size
         if not 1 <= minibatch <= r.num_envs:
@@ -276,3 +310,6 @@ class TrainConfig:
                 f"{self.algo}.minibatch_size ({minibatch}) must be between 1 and "
                 f"the batch, rollout.num_envs ({r.num_envs}) episodes"
             )
+        budget = (self.grpo if self.algo == "grpo" else self.ppo).micro_batch_tokens
+        if budget is not None and budget < 1:
+            raise ValueError(f"{self.algo}.micro_batch_tokens must be >= 1 or None, got {budget}")
