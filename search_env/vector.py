@@ -12,7 +12,9 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from search_env.env import EnvSnapshot, SearchQAEnv, check_options
+from search_env.env import SearchQAEnv
+from search_env.env_checks import check_options
+from search_env.episode import EnvSnapshot
 from search_env.protocol import document_lines
 from search_env.types import Passage
 

@@ -34,6 +34,7 @@ from agents.rllib.config import (
     save_config,
 )
 from agents.rllib.deps import require_ray
+from search_env.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m agents.rllib.train``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     parser = add_arguments(
         argparse.ArgumentParser(
             prog="python -m agents.rllib.train", description=__doc__.splitlines()[0]
