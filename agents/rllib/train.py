@@ -115,7 +115,8 @@ def train_rllib(
     import ray
     import torch
 
-    from agents.metrics import MetricsLogger, plot_curves
+    from agents.metrics import MetricsLogger
+    from agents.plots import plot_curves
     from agents.rllib.env import register_search_envs
 
     started = time.perf_counter()
