@@ -136,7 +136,7 @@ def test_tool_with_old_verl_config_against_live_server(tmp_path, server, bm25):
     instance, response, step_reward, metrics, wrong, right = run(episode())
     hits = bm25.search(["capital of Norway", "largest city in Switzerland"], 3)
     assert response.text == "\n".join(expected_block(h) for h in hits)
-    assert response.text.startswith("<information>Doc 1(Title: \"Oslo\") Oslo is the capital")
+    assert response.text.startswith('<information>Doc 1(Title: "Oslo") Oslo is the capital')
     assert step_reward == 0.0
     assert metrics["status"] == "success" and metrics["query_count"] == 2
     assert metrics["total_results"] == sum(len(h) for h in hits)
@@ -293,7 +293,9 @@ class ScriptedServer:
         self.sent: list[tuple[list[int], list[float]]] = []
         self.count = 0
 
-    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **kw):
+    async def generate(
+        self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **kw
+    ):
         ids = self.turns[min(len(self.calls), len(self.turns) - 1)]
         self.calls.append({"prompt_ids": list(prompt_ids), "params": dict(sampling_params)})
         lps = [-(self.count + i + 1) / 100 for i in range(len(ids))]
@@ -362,7 +364,10 @@ def test_loop_scripted_search_then_answer(tokenizer, retriever):
     assert got == expected
     assert all(lp == 0.0 for lp, m in zip(out.response_logprobs, out.response_mask) if not m)
     # token in: the second call continues the exact context; stop strings and budgets set
-    assert server.calls[1]["prompt_ids"] == env.context_ids.tolist()[: len(server.calls[1]["prompt_ids"])]
+    assert (
+        server.calls[1]["prompt_ids"]
+        == env.context_ids.tolist()[: len(server.calls[1]["prompt_ids"])]
+    )
     assert server.calls[1]["prompt_ids"][: prompt_len + used] == out.prompt_ids + first_ids[:used]
     params = server.calls[0]["params"]
     assert {"</search>", "</answer>"} <= set(params["stop"]) and params["max_tokens"] == 500
@@ -385,7 +390,7 @@ def test_loop_turn_limit_and_invalid_turns(tokenizer, retriever):
     assert text.count("<information>") == 2 and text.count(INVALID_ACTION_MESSAGE) == 1
     fresh = type(retriever)(retriever.passages)
     env = replay(tokenizer, fresh, [s[0] for s in server.sent], ProtocolConfig(max_turns=3))
-    assert out.response_mask == env.loss_mask[len(out.prompt_ids):].tolist()
+    assert out.response_mask == env.loss_mask[len(out.prompt_ids) :].tolist()
 
 
 def test_loop_fits_verl_response_length(tokenizer, retriever):
@@ -447,7 +452,9 @@ class TinyModelServer:
         self.gen = torch.Generator().manual_seed(seed)
         self.sent: list[list[int]] = []
 
-    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **kw):
+    async def generate(
+        self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **kw
+    ):
         ids = torch.tensor([prompt_ids])
         out, lps = [], []
         with torch.no_grad():
@@ -476,7 +483,7 @@ def test_loop_with_tiny_model_sampler(tokenizer, retriever):
     full = out.prompt_ids + out.response_ids
     assert full == env.context_ids.tolist()
     mask = np.asarray(out.response_mask)
-    assert mask.tolist() == env.loss_mask[len(out.prompt_ids):].tolist()
+    assert mask.tolist() == env.loss_mask[len(out.prompt_ids) :].tolist()
     assert mask.sum() == 12 and (mask == 0).sum() == len(tokenizer.encode(INVALID_ACTION_MESSAGE))
     # log-prob alignment: each mask-1 entry is the model's log-prob of that very token
     with torch.no_grad():
@@ -499,7 +506,9 @@ def test_shipped_agent_loop_yaml_through_verl_worker(tokenizer, retriever, monke
     worker = object.__new__(AgentLoopWorker)
     worker.config = config
     worker.rollout_config = config.actor_rollout_ref.rollout
-    worker.llm_client = ScriptedServer(tokenizer, ["<search> Norway </search>", "<answer>Oslo</answer>"])
+    worker.llm_client = ScriptedServer(
+        tokenizer, ["<search> Norway </search>", "<answer>Oslo</answer>"]
+    )
     worker.tokenizer, worker.processor, worker.hf_model_type = tokenizer, None, None
     worker.dataset_cls, worker.tools = RLHFDataset, []
     worker.reward_loop_worker_handles, worker.distillation_enabled = None, False
@@ -507,7 +516,9 @@ def test_shipped_agent_loop_yaml_through_verl_worker(tokenizer, retriever, monke
     traj = {"step": 0, "sample_index": 0, "rollout_n": 0, "validate": False}
 
     async def go():
-        one = await worker._run_agent_loop({"logprobs": True}, traj, agent_name="search_r1", **row())
+        one = await worker._run_agent_loop(
+            {"logprobs": True}, traj, agent_name="search_r1", **row()
+        )
         return one, AgentLoopWorker._postprocess(worker, [one])
 
     padded, batch = run(go())
@@ -568,3 +579,47 @@ def test_shipped_tool_config_loads_in_verl():
     (tool,) = initialize_tools_from_config(str(CONFIGS / "search_tool_config.yaml"))
     assert isinstance(tool, SearchTool)
     assert tool.retriever.url == "http://127.0.0.1:8000/retrieve" and tool.topk == 3
+
+
+def test_parquet_rows_round_trip_through_verl_dataset(tmp_path, tokenizer):
+    from agents.verl.data import write_verl_parquet
+    from search_env.data.qa import load_qa
+
+    examples = [
+        QAExample("a", " What is the capital of Norway ", ("Oslo",)),
+        QAExample("b", "Largest city in Switzerland?", ("Zürich", "Zurich")),
+    ]
+    path = write_verl_parquet(examples, tmp_path / "d" / "train.parquet", data_source="synth")
+    config = OmegaConf.create({"filter_overlong_prompts": False, "cache_dir": str(tmp_path / "c")})
+    dataset = RLHFDataset([str(path)], tokenizer, config)  # verl's own reader
+    got = [example_from_row(dataset[i]) for i in range(len(dataset))]
+    assert [(e.question, e.golden_answers) for e in got] == [
+        ("What is the capital of Norway?", ("Oslo",)),
+        ("Largest city in Switzerland?", ("Zürich", "Zurich")),
+    ]
+    assert dataset[1]["tools_kwargs"]["search"]["create_kwargs"]["ground_truth"]["target"] == [
+        "Zürich", "Zurich"
+    ]  # fmt: skip
+    assert [e.question for e in load_qa(path)] == [e.question for e in got]
+    with pytest.raises(ValueError, match="no examples"):
+        write_verl_parquet([], tmp_path / "empty.parquet")
+
+
+def test_loop_accepts_spare_embedding_ids_and_observes_failures(tokenizer):
+    class Down:
+        def search(self, queries, k):
+            raise RuntimeError("index shard unavailable")
+
+    spare = len(tokenizer) + 3  # a model row the tokenizer has no token for
+    server = ScriptedServer(tokenizer, ["<search> Norway </search>", "<answer> Oslo </answer>"])
+    server.turns[1] = [spare] + server.turns[1]
+    out = run(make_loop(server, tokenizer, Down()).run({}, **row()))
+    assert spare in out.response_ids and out.reward_score == 1.0
+    assert out.response_mask[out.response_ids.index(spare)] == 1
+    assert out.extra_fields["retrieval_errors"] == 1
+    text = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask) if not m])
+    assert "<information>Retrieval failed: index shard unavailable" in text
+    server = ScriptedServer(tokenizer, ["<search> Norway </search>"])
+    loop = make_loop(server, tokenizer, Down(), on_retrieval_error="raise")
+    with pytest.raises(RuntimeError, match="shard"):
+        run(loop.run({}, **row()))

@@ -94,6 +94,8 @@ class SearchR1AgentLoop(AgentLoopBase):
         reward_metric, format_score: the env's reward (EM by default).
         on_retrieval_error: ``observe`` (default; the error becomes the information
             block, counted in ``extra_fields["retrieval_errors"]``) or ``raise``.
+        vocab_size: the largest token id + 1 the sampler may return (default: the
+            tokenizer's size rounded up to a power of two).
     """
 
     def __init__(
@@ -104,18 +106,27 @@ class SearchR1AgentLoop(AgentLoopBase):
         reward_metric: str = "em",
         format_score: float = 0.0,
         on_retrieval_error: str = "observe",
+        vocab_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         spec = {k: _plain(kwargs.pop(k)) for k in (*SOURCE_KEYS, "env_kwargs") if k in kwargs}
-        spec.update({k: kwargs.pop(k) for k in ("timeout", "retries", "retry_window") if k in kwargs})
+        spec.update(
+            {k: kwargs.pop(k) for k in ("timeout", "retries", "retry_window") if k in kwargs}
+        )
         kwargs.pop("name", None)  # the YAML entry's own name, passed on by hydra
         super().__init__(*args, **kwargs)
         self.protocol = ProtocolConfig(**dict(_plain(protocol) or {}))
         self.reward_metric = reward_metric
         self.format_score = float(format_score)
         if on_retrieval_error not in ("observe", "raise"):
-            raise ValueError(f"on_retrieval_error must be 'observe' or 'raise', got {on_retrieval_error!r}")
+            raise ValueError(
+                f"on_retrieval_error must be 'observe' or 'raise', got {on_retrieval_error!r}"
+            )
         self.on_retrieval_error = on_retrieval_error
+        # A model's embedding is often larger than its tokenizer (Qwen2.5: 151,936 rows for
+        # 151,665 tokens) and a sampler may return one of the spare ids: accept them (as
+        # empty text) up to the next power of two rather than fail the whole batch.
+        self.vocab_size = vocab_size or 1 << (len(self.tokenizer) - 1).bit_length()
         self.retriever = self._find_retriever(spec, tools)
         self.prompt_length = int(self.rollout_config.prompt_length)
         self.response_length = int(self.rollout_config.response_length)
@@ -148,7 +159,9 @@ class SearchR1AgentLoop(AgentLoopBase):
         cap = prompt_tokens + self.response_length
         if cap < self.protocol.max_prompt_length:
             start = min(self.protocol.max_start_length, cap - 1)
-            protocol = dataclasses.replace(self.protocol, max_prompt_length=cap, max_start_length=start)
+            protocol = dataclasses.replace(
+                self.protocol, max_prompt_length=cap, max_start_length=start
+            )
             env = self._make_env(protocol)
             env.reset(options={"example": example})
         return env, prompt_tokens
@@ -163,6 +176,7 @@ class SearchR1AgentLoop(AgentLoopBase):
             reward_metric=self.reward_metric,
             format_score=self.format_score,
             on_retrieval_error=self.on_retrieval_error,  # type: ignore[arg-type]
+            vocab_size=self.vocab_size,
         )
 
     async def _search(self, query: str, metrics: dict[str, float]) -> list[Passage] | Exception:
