@@ -623,3 +623,18 @@ def test_loop_accepts_spare_embedding_ids_and_observes_failures(tokenizer):
     loop = make_loop(server, tokenizer, Down(), on_retrieval_error="raise")
     with pytest.raises(RuntimeError, match="shard"):
         run(loop.run({}, **row()))
+
+
+@pytest.mark.slow
+def test_tool_uses_a_registered_envs_retriever():
+    spec = {"env_id": "SearchQA-Synth-v0", "env_kwargs": {"size": "tiny"}, "topk": 2}
+    tool = SearchTool(spec, None)
+
+    async def call():
+        instance, _ = await tool.create()
+        return await tool.execute(instance, {"query_list": ["capital"]})
+
+    response, _, metrics = run(call())
+    assert type(tool.retriever).__name__ == "BM25Retriever" and metrics["status"] == "success"
+    assert response.text == expected_block(tool.retriever.search(["capital"], 2)[0])
+    assert response.text.count("Doc ") == 2
