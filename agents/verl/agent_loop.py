@@ -39,7 +39,7 @@ from verl.experimental.agent_loop.agent_loop import (
 from verl.utils.rollout_trace import rollout_trace_op
 
 from agents.verl.retrieval import SOURCE_KEYS, shared_retriever
-from search_env.data.qa import _searchr1_row
+from search_env.data.qa import searchr1_example
 from search_env.env import SearchQAEnv
 from search_env.protocol import STOP_STRINGS, ProtocolConfig
 from search_env.retrievers.base import Retriever
@@ -64,7 +64,7 @@ def example_from_row(row: Mapping[str, Any]) -> QAExample:
         fields["question"] = extra["question"]
     if fields.get("raw_prompt") is not None and fields.get("prompt") is None:
         fields["prompt"] = fields["raw_prompt"]
-    return _searchr1_row(fields, 0)
+    return searchr1_example(fields, 0)
 
 
 def _plain(value: Any) -> Any:
