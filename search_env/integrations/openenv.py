@@ -42,7 +42,9 @@ except ImportError as exc:  # the [openenv] extra is not installed
     raise missing_extra(__name__, "openenv", exc) from exc
 
 import search_env
+from search_env.env import EpisodeOverError, SearchQAEnv
 from search_env.integrations import make_text_env
+from search_env.types import QAExample
 
 __all__ = [
     "SearchQAAction",
@@ -124,8 +126,15 @@ class SearchQAEnvironment(Environment):
     def __init__(self, env_id: str = "SearchQA-Synth-v0", **make_kwargs: Any) -> None:
         super().__init__()
         self.env_id = env_id
-        self._text = make_text_env(env_id, **make_kwargs)
+        self.text_env = make_text_env(env_id, **make_kwargs)
         self._state = SearchQAState(env_id=env_id)
+
+    @property
+    def dataset(self) -> Sequence[QAExample]:
+        """The questions; an observation's ``index`` is the position of its question."""
+        base = self.text_env.unwrapped
+        assert isinstance(base, SearchQAEnv)  # SearchQATextEnv checked it
+        return base.dataset
 
     @property
     def state(self) -> SearchQAState:
@@ -148,7 +157,7 @@ class SearchQAEnvironment(Environment):
                 f"unknown reset arguments {unknown}; reset takes seed, episode_id, index"
             )
         options = {"index": kwargs["index"]} if kwargs.get("index") is not None else None
-        text, info = self._text.reset(seed=seed, options=options)
+        text, info = self.text_env.reset(seed=seed, options=options)
         self._state = SearchQAState(
             env_id=self.env_id,
             episode_id=episode_id if episode_id is not None else uuid.uuid4().hex,
@@ -180,7 +189,9 @@ class SearchQAEnvironment(Environment):
         """
         if not isinstance(action, SearchQAAction):
             raise TypeError(f"step takes a SearchQAAction, got {type(action).__name__}")
-        text, reward, terminated, truncated, info = self._text.step(action.text)
+        if self._state.done:  # before the first reset too, where Gymnasium's error differs
+            raise EpisodeOverError("no episode is running: call reset() first")
+        text, reward, terminated, truncated, info = self.text_env.step(action.text)
         done = terminated or truncated
         state = self._state
         self._state = state.model_copy(
@@ -224,7 +235,7 @@ class SearchQAEnvironment(Environment):
 
     def close(self) -> None:
         """Close the wrapped env."""
-        self._text.close()
+        self.text_env.close()
 
 
 def _metadata(info: dict[str, Any]) -> dict[str, Any]:
