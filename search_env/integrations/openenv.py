@@ -181,7 +181,8 @@ class SearchQAEnvironment(Environment):
         """Play one turn.
 
         ``timeout_s`` is accepted for OpenEnv's API and not enforced: a remote
-        retriever's time limits are its own (``retriever_options=``).
+        retriever's time limits are its own (``retriever_options=``). Other keywords
+        (OpenEnv's HTTP step request passes its ``request_id``) are ignored.
 
         Raises:
             TypeError: ``action`` is not a :class:`SearchQAAction`.
