@@ -238,3 +238,10 @@ def test_cli_arguments(oe):
     )
     with pytest.raises(SystemExit):
         oe._parse_args(["--env-kwargs", "[1, 2]"])
+
+
+def test_main_reports_what_it_cannot_serve(oe):
+    with pytest.raises(SystemExit, match="error: cannot serve NoSuchEnv-v0"):
+        oe.main(["--env", "NoSuchEnv-v0"])
+    with pytest.raises(SystemExit, match="unknown SearchQAEnv arguments"):
+        oe.main(["--env-kwargs", '{"no_such_option": 1}'])

@@ -30,6 +30,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import gymnasium as gym
+
 try:
     from openenv.core.client_types import StepResult
     from openenv.core.env_client import EnvClient
@@ -39,7 +41,7 @@ try:
 except ImportError as exc:  # the [openenv] extra is not installed
     from search_env.integrations import missing_extra
 
-    raise missing_extra(__name__, "openenv", exc) from exc
+    raise missing_extra("search_env.integrations.openenv", "openenv", exc) from exc
 
 import search_env
 from search_env.env import EpisodeOverError, SearchQAEnv
@@ -333,7 +335,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper())
     if not _is_loopback(args.host):
         logger.warning("binding to %s: the env server has no authentication", args.host)
-    app = create_search_app(args.env, args.max_sessions, **args.env_kwargs)
+    try:
+        app = create_search_app(args.env, args.max_sessions, **args.env_kwargs)
+    except (gym.error.Error, OSError, RuntimeError, TypeError, ValueError) as exc:
+        # an unknown id, missing data (MissingPiecesError lists every piece), bad keywords
+        raise SystemExit(f"error: cannot serve {args.env}: {exc}") from exc
     logger.info(
         "serving %s as an OpenEnv environment on http://%s:%d", args.env, args.host, args.port
     )
