@@ -179,6 +179,8 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         self._done = False
         self._pending = None
         self._prompt_len = len(prompt_ids)
+        self._invalid_turns = 0
+        self._documents = []
         info = {
             "turn": 0,
             "turn_ended": False,
@@ -300,6 +302,9 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         self._pending = None
         if block is not None:
             self._append(block, agent=False)
+            if not isinstance(results, Exception):
+                assert lines is not None
+                self._documents.append("".join(lines))
         reward = 0.0
         terminated = truncated = False
         if info.get("action") == "answer":

@@ -130,8 +130,10 @@ class TurnLogic(EpisodeState):
             else:
                 self._searches += 1
                 self._queries.append(query)
-        elif not final_turn and self._len < self.protocol.max_prompt_length:
-            self._append(self._invalid_ids, agent=False)
+        else:
+            self._invalid_turns += 1
+            if not final_turn and self._len < self.protocol.max_prompt_length:
+                self._append(self._invalid_ids, agent=False)
         info["searches"] = self._searches
         self._turn = Turn()
         return query

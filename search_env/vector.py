@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from gymnasium.vector.utils import batch_space
 
 from search_env.env import SearchQAEnv
 from search_env.env_checks import check_options
-from search_env.episode import EnvSnapshot
+from search_env.episode import EnvSnapshot, EnvState
 from search_env.protocol import document_lines
 from search_env.types import Passage
 
@@ -70,6 +71,21 @@ class BatchStats:
     """Distinct queries sent to the retriever."""
     retrieval_time: float = 0.0
     """Seconds spent in ``retriever.search``."""
+
+
+@dataclass(frozen=True, eq=False)
+class VectorState:
+    """A self-contained copy of a vector env: :meth:`SearchQAVectorEnv.get_state`.
+
+    One :class:`~search_env.episode.EnvState` per sub-env plus the vector env's own
+    flags and RNG; like them, safe to set any number of times. The retriever is not in it.
+    """
+
+    envs: tuple[EnvState, ...]
+    active: tuple[bool, ...]
+    needs_reset: tuple[bool, ...]
+    started: bool
+    rng: tuple[str, Mapping[str, Any], int | None] | None
 
 
 class _Undo:
@@ -213,6 +229,50 @@ class SearchQAVectorEnv(VectorEnv):
     @property
     def dataset(self) -> Sequence[Any]:
         return self.envs[0].dataset
+
+    # ------------------------------------------------------------ snapshots
+    def get_state(self) -> VectorState:
+        """Every sub-env's :class:`EnvState` plus the flags and RNG (see :class:`VectorState`)."""
+        rng = self._np_random
+        saved = None
+        if rng is not None:
+            bit = rng.bit_generator
+            saved = (type(bit).__name__, copy.deepcopy(bit.state), self._np_random_seed)
+        return VectorState(
+            envs=tuple(env.get_state() for env in self.envs),
+            active=tuple(bool(a) for a in self.active),
+            needs_reset=tuple(bool(a) for a in self._needs_reset),
+            started=self._started,
+            rng=saved,
+        )
+
+    def set_state(self, state: VectorState) -> None:
+        """Put every sub-env and the vector env back in ``state``; atomic (a bad state,
+        say one with another number of sub-envs or protocol, changes nothing)."""
+        if not isinstance(state, VectorState):
+            raise TypeError(f"set_state() takes a VectorState, got {type(state).__name__}")
+        if len(state.envs) != self.num_envs:
+            raise ValueError(
+                f"set_state(): the state has {len(state.envs)} sub-envs, not {self.num_envs}"
+            )
+        generator = None
+        if state.rng is not None:
+            name, bit_state, _ = state.rng
+            generator = np.random.Generator(getattr(np.random, name)())
+            generator.bit_generator.state = copy.deepcopy(bit_state)
+        undo = _Undo(self)
+        try:
+            for env, sub in zip(self.envs, state.envs):
+                undo.save(env, full=True)
+                env.set_state(sub)
+        except BaseException:
+            undo.restore()
+            raise
+        self.active[:] = state.active
+        self._needs_reset[:] = state.needs_reset
+        self._started = state.started
+        self._np_random = generator
+        self._np_random_seed = None if state.rng is None else state.rng[2]
 
     # ------------------------------------------------------------------ reset
     def reset(
