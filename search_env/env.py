@@ -110,7 +110,7 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         tokenizer: Any,
         *,
         action_mode: ActionMode = "token",
-        protocol: ProtocolConfig | None = None,
+        protocol: ProtocolConfig | str | None = None,
         reward_metric: str = "em",
         format_score: float = 0.0,
         eos_token_ids: Sequence[int] | None = None,
@@ -133,7 +133,9 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         )
         self.dataset = dataset
         self.retriever = retriever
-        self.codec: TokenCodec = get_codec(tokenizer, vocab_size, eos_token_ids)
+        # The tag scanner follows the protocol's closing tags (a preset's own).
+        stop_tags = tuple(tag.encode("utf-8") for tag in self.protocol.stop_strings)
+        self.codec: TokenCodec = get_codec(tokenizer, vocab_size, eos_token_ids, stop_tags)
         self.tokenizer = self.codec.tokenizer
         self.action_mode = action_mode
         self.reward_metric = reward_metric

@@ -105,7 +105,7 @@ class TurnLogic(EpisodeState):
         """Parse the finished turn, record it in ``info``; return a query to run."""
         turn = self._turn
         data = turn.data if turn.cut < 0 else turn.data[: turn.cut]
-        parsed = parse_turn(bytes(data).decode("utf-8", errors="replace"))
+        parsed = parse_turn(bytes(data).decode("utf-8", errors="replace"), self.protocol)
         final_turn = self._turn_index >= self.protocol.max_turns
         self._turn_index += 1
         info.update(
