@@ -10,7 +10,9 @@ retrieval).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -24,7 +26,15 @@ from search_env.env_turns import TurnLogic
 from search_env.episode import PendingStep, Turn
 from search_env.protocol import ProtocolConfig, document_lines, prompt_text
 from search_env.retrievers.base import Retriever
-from search_env.rewards import make_reward, score_all
+from search_env.reward_config import (
+    EpisodeOutcome,
+    EpisodeRewardFn,
+    RewardConfig,
+    RewardError,
+    resolve_reward,
+    reward_components,
+)
+from search_env.rewards import score_all
 from search_env.types import Passage, QAExample
 
 logger = logging.getLogger(__name__)
@@ -113,6 +123,8 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         protocol: ProtocolConfig | str | None = None,
         reward_metric: str = "em",
         format_score: float = 0.0,
+        reward: RewardConfig | str | None = None,
+        reward_fn: EpisodeRewardFn | None = None,
         eos_token_ids: Sequence[int] | None = None,
         vocab_size: int | None = None,
         on_retrieval_error: Literal["raise", "observe"] = "raise",
@@ -138,8 +150,11 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         self.codec: TokenCodec = get_codec(tokenizer, vocab_size, eos_token_ids, stop_tags)
         self.tokenizer = self.codec.tokenizer
         self.action_mode = action_mode
-        self.reward_metric = reward_metric
-        self.reward_fn = make_reward(reward_metric, format_score)
+        self.reward_fn, self.episode_reward_fn, self.reward_config = resolve_reward(
+            reward_metric, format_score, reward, reward_fn
+        )
+        kind = self.reward_config.kind
+        self.reward_metric = kind if kind in ("em", "f1", "cover_em", "substring_em") else "em"
         self.on_retrieval_error = on_retrieval_error
         self.copy_obs = copy_obs
         self.render_mode = render_mode
@@ -317,17 +332,54 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
             self._done = True
             assert self._example is not None
             golds = self._example.golden_answers
-            reward = float(self.reward_fn(self._answer, golds))
+            outcome = self._outcome(terminated)
+            reward = self._pay(outcome)  # a raise here is undone by step() / the vector env
             info.update(
                 answer=self._answer,
                 golden_answers=list(golds),
                 scores=score_all(self._answer, golds),
+                reward_components=dict(outcome.components),
                 question=self._example.question,
                 index=self._index,
                 searches=self._searches,
                 queries=list(self._queries),
             )
         return self._obs(), reward, terminated, truncated, info
+
+    # ---------------------------------------------------------------- rewards
+    def _outcome(self, terminated: bool) -> EpisodeOutcome:
+        """The finished episode as a reward function sees it, components filled in."""
+        assert self._example is not None
+        response = self.codec.decode(self._tokens[self._prompt_len : self._len].tolist())
+        outcome = EpisodeOutcome(
+            answer=self._answer,
+            golden_answers=tuple(self._example.golden_answers),
+            response=response,
+            documents=tuple(self._documents),
+            invalid_turns=self._invalid_turns,
+            searches=self._searches,
+            terminated=terminated,
+            protocol=self.protocol,
+        )
+        return dataclasses.replace(outcome, components=reward_components(outcome))
+
+    def _pay(self, outcome: EpisodeOutcome) -> float:
+        """The episode's reward; a reward function that fails raises :class:`RewardError`."""
+        fn = self.episode_reward_fn
+        try:
+            value = float(
+                self.reward_fn(outcome.answer, outcome.golden_answers)
+                if fn is None
+                else fn(outcome)
+            )
+        except Exception as exc:
+            # Never a silent 0: a broken reward would otherwise train on noise.
+            raise RewardError(
+                f"the reward function {fn or self.reward_fn!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if not math.isfinite(value):
+            raise RewardError(f"the reward function {fn or self.reward_fn!r} returned {value}")
+        return value
 
     # ---------------------------------------------------------------- helpers
     def check_action(self, action: Any) -> Sequence[int] | np.ndarray:
