@@ -73,9 +73,15 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
     Only the first ``length`` entries are meaningful; the rest are 0.
 
     ## Rewards
-    At the episode end: the metric (EM by default, or F1 / cover-EM) of the answer the
-    agent wrote against the gold answers, or ``format_score`` for a wrong answer. 0 on
-    every other step and when no answer was given.
+    At the episode end: the metric (EM by default, or F1 / cover-EM / substring-EM) of
+    the answer the agent wrote against the gold answers, or ``format_score`` for a wrong
+    answer. 0 on every other step and when no answer was given. ``reward=`` (a
+    :class:`~search_env.reward_config.RewardConfig` or its kind) pays another
+    combination of the episode's components (Search-R1 v0.3's format reward, AutoRefine's
+    refine reward, a weighted sum, an invalid-action penalty); ``reward_fn=`` (an
+    ``EpisodeRewardFn``) replaces the reward altogether. A reward function that raises
+    or returns a non-finite value raises :class:`~search_env.reward_config.RewardError`
+    and the step is undone, never a silent 0.
 
     ## Starting State
     A question drawn with ``self.np_random`` (or ``options={"index": i}``).
@@ -86,6 +92,12 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
     episode, the context and ``np_random`` as they were, so the same call can be retried
     (once the server is back up, say) as if it had never failed.
 
+    ## Snapshots
+    ``get_state()`` returns a self-contained, reusable
+    :class:`~search_env.episode.EnvState` (context, turn, searches, documents, RNG) and
+    ``set_state(state)`` continues from it, for tree-structured rollouts and replay. The
+    retriever is not part of the state.
+
     ## Episode End
     ``terminated`` when the agent answers. ``truncated`` after ``max_turns`` search turns
     plus one final turn without an answer, or when the context reaches
@@ -94,9 +106,11 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
     ## Arguments
     ``dataset`` (QA examples), ``retriever`` (a ``Retriever``), ``tokenizer`` (a Hugging
     Face tokenizer), ``action_mode``, ``reward_metric``, ``format_score``, ``protocol``
-    (a ``ProtocolConfig``) and any ``ProtocolConfig`` field as a keyword (``topk=5``),
-    ``eos_token_ids``, ``vocab_size`` (defaults to ``len(tokenizer)``; pass the model's
-    embedding size to accept its unused ids), ``on_retrieval_error`` (``"raise"`` or
+    (a ``ProtocolConfig``, or the name of a preset of :data:`~search_env.protocol.PRESETS`:
+    ``"search-r1"``, ``"r1-searcher"``, ``"research"``, ``"autorefine"``) and any
+    ``ProtocolConfig`` field as a keyword (``topk=5``), ``reward`` and ``reward_fn`` (see
+    Rewards), ``eos_token_ids``, ``vocab_size`` (defaults to ``len(tokenizer)``; pass the
+    model's embedding size to accept its unused ids), ``on_retrieval_error`` (``"raise"`` or
     ``"observe"``: show the error as the information block and flag it in ``info``).
 
     ## Info
@@ -105,10 +119,12 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
     ``budget``, ``chunk_end``, ``context``), ``searches``, ``query``,
     ``query_truncated``, ``tag_count``, ``retrieval_time``, ``ignored_tokens`` (chunk
     mode). When the episode ends, also ``answer``, ``golden_answers``, ``scores`` (every
-    metric), ``question``, ``index``.
+    metric), ``reward_components`` (every entry of
+    :data:`~search_env.reward_config.COMPONENTS`), ``question``, ``index``.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version; protocol presets, reward components and snapshots added as
+      options (Search-R1 stays the default and unchanged).
     """
 
     metadata = {"render_modes": ["ansi"]}
