@@ -116,7 +116,8 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
     ## Info
     Every step: ``turn`` (turns completed), ``turn_ended``. When a turn ends, also
     ``action`` (``search``/``answer``/``invalid``), ``end_reason`` (``tag``, ``eos``,
-    ``budget``, ``chunk_end``, ``context``), ``searches``, ``query``,
+    ``budget``, ``chunk_end``, ``context``), ``searches`` (queries run so far), ``query``
+    (the turn's first), ``turn_queries`` (with ``max_queries_per_turn > 1``),
     ``query_truncated``, ``tag_count``, ``retrieval_time``, ``ignored_tokens`` (chunk
     mode). When the episode ends, also ``answer``, ``golden_answers``, ``scores`` (every
     metric), ``reward_components`` (every entry of
@@ -262,14 +263,18 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         snapshot = self.snapshot()
         try:
-            query = self.begin_step(action)
-            if query is None:
+            queries = self.begin_step(action)
+            if not queries:
                 return self.finish_step(None)
             start = time.perf_counter()
             try:
-                results: list[Passage] | Exception = self.retriever.search(
-                    [query], self.protocol.topk
-                )[0]
+                # one call for all of a turn's queries (max_queries_per_turn > 1)
+                found = self.retriever.search(list(queries), self.protocol.topk)
+                if len(found) != len(queries):
+                    raise RuntimeError(
+                        f"retriever returned {len(found)} result lists for {len(queries)} queries"
+                    )
+                results: list[list[Passage]] | Exception = found
             except Exception as exc:  # flagged or re-raised by finish_step
                 results = exc
             return self.finish_step(results, time.perf_counter() - start)
@@ -277,10 +282,11 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
             self.restore(snapshot)  # so the same action can be retried
             raise
 
-    def begin_step(self, action: Any) -> str | None:
-        """Consume the agent's tokens; return the query to retrieve for, if any.
+    def begin_step(self, action: Any) -> tuple[str, ...]:
+        """Consume the agent's tokens; return the queries to retrieve for (often none).
 
-        Split from :meth:`finish_step` so the vector env can batch retrieval.
+        One query per search turn by default, up to ``max_queries_per_turn``. Split from
+        :meth:`finish_step` so the vector env can batch retrieval.
         """
         if self._done:
             raise EpisodeOverError("step() called after the episode ended; call reset() first")
@@ -295,22 +301,23 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         info: dict[str, Any] = {"turn": self._turn_index, "turn_ended": end_reason is not None}
         if self.action_mode == "chunk":
             info["ignored_tokens"] = len(ids) - consumed
-        query = None
+        queries: tuple[str, ...] = ()
         if end_reason is not None:
-            query = self._end_turn(end_reason, info)
-        self._pending = PendingStep(query, info)
-        return query
+            queries = self._end_turn(end_reason, info)
+        self._pending = PendingStep(queries, info)
+        return queries
 
     def finish_step(
         self,
-        results: Sequence[Passage] | Exception | None,
+        results: Sequence[Sequence[Passage]] | Exception | None,
         retrieval_time: float = 0.0,
         *,
-        lines: Sequence[str] | None = None,
+        lines: Sequence[Sequence[str]] | None = None,
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        """Append the information block for a pending search and finish the step.
+        """Append the information block for the pending queries and finish the step.
 
-        ``lines``: the results already formatted by ``document_lines`` (the vector env
+        ``results``: one passage list per pending query (or the retriever's exception).
+        ``lines``: the same already formatted by ``document_lines`` (the vector env
         formats every sub-env's results at once to tokenize them in one batch).
         """
         pending = self._pending
@@ -318,26 +325,31 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
             raise RuntimeError("finish_step() called without begin_step()")
         info = pending.info
         block: np.ndarray | None = None
-        if pending.query is not None:
+        groups: list[str] = []
+        if pending.queries:
             # Everything that can raise comes first: a raise leaves the step pending.
             if isinstance(results, Exception):
                 if self.on_retrieval_error == "raise":
                     raise results
-                lines = [f"Retrieval failed: {results}\n"]
-            elif results is None:
-                raise ValueError("finish_step() needs the retrieval results of the pending query")
-            elif lines is None:
-                lines = document_lines(results, self.protocol)
-            block = self._information_ids(lines)
+                flat = [f"Retrieval failed: {results}\n"]
+            else:
+                if results is None or len(results) != len(pending.queries):
+                    raise ValueError(
+                        "finish_step() needs one result list per pending query "
+                        f"({len(pending.queries)})"
+                    )
+                if lines is None:
+                    lines = [document_lines(r, self.protocol) for r in results]
+                flat = self._grouped_lines(pending.queries, lines)
+                groups = ["".join(group) for group in lines]
+            block = self._information_ids(flat)
             info["retrieval_time"] = retrieval_time
             if isinstance(results, Exception):
                 info["retrieval_error"] = str(results)
         self._pending = None
         if block is not None:
             self._append(block, agent=False)
-            if not isinstance(results, Exception):
-                assert lines is not None
-                self._documents.append("".join(lines))
+            self._documents.extend(groups)
         reward = 0.0
         terminated = truncated = False
         if info.get("action") == "answer":
@@ -361,6 +373,18 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
                 queries=list(self._queries),
             )
         return self._obs(), reward, terminated, truncated, info
+
+    def _grouped_lines(self, queries: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
+        """The information block's lines: each query's documents under its header when a
+        turn may hold several queries, the documents alone otherwise (Search-R1)."""
+        if self.protocol.max_queries_per_turn == 1:
+            return [line for group in lines for line in group]
+        header = self.protocol.query_header
+        out: list[str] = []
+        for j, (query, group) in enumerate(zip(queries, lines), start=1):
+            out.append(header.format(j=j, query=query))
+            out.extend(group)
+        return out
 
     # ---------------------------------------------------------------- rewards
     def _outcome(self, terminated: bool) -> EpisodeOutcome:

@@ -30,13 +30,15 @@ class Turn:
     scan_state: int = 0
     data: bytearray = field(default_factory=bytearray)
     cut: int = -1  # byte offset just past the closing tag, -1 while open
+    search_closes: int = 0  # closing search tags seen (max_queries_per_turn > 1)
 
 
 @dataclass
 class PendingStep:
     """A step whose agent tokens are consumed, waiting (maybe) for retrieval."""
 
-    query: str | None
+    queries: tuple[str, ...]
+    """The turn's queries to retrieve for (empty: no search)."""
     info: dict[str, Any]
 
 
@@ -89,8 +91,8 @@ class EnvState:
     searches: int
     queries: tuple[str, ...]
     answer: str | None
-    turn: tuple[int, int, bytes, int]
-    """Turn in progress: (tokens, scan state, bytes so far, cut)."""
+    turn: tuple[int, int, bytes, int, int]
+    """Turn in progress: (tokens, scan state, bytes so far, cut, closing search tags)."""
     prompt_len: int
     invalid_turns: int
     documents: tuple[str, ...]
@@ -178,6 +180,7 @@ class EpisodeState:
                 turn.scan_state,
                 len(turn.data),
                 turn.cut,
+                turn.search_closes,
                 self._prompt_len,
                 self._invalid_turns,
                 self._documents,
@@ -211,6 +214,7 @@ class EpisodeState:
             turn.scan_state,
             data_len,
             turn.cut,
+            turn.search_closes,
             self._prompt_len,
             self._invalid_turns,
             documents,
@@ -267,7 +271,7 @@ class EpisodeState:
             searches=self._searches,
             queries=tuple(self._queries),
             answer=self._answer,
-            turn=(turn.tokens, turn.scan_state, bytes(turn.data), turn.cut),
+            turn=(turn.tokens, turn.scan_state, bytes(turn.data), turn.cut, turn.search_closes),
             prompt_len=self._prompt_len,
             invalid_turns=self._invalid_turns,
             documents=tuple(self._documents),
@@ -316,8 +320,8 @@ class EpisodeState:
         self._turn_index, self._searches = state.turn_index, state.searches
         self._queries = list(state.queries)
         self._answer = state.answer
-        tokens, scan_state, data, cut = state.turn
-        self._turn = Turn(tokens, scan_state, bytearray(data), cut)
+        tokens, scan_state, data, cut, closes = state.turn
+        self._turn = Turn(tokens, scan_state, bytearray(data), cut, closes)
         self._prompt_len = state.prompt_len
         self._invalid_turns = state.invalid_turns
         self._documents = list(state.documents)

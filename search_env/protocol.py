@@ -82,6 +82,14 @@ class ProtocolConfig:
     refine_tags: tuple[str, str] | None = None
     """AutoRefine's knowledge-refinement tags, written by the agent after documents
     (they end no turn; the format and refine rewards read them); None elsewhere."""
+    max_queries_per_turn: int = 1
+    """Search blocks one turn may hold (1 = Search-R1). With more (ParallelSearch,
+    arXiv 2508.09303), a turn ends at its ``max_queries_per_turn``-th closing search tag
+    (or an answer's closing tag, EOS, the budget); the search blocks of a turn whose first
+    pair is a search are all run in one retriever call, and their documents come back in
+    one information block, each group under ``query_header``."""
+    query_header: str = "Query {j}: {query}\n"
+    """Heads each query's documents when ``max_queries_per_turn > 1`` (``j`` from 1)."""
     boxed_answer: bool = False
     """Read the answer from the last ``\\boxed{...}`` inside the answer tags when there
     is one (ReSearch asks for ``\\boxed``); the whole answer text otherwise."""
@@ -113,6 +121,7 @@ class ProtocolConfig:
             "max_obs_length",
             "max_prompt_length",
             "max_query_chars",
+            "max_queries_per_turn",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Integral):
@@ -122,6 +131,9 @@ class ProtocolConfig:
         # Format both once now: a bad placeholder would otherwise raise mid-episode.
         _check_format("template", self.template, question="q")
         _check_format("doc_format", self.doc_format, i=1, title="t", text="x")
+        if not isinstance(self.query_header, str):
+            raise TypeError("query_header must be a str")
+        _check_format("query_header", self.query_header, j=1, query="q")
         if "{docs}" not in self.information_format:
             raise ValueError("information_format must contain '{docs}'")
         for name in (
@@ -131,6 +143,7 @@ class ProtocolConfig:
             "max_prompt_length",
             "max_start_length",
             "max_query_chars",
+            "max_queries_per_turn",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -273,6 +286,15 @@ def parse_turn(text: str, config: ProtocolConfig | None = None) -> TurnAction:
         boxed = boxed_content(content)
         content = content if boxed is None else boxed.strip()
     return TurnAction("answer", content, tags)
+
+
+def parse_queries(text: str, config: ProtocolConfig) -> list[str]:
+    """The non-empty (stripped) queries of every search block of a turn, in order, at
+    most ``config.max_queries_per_turn`` of them."""
+    search = config.search_tags
+    pattern = re.escape(search[0]) + "(.*?)" + re.escape(search[1])
+    queries = [q.strip() for q in re.findall(pattern, text, re.DOTALL)]
+    return [q for q in queries if q][: config.max_queries_per_turn]
 
 
 _DEFAULT = ProtocolConfig()

@@ -473,16 +473,17 @@ class SearchQAVectorEnv(VectorEnv):
             elif self.active[i] and actions[i] is not None:
                 undo.save(env)
                 stepping.append(i)
-        # Phase 1: consume agent tokens; collect the queries.
+        # Phase 1: consume agent tokens; collect the queries (several per sub-env when
+        # max_queries_per_turn > 1).
         queries: list[str] = []
-        asking: list[int] = []
+        asking: dict[int, tuple[str, ...]] = {}
         for i in stepping:
-            query = self.envs[i].begin_step(actions[i])
-            if query is not None:
-                queries.append(query)
-                asking.append(i)
+            wanted = self.envs[i].begin_step(actions[i])
+            if wanted:
+                queries.extend(wanted)
+                asking[i] = wanted
         # Phase 2: one retriever call for the whole batch.
-        results: dict[int, Sequence[Passage] | Exception] = {}
+        results: dict[int, list[Sequence[Passage]] | Exception] = {}
         elapsed = 0.0
         unique: list[str] = []
         if queries:
@@ -495,20 +496,22 @@ class SearchQAVectorEnv(VectorEnv):
                         f"retriever returned {len(batch)} result lists for {len(unique)} queries"
                     )
                 found = dict(zip(unique, batch))
-                results = {i: found[q] for i, q in zip(asking, queries)}
+                results = {i: [found[q] for q in wanted] for i, wanted in asking.items()}
             except Exception as exc:
                 if any(self.envs[i].on_retrieval_error == "raise" for i in asking):
                     raise  # step() rolls every sub-env back
                 results = {i: exc for i in asking}  # each env shows it as its information
             elapsed = time.perf_counter() - start
         # Phase 3: tokenize every new document in one batch call, then finish every step.
-        lines: dict[int, list[str]] = {
-            i: document_lines(res, self.envs[i].protocol)
+        lines: dict[int, list[list[str]]] = {
+            i: [document_lines(r, self.envs[i].protocol) for r in res]
             for i, res in results.items()
             if not isinstance(res, Exception)
         }
         if lines:
-            self.envs[0].codec.encode_pieces([line for group in lines.values() for line in group])
+            self.envs[0].codec.encode_pieces(
+                [line for groups in lines.values() for group in groups for line in group]
+            )
         for i in stepping:
             env = self.envs[i]
             obs, reward, term, trunc, info = env.finish_step(

@@ -125,7 +125,7 @@ def test_state_is_refused_while_a_step_is_pending(make_env, tokenizer):
     env = make_env(action_mode="chunk")
     env.reset(options={"index": 0})
     state = env.get_state()
-    assert env.begin_step(tokenizer.encode(PREFIX[0])) == "capital of Norway"
+    assert env.begin_step(tokenizer.encode(PREFIX[0])) == ("capital of Norway",)
     with pytest.raises(RuntimeError, match="pending"):
         env.get_state()
     with pytest.raises(RuntimeError, match="pending"):
