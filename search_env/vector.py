@@ -18,44 +18,12 @@ from search_env.env_checks import check_options
 from search_env.episode import EnvSnapshot, EnvState
 from search_env.protocol import document_lines
 from search_env.types import Passage
+from search_env.vector_infos import merge_infos
+
+__all__ = ["BatchStats", "SearchQAVectorEnv", "VectorState", "merge_infos"]
 
 _RESET_OPTIONS = ("example", "group_size", "index", "reset_mask")
 _SEED_SALT = 0x5EA4C4  # keeps the vector env's own stream apart from every sub-env's
-
-
-def merge_infos(infos: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """Gymnasium's vector info layout: ``info[key][i]`` plus a ``info["_key"]`` mask.
-
-    Same result as ``VectorEnv._add_info`` applied env by env, built one key at a time
-    (numbers and bools as numeric arrays, anything else as object arrays, dicts nested).
-    """
-    n = len(infos)
-    keys: dict[str, None] = {}
-    for info in infos:
-        if info:
-            keys.update(dict.fromkeys(info))
-    out: dict[str, Any] = {}
-    for key in keys:
-        present = np.fromiter((info is not None and key in info for info in infos), bool, n)
-        values = [info[key] if info is not None and key in info else None for info in infos]
-        given = [v for v, p in zip(values, present) if p]
-        if key == "final_obs":
-            array: Any = np.empty(n, dtype=object)
-            array[:] = values
-        elif all(isinstance(v, dict) for v in given):
-            array = merge_infos([v if p else None for v, p in zip(values, present)])
-        elif all(isinstance(v, (bool, np.bool_)) for v in given):
-            array = np.array([bool(v) if p else False for v, p in zip(values, present)])
-        elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in given):
-            array = np.array([v if p else 0 for v, p in zip(values, present)], dtype=np.int64)
-        elif all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in given):
-            array = np.array([v if p else 0.0 for v, p in zip(values, present)], dtype=np.float64)
-        else:
-            array = np.empty(n, dtype=object)
-            array[:] = values
-        out[key] = array
-        out[f"_{key}"] = present
-    return out
 
 
 @dataclass(frozen=True)
