@@ -10,7 +10,9 @@ retrieval).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -24,7 +26,15 @@ from search_env.env_turns import TurnLogic
 from search_env.episode import PendingStep, Turn
 from search_env.protocol import ProtocolConfig, document_lines, prompt_text
 from search_env.retrievers.base import Retriever
-from search_env.rewards import make_reward, score_all
+from search_env.reward_config import (
+    EpisodeOutcome,
+    EpisodeRewardFn,
+    RewardConfig,
+    RewardError,
+    resolve_reward,
+    reward_components,
+)
+from search_env.rewards import score_all
 from search_env.types import Passage, QAExample
 
 logger = logging.getLogger(__name__)
@@ -63,9 +73,15 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
     Only the first ``length`` entries are meaningful; the rest are 0.
 
     ## Rewards
-    At the episode end: the metric (EM by default, or F1 / cover-EM) of the answer the
-    agent wrote against the gold answers, or ``format_score`` for a wrong answer. 0 on
-    every other step and when no answer was given.
+    At the episode end: the metric (EM by default, or F1 / cover-EM / substring-EM) of
+    the answer the agent wrote against the gold answers, or ``format_score`` for a wrong
+    answer. 0 on every other step and when no answer was given. ``reward=`` (a
+    :class:`~search_env.reward_config.RewardConfig` or its kind) pays another
+    combination of the episode's components (Search-R1 v0.3's format reward, AutoRefine's
+    refine reward, a weighted sum, an invalid-action penalty); ``reward_fn=`` (an
+    ``EpisodeRewardFn``) replaces the reward altogether. A reward function that raises
+    or returns a non-finite value raises :class:`~search_env.reward_config.RewardError`
+    and the step is undone, never a silent 0.
 
     ## Starting State
     A question drawn with ``self.np_random`` (or ``options={"index": i}``).
@@ -76,6 +92,12 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
     episode, the context and ``np_random`` as they were, so the same call can be retried
     (once the server is back up, say) as if it had never failed.
 
+    ## Snapshots
+    ``get_state()`` returns a self-contained, reusable
+    :class:`~search_env.episode.EnvState` (context, turn, searches, documents, RNG) and
+    ``set_state(state)`` continues from it, for tree-structured rollouts and replay. The
+    retriever is not part of the state.
+
     ## Episode End
     ``terminated`` when the agent answers. ``truncated`` after ``max_turns`` search turns
     plus one final turn without an answer, or when the context reaches
@@ -84,21 +106,26 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
     ## Arguments
     ``dataset`` (QA examples), ``retriever`` (a ``Retriever``), ``tokenizer`` (a Hugging
     Face tokenizer), ``action_mode``, ``reward_metric``, ``format_score``, ``protocol``
-    (a ``ProtocolConfig``) and any ``ProtocolConfig`` field as a keyword (``topk=5``),
-    ``eos_token_ids``, ``vocab_size`` (defaults to ``len(tokenizer)``; pass the model's
-    embedding size to accept its unused ids), ``on_retrieval_error`` (``"raise"`` or
+    (a ``ProtocolConfig``, or the name of a preset of :data:`~search_env.protocol.PRESETS`:
+    ``"search-r1"``, ``"r1-searcher"``, ``"research"``, ``"autorefine"``) and any
+    ``ProtocolConfig`` field as a keyword (``topk=5``), ``reward`` and ``reward_fn`` (see
+    Rewards), ``eos_token_ids``, ``vocab_size`` (defaults to ``len(tokenizer)``; pass the
+    model's embedding size to accept its unused ids), ``on_retrieval_error`` (``"raise"`` or
     ``"observe"``: show the error as the information block and flag it in ``info``).
 
     ## Info
     Every step: ``turn`` (turns completed), ``turn_ended``. When a turn ends, also
     ``action`` (``search``/``answer``/``invalid``), ``end_reason`` (``tag``, ``eos``,
-    ``budget``, ``chunk_end``, ``context``), ``searches``, ``query``,
+    ``budget``, ``chunk_end``, ``context``), ``searches`` (queries run so far), ``query``
+    (the turn's first), ``turn_queries`` (with ``max_queries_per_turn > 1``),
     ``query_truncated``, ``tag_count``, ``retrieval_time``, ``ignored_tokens`` (chunk
     mode). When the episode ends, also ``answer``, ``golden_answers``, ``scores`` (every
-    metric), ``question``, ``index``.
+    metric), ``reward_components`` (every entry of
+    :data:`~search_env.reward_config.COMPONENTS`), ``question``, ``index``.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version; protocol presets, reward components and snapshots added as
+      options (Search-R1 stays the default and unchanged).
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -110,9 +137,11 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         tokenizer: Any,
         *,
         action_mode: ActionMode = "token",
-        protocol: ProtocolConfig | None = None,
+        protocol: ProtocolConfig | str | None = None,
         reward_metric: str = "em",
         format_score: float = 0.0,
+        reward: RewardConfig | str | None = None,
+        reward_fn: EpisodeRewardFn | None = None,
         eos_token_ids: Sequence[int] | None = None,
         vocab_size: int | None = None,
         on_retrieval_error: Literal["raise", "observe"] = "raise",
@@ -133,11 +162,16 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         )
         self.dataset = dataset
         self.retriever = retriever
-        self.codec: TokenCodec = get_codec(tokenizer, vocab_size, eos_token_ids)
+        # The tag scanner follows the protocol's closing tags (a preset's own).
+        stop_tags = tuple(tag.encode("utf-8") for tag in self.protocol.stop_strings)
+        self.codec: TokenCodec = get_codec(tokenizer, vocab_size, eos_token_ids, stop_tags)
         self.tokenizer = self.codec.tokenizer
         self.action_mode = action_mode
-        self.reward_metric = reward_metric
-        self.reward_fn = make_reward(reward_metric, format_score)
+        self.reward_fn, self.episode_reward_fn, self.reward_config = resolve_reward(
+            reward_metric, format_score, reward, reward_fn
+        )
+        kind = self.reward_config.kind
+        self.reward_metric = kind if kind in ("em", "f1", "cover_em", "substring_em") else "em"
         self.on_retrieval_error = on_retrieval_error
         self.copy_obs = copy_obs
         self.render_mode = render_mode
@@ -179,6 +213,8 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         self._done = False
         self._pending = None
         self._prompt_len = len(prompt_ids)
+        self._invalid_turns = 0
+        self._documents = []
         info = {
             "turn": 0,
             "turn_ended": False,
@@ -227,14 +263,18 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         snapshot = self.snapshot()
         try:
-            query = self.begin_step(action)
-            if query is None:
+            queries = self.begin_step(action)
+            if not queries:
                 return self.finish_step(None)
             start = time.perf_counter()
             try:
-                results: list[Passage] | Exception = self.retriever.search(
-                    [query], self.protocol.topk
-                )[0]
+                # one call for all of a turn's queries (max_queries_per_turn > 1)
+                found = self.retriever.search(list(queries), self.protocol.topk)
+                if len(found) != len(queries):
+                    raise RuntimeError(
+                        f"retriever returned {len(found)} result lists for {len(queries)} queries"
+                    )
+                results: list[list[Passage]] | Exception = found
             except Exception as exc:  # flagged or re-raised by finish_step
                 results = exc
             return self.finish_step(results, time.perf_counter() - start)
@@ -242,10 +282,11 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
             self.restore(snapshot)  # so the same action can be retried
             raise
 
-    def begin_step(self, action: Any) -> str | None:
-        """Consume the agent's tokens; return the query to retrieve for, if any.
+    def begin_step(self, action: Any) -> tuple[str, ...]:
+        """Consume the agent's tokens; return the queries to retrieve for (often none).
 
-        Split from :meth:`finish_step` so the vector env can batch retrieval.
+        One query per search turn by default, up to ``max_queries_per_turn``. Split from
+        :meth:`finish_step` so the vector env can batch retrieval.
         """
         if self._done:
             raise EpisodeOverError("step() called after the episode ended; call reset() first")
@@ -260,22 +301,23 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         info: dict[str, Any] = {"turn": self._turn_index, "turn_ended": end_reason is not None}
         if self.action_mode == "chunk":
             info["ignored_tokens"] = len(ids) - consumed
-        query = None
+        queries: tuple[str, ...] = ()
         if end_reason is not None:
-            query = self._end_turn(end_reason, info)
-        self._pending = PendingStep(query, info)
-        return query
+            queries = self._end_turn(end_reason, info)
+        self._pending = PendingStep(queries, info)
+        return queries
 
     def finish_step(
         self,
-        results: Sequence[Passage] | Exception | None,
+        results: Sequence[Sequence[Passage]] | Exception | None,
         retrieval_time: float = 0.0,
         *,
-        lines: Sequence[str] | None = None,
+        lines: Sequence[Sequence[str]] | None = None,
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        """Append the information block for a pending search and finish the step.
+        """Append the information block for the pending queries and finish the step.
 
-        ``lines``: the results already formatted by ``document_lines`` (the vector env
+        ``results``: one passage list per pending query (or the retriever's exception).
+        ``lines``: the same already formatted by ``document_lines`` (the vector env
         formats every sub-env's results at once to tokenize them in one batch).
         """
         pending = self._pending
@@ -283,23 +325,31 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
             raise RuntimeError("finish_step() called without begin_step()")
         info = pending.info
         block: np.ndarray | None = None
-        if pending.query is not None:
+        groups: list[str] = []
+        if pending.queries:
             # Everything that can raise comes first: a raise leaves the step pending.
             if isinstance(results, Exception):
                 if self.on_retrieval_error == "raise":
                     raise results
-                lines = [f"Retrieval failed: {results}\n"]
-            elif results is None:
-                raise ValueError("finish_step() needs the retrieval results of the pending query")
-            elif lines is None:
-                lines = document_lines(results, self.protocol)
-            block = self._information_ids(lines)
+                flat = [f"Retrieval failed: {results}\n"]
+            else:
+                if results is None or len(results) != len(pending.queries):
+                    raise ValueError(
+                        "finish_step() needs one result list per pending query "
+                        f"({len(pending.queries)})"
+                    )
+                if lines is None:
+                    lines = [document_lines(r, self.protocol) for r in results]
+                flat = self._grouped_lines(pending.queries, lines)
+                groups = ["".join(group) for group in lines]
+            block = self._information_ids(flat)
             info["retrieval_time"] = retrieval_time
             if isinstance(results, Exception):
                 info["retrieval_error"] = str(results)
         self._pending = None
         if block is not None:
             self._append(block, agent=False)
+            self._documents.extend(groups)
         reward = 0.0
         terminated = truncated = False
         if info.get("action") == "answer":
@@ -310,17 +360,66 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
             self._done = True
             assert self._example is not None
             golds = self._example.golden_answers
-            reward = float(self.reward_fn(self._answer, golds))
+            outcome = self._outcome(terminated)
+            reward = self._pay(outcome)  # a raise here is undone by step() / the vector env
             info.update(
                 answer=self._answer,
                 golden_answers=list(golds),
                 scores=score_all(self._answer, golds),
+                reward_components=dict(outcome.components),
                 question=self._example.question,
                 index=self._index,
                 searches=self._searches,
                 queries=list(self._queries),
             )
         return self._obs(), reward, terminated, truncated, info
+
+    def _grouped_lines(self, queries: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
+        """The information block's lines: each query's documents under its header when a
+        turn may hold several queries, the documents alone otherwise (Search-R1)."""
+        if self.protocol.max_queries_per_turn == 1:
+            return [line for group in lines for line in group]
+        header = self.protocol.query_header
+        out: list[str] = []
+        for j, (query, group) in enumerate(zip(queries, lines), start=1):
+            out.append(header.format(j=j, query=query))
+            out.extend(group)
+        return out
+
+    # ---------------------------------------------------------------- rewards
+    def _outcome(self, terminated: bool) -> EpisodeOutcome:
+        """The finished episode as a reward function sees it, components filled in."""
+        assert self._example is not None
+        response = self.codec.decode(self._tokens[self._prompt_len : self._len].tolist())
+        outcome = EpisodeOutcome(
+            answer=self._answer,
+            golden_answers=tuple(self._example.golden_answers),
+            response=response,
+            documents=tuple(self._documents),
+            invalid_turns=self._invalid_turns,
+            searches=self._searches,
+            terminated=terminated,
+            protocol=self.protocol,
+        )
+        return dataclasses.replace(outcome, components=reward_components(outcome))
+
+    def _pay(self, outcome: EpisodeOutcome) -> float:
+        """The episode's reward; a reward function that fails raises :class:`RewardError`."""
+        fn = self.episode_reward_fn
+        try:
+            value = float(
+                self.reward_fn(outcome.answer, outcome.golden_answers)
+                if fn is None
+                else fn(outcome)
+            )
+        except Exception as exc:
+            # Never a silent 0: a broken reward would otherwise train on noise.
+            raise RewardError(
+                f"the reward function {fn or self.reward_fn!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if not math.isfinite(value):
+            raise RewardError(f"the reward function {fn or self.reward_fn!r} returned {value}")
+        return value
 
     # ---------------------------------------------------------------- helpers
     def check_action(self, action: Any) -> Sequence[int] | np.ndarray:

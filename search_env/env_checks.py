@@ -16,7 +16,7 @@ import numpy as np
 from gymnasium import spaces
 
 from search_env.codec import TokenCodec
-from search_env.protocol import ProtocolConfig
+from search_env.protocol import ProtocolConfig, protocol_preset
 from search_env.types import QAExample
 
 
@@ -65,8 +65,12 @@ def check_arguments(
     unknown = set(protocol_overrides) - {f.name for f in dataclasses.fields(ProtocolConfig)}
     if unknown:
         raise TypeError(f"unknown SearchQAEnv arguments: {sorted(unknown)}")
+    if isinstance(protocol, str):
+        protocol = protocol_preset(protocol)  # raises naming the presets
     if protocol is not None and not isinstance(protocol, ProtocolConfig):
-        raise TypeError(f"protocol must be a ProtocolConfig, got {type(protocol).__name__}")
+        raise TypeError(
+            f"protocol must be a ProtocolConfig or a preset name, got {type(protocol).__name__}"
+        )
     check_tokenizer(tokenizer, vocab_size)
     protocol = protocol or ProtocolConfig()
     return dataclasses.replace(protocol, **protocol_overrides)

@@ -16,7 +16,7 @@ import numpy as np
 
 from search_env.codec import TokenCodec
 from search_env.episode import EpisodeState, Turn
-from search_env.protocol import parse_turn
+from search_env.protocol import parse_queries, parse_turn
 
 
 class TurnLogic(EpisodeState):
@@ -43,6 +43,8 @@ class TurnLogic(EpisodeState):
         data = codec.table[tid]
         if data:
             turn.scan_state, end = codec.scan(turn.scan_state, tid)
+            if end >= 0 and self.protocol.max_queries_per_turn > 1:
+                end = self._multi_query_end(turn, data, end)
             if end >= 0:
                 turn.cut = len(turn.data) + end
                 turn.data += data
@@ -53,6 +55,47 @@ class TurnLogic(EpisodeState):
         if self._len >= self.protocol.max_prompt_length:
             return "context"
         return None
+
+    def _multi_query_end(self, turn: Turn, data: bytes, end: int) -> int:
+        """Where a turn of several searches ends in this token's bytes, or -1.
+
+        A closing search tag before the ``max_queries_per_turn``-th lets the turn go on:
+        the scan resumes after it, within the same token.
+        """
+        close = self.protocol.search_tags[1].encode("utf-8")
+        scanner = self.codec.scanner
+        while True:
+            seen = (bytes(turn.data[-len(close) :]) + data[:end])[-len(close) :]
+            if seen != close:
+                return end  # an answer's closing tag
+            turn.search_closes += 1
+            if turn.search_closes >= self.protocol.max_queries_per_turn:
+                return end
+            turn.scan_state, more = scanner.feed(turn.scan_state, data[end:])
+            if more < 0:
+                return -1
+            end += more
+
+    def _chunk_cut(self, data: bytes) -> int:
+        """Byte offset just past the closing tag that ends a chunk's turn, or -1."""
+        cut = -1
+        if self.protocol.max_queries_per_turn == 1:
+            for tag in self.codec.scanner.patterns:
+                pos = data.find(tag)
+                if pos >= 0 and (cut < 0 or pos + len(tag) < cut):
+                    cut = pos + len(tag)
+            return cut
+        search, answer = (t.encode("utf-8") for t in self.protocol.stop_strings)
+        pos = data.find(answer)
+        if pos >= 0:
+            cut = pos + len(answer)
+        start = 0
+        for _ in range(self.protocol.max_queries_per_turn):
+            pos = data.find(search, start)
+            if pos < 0:
+                return cut
+            start = pos + len(search)
+        return start if cut < 0 else min(cut, start)
 
     def _push_chunk(self, ids: np.ndarray) -> tuple[str, int]:
         """Add one whole turn at once: the same outcome as :meth:`_push` token by token.
@@ -74,11 +117,7 @@ class TurnLogic(EpisodeState):
         table = codec.table
         pieces = [table[t] for t in head]
         data = b"".join(pieces)
-        cut = -1
-        for tag in codec.scanner.patterns:
-            pos = data.find(tag)
-            if pos >= 0 and (cut < 0 or pos + len(tag) < cut):
-                cut = pos + len(tag)
+        cut = self._chunk_cut(data)
         if cut >= 0:
             seen = 0
             for index, piece in enumerate(pieces):
@@ -101,11 +140,12 @@ class TurnLogic(EpisodeState):
         turn.cut = cut if reason == "tag" else -1
         return reason, used
 
-    def _end_turn(self, reason: str, info: dict[str, Any]) -> str | None:
-        """Parse the finished turn, record it in ``info``; return a query to run."""
+    def _end_turn(self, reason: str, info: dict[str, Any]) -> tuple[str, ...]:
+        """Parse the finished turn, record it in ``info``; return the queries to run."""
         turn = self._turn
         data = turn.data if turn.cut < 0 else turn.data[: turn.cut]
-        parsed = parse_turn(bytes(data).decode("utf-8", errors="replace"))
+        text = bytes(data).decode("utf-8", errors="replace")
+        parsed = parse_turn(text, self.protocol)
         final_turn = self._turn_index >= self.protocol.max_turns
         self._turn_index += 1
         info.update(
@@ -115,26 +155,32 @@ class TurnLogic(EpisodeState):
             tag_count=parsed.tag_count,
             final_turn=final_turn,
         )
-        query = None
+        queries: tuple[str, ...] = ()
         if parsed.kind == "answer":
             self._answer = parsed.content
         elif parsed.kind == "search":
             assert parsed.content is not None
-            query = parsed.content
-            info["query_truncated"] = len(query) > self.protocol.max_query_chars
-            query = query[: self.protocol.max_query_chars]
-            info["query"] = query
+            wanted = [parsed.content]
+            if self.protocol.max_queries_per_turn > 1:
+                wanted = parse_queries(text, self.protocol)
+                info["turn_queries"] = len(wanted)
+            cap = self.protocol.max_query_chars
+            info["query_truncated"] = any(len(q) > cap for q in wanted)
+            queries = tuple(q[:cap] for q in wanted)
+            info["query"] = queries[0]
             if final_turn or self._len >= self.protocol.max_prompt_length:
                 info["search_skipped"] = True
-                query = None
+                queries = ()
             else:
-                self._searches += 1
-                self._queries.append(query)
-        elif not final_turn and self._len < self.protocol.max_prompt_length:
-            self._append(self._invalid_ids, agent=False)
+                self._searches += len(queries)
+                self._queries.extend(queries)
+        else:
+            self._invalid_turns += 1
+            if not final_turn and self._len < self.protocol.max_prompt_length:
+                self._append(self._invalid_ids, agent=False)
         info["searches"] = self._searches
         self._turn = Turn()
-        return query
+        return queries
 
     def _information_ids(self, lines: Sequence[str]) -> np.ndarray:
         """Token ids of an information block, cut to ``max_obs_length`` keeping its closing tag.
