@@ -41,7 +41,7 @@ from verl.utils.rollout_trace import rollout_trace_op
 from agents.verl.retrieval import SOURCE_KEYS, shared_retriever
 from search_env.data.qa import searchr1_example
 from search_env.env import SearchQAEnv
-from search_env.protocol import STOP_STRINGS, ProtocolConfig
+from search_env.protocol import ProtocolConfig
 from search_env.retrievers.base import Retriever
 from search_env.types import Passage, QAExample
 
@@ -179,15 +179,18 @@ class SearchR1AgentLoop(AgentLoopBase):
             vocab_size=self.vocab_size,
         )
 
-    async def _search(self, query: str, metrics: dict[str, float]) -> list[Passage] | Exception:
-        """Run the search off the event loop; a failure is returned for the env to handle."""
+    async def _search(
+        self, queries: tuple[str, ...], metrics: dict[str, float]
+    ) -> list[list[Passage]] | Exception:
+        """Run a turn's searches (one call) off the event loop; a failure is returned for
+        the env to handle."""
         start = time.perf_counter()
         try:
             # the running loop, not self.loop: verl may build the loop object outside it
             hits = await asyncio.get_running_loop().run_in_executor(
-                None, self.retriever.search, [query], self.protocol.topk
+                None, self.retriever.search, list(queries), self.protocol.topk
             )
-            return list(hits[0])
+            return [list(h) for h in hits]
         except Exception as exc:  # the env shows it (observe) or raises it (raise)
             return exc
         finally:
@@ -199,7 +202,7 @@ class SearchR1AgentLoop(AgentLoopBase):
         env, prompt_len = self._env(example)
         request_id = uuid4().hex
         params = dict(sampling_params)
-        params["stop"] = sorted(set(params.get("stop") or []) | set(STOP_STRINGS))
+        params["stop"] = sorted(set(params.get("stop") or []) | set(env.protocol.stop_strings))
         params["include_stop_str_in_output"] = True
         timing = {"generate_sequences": 0.0, "tool_calls": 0.0}
         logprobs: list[float] | None = []
@@ -222,8 +225,8 @@ class SearchR1AgentLoop(AgentLoopBase):
                 aborted = True
                 break
             generations += 1
-            query = env.begin_step(np.asarray(ids, dtype=np.int64))
-            results = None if query is None else await self._search(query, timing)
+            queries = env.begin_step(np.asarray(ids, dtype=np.int64))
+            results = await self._search(queries, timing) if queries else None
             _, reward, _, _, info = env.finish_step(results)
             retrieval_errors += "retrieval_error" in info
             used = len(ids) - int(info.get("ignored_tokens", 0))
