@@ -411,3 +411,15 @@ def test_train_backend_trl_is_dispatched_and_bad_configs_fail_before_work(tmp_pa
     assert main(["--preset", "tiny-cpu", "--set", "grpo.minibatch_size=40", "--out", out]) == 2
     assert "must divide" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_search_env_train_backend_trl_hands_the_other_options_to_agents_trl_train(capsys):
+    from search_env.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "--backend", "trl", "--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "search-env train --backend trl" in text and "--init-model" in text
+    assert cli_main(["train", "--backend=trl", "--set", "algo=ppo", "--out", "never"]) == 2
+    assert "GRPO only" in capsys.readouterr().err
