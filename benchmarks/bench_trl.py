@@ -61,6 +61,7 @@ def row(
     after: float,
     questions: int,
     wall: float,
+    rollout_seconds: float,
 ) -> dict[str, Any]:
     """One line of the side-by-side table."""
     return {
@@ -68,6 +69,7 @@ def row(
         "steps": steps,
         "step_s_mean": statistics.fmean(times),
         "step_s_median": statistics.median(times),
+        "rollout_s_mean": rollout_seconds / len(times),
         "agent_tokens_per_s": tokens / sum(times),
         "em_before": before,
         "em_after": after,
@@ -79,14 +81,15 @@ def row(
 def markdown(results: dict[str, Any]) -> str:
     """The results as a markdown table plus the settings line."""
     lines = [
-        "| trainer | steps | step time (mean / median) | agent tokens/s | held-out EM before → after |",
-        "|---|---|---|---|---|",
+        "| trainer | steps | step time (mean / median) | of which rollout (mean) "
+        "| agent tokens/s | held-out EM before → after |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         n = r["eval_questions"]
         lines.append(
             f"| {r['trainer']} | {r['steps']} | {r['step_s_mean']:.2f} s / {r['step_s_median']:.2f} s "
-            f"| {r['agent_tokens_per_s']:.0f} | {r['em_before']:.3f} → **{r['em_after']:.3f}** "
+            f"| {r['rollout_s_mean']:.2f} s | {r['agent_tokens_per_s']:.0f} | {r['em_before']:.3f} → **{r['em_after']:.3f}** "
             f"({round(r['em_after'] * n)}/{n}) |"
         )
     s = results["settings"]
@@ -118,8 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--note", default="", help="a sentence for the table (e.g. how busy the machine was)"
     )
+    parser.add_argument(
+        "--rebuild", action="store_true", help="only rewrite the .md from the saved .json"
+    )
     add_set_argument(parser, "rollout.num_envs=48")
     args = parser.parse_args(argv)
+    if args.rebuild:
+        path = RESULTS_DIR / f"{args.name}.json"
+        payload = json.loads(path.read_text())
+        if args.note:
+            payload["results"]["settings"]["note"] = args.note
+            path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        (RESULTS_DIR / f"{args.name}.md").write_text(markdown(payload["results"]) + "\n")
+        print(markdown(payload["results"]))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     overrides: dict[str, Any] = dict(QUICK) if args.quick else {}
@@ -161,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             native["eval_em_end"],
             questions,
             native_wall,
+            nat["rollout_seconds"],
         ),
         row(
             "TRL GRPOTrainer (agents.trl)",
@@ -171,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             t["eval_em_end"],
             int(t["eval_questions"]),
             trl_wall,
+            sum(rec.seconds for rec in trl_run.rollout.history),
         ),
     ]
     results: dict[str, Any] = {

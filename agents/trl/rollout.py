@@ -155,8 +155,8 @@ class SearchR1Rollout:
     keep_outputs: bool = False
     history: list[RolloutRecord] = field(default_factory=list)
     outputs: list[dict[str, list[Any]]] = field(default_factory=list)
-    _lookup: dict[str, int] | None = None
-    _hf_policy: Any = None
+    _lookup: dict[str, int] | None = field(default=None, init=False, repr=False)
+    _hf_policy: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.vec_env.action_mode != "chunk" or self.vec_env.autoreset_mode.name != "DISABLED":

@@ -22,6 +22,7 @@ step time and the rollout's token counts), ``summary.json`` and ``final_model/``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -282,7 +283,7 @@ def train_trl(
     for rec, seconds in zip(records, times.seconds):
         rec["step_time"] = seconds
     for record in rollout.history:  # one per generation batch
-        records.append({"rollout": record.__dict__})
+        records.append({"rollout": dataclasses.asdict(record)})
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(rec) + "\n" for rec in records))
     agent_tokens = sum(rec.agent_tokens for rec in rollout.history)
     summary: dict[str, Any] = {
