@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from agents.config import ModelConfig
-from agents.losses import entropy_from_logits, logprobs_from_logits
+from agents.losses import entropy_from_logits, logprobs_from_logits, upcast
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``# (B, T, H) -> (B, T)``."""
-        return self.linear(hidden.float()).squeeze(-1)
+        # fp32 (the head's dtype) even for a bf16 backbone
+        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
 
 
 @dataclass
@@ -143,7 +144,7 @@ def forward_tokens(
     real = mask[:, 1:] != 0  # (B, T-1): the predicted token is real
     keep = real if only is None else real & (only.to(device)[:, 1:] != 0)
     # Logits only at the kept positions: (N, V) instead of (B, T-1, V).
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float() / temperature
+    logits = upcast(model.get_output_embeddings()(hidden[:, :-1][keep])) / temperature
     labels = ids[:, 1:][keep]
 
     def align(x: torch.Tensor) -> torch.Tensor:

@@ -172,3 +172,20 @@ def test_entropy_and_logprobs_from_logits():
     labels = torch.randint(0, 8, (2, 3), generator=g)
     expected = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1)
     assert torch.allclose(logprobs_from_logits(logits, labels), expected, atol=1e-6)
+
+
+def test_value_clip_fraction_counts_only_clipped_tokens():
+    """Values within the clip range of the old ones are never counted as clipped: where
+    ``old + (V - old)`` rounds one ulp away from ``V`` (about 1% of these tokens) and the
+    return is just past ``V``, the old count took the rounding for a clip."""
+    g = torch.Generator().manual_seed(0)
+    old = torch.rand(1, 4096, generator=g) * 0.01
+    values = old + 0.3 + torch.rand(1, 4096, generator=g) * 0.1  # all within clip=0.5
+    rounded = old + (values - old).clamp(-0.5, 0.5)
+    assert (rounded != values).any()
+    returns = values - (rounded - values).sign() * 1e-6
+    mask = torch.ones(1, 4096)
+    _, stats = value_loss_clipped(values, old, returns, mask, clip=0.5)
+    assert stats["vf_clip_frac"] == 0.0
+    _, stats = value_loss_clipped(old + 1.0, old, old + 2.0, mask, clip=0.5)
+    assert stats["vf_clip_frac"] == 1.0
