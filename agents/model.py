@@ -57,6 +57,7 @@ def load_model(cfg: ModelConfig, env_tokenizer: Any) -> tuple[nn.Module, Any]:
         model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype)
         tokenizer = load_tokenizer(cfg.path)
     model = model.to(dtype=dtype, device=resolve_device(cfg.device))
+    disable_dropout(model)
     check_logit_head(model)  # the trainer's logits are the sampler's
     if cfg.gradient_checkpointing:
         if resolve_device(cfg.device).type != "cuda":
@@ -64,6 +65,50 @@ def load_model(cfg: ModelConfig, env_tokenizer: Any) -> tuple[nn.Module, Any]:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     return model, tokenizer
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off for good, as TRL's ``disable_dropout``: the update's ``train()`` mode
+    must score tokens under the distribution the sampler drew them from (``eval()``).
+
+    Sets ``p = 0`` on every ``nn.Dropout``, every float ``*dropout*`` attribute of a module
+    to 0 (HF attention layers keep their rate as a float, e.g. Qwen2's
+    ``attention_dropout``) and the config's ``*dropout*`` fields to 0 (saved with it).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for key, value in list(vars(module).items()):
+            if "dropout" in key and isinstance(value, float):
+                setattr(module, key, 0.0)
+    config = getattr(model, "config", None)
+    configs = [] if config is None else [config]
+    if config is not None and hasattr(config, "get_text_config"):
+        configs.append(config.get_text_config())
+    for conf in configs:
+        for key, value in list(vars(conf).items()):
+            if "dropout" in key and isinstance(value, float):
+                setattr(conf, key, 0.0)
+
+
+def model_eos_ids(path: str) -> list[int]:
+    """The EOS ids a model directory or hub id declares: its generation config's
+    ``eos_token_id`` (a list for instruct models, e.g. Qwen2.5-Instruct's
+    ``<|im_end|>`` and ``<|endoftext|>``) and its config's; ``[]`` if none."""
+    from transformers import AutoConfig, GenerationConfig
+
+    ids: set[int] = set()
+    sources: list[Any] = [AutoConfig.from_pretrained(path).get_text_config()]
+    try:
+        sources.append(GenerationConfig.from_pretrained(path))
+    except OSError:  # no generation_config.json: the config's EOS only
+        pass
+    for source in sources:
+        eos = getattr(source, "eos_token_id", None)
+        if eos is None:
+            continue
+        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    return sorted(ids)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
