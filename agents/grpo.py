@@ -20,7 +20,13 @@ from torch import nn
 
 from agents.advantages import grpo_advantages
 from agents.config import GRPOConfig, TrainConfig
-from agents.losses import aggregate, kl_loss, policy_loss_clipped
+from agents.losses import (
+    aggregate,
+    kl_loss,
+    logp_diff_stats,
+    policy_loss_clipped,
+    tis_weights,
+)
 from agents.microbatch import (
     MicroBatch,
     Normaliser,
@@ -44,12 +50,14 @@ def grpo_objective(
     mask: torch.Tensor,
     cfg: GRPOConfig,
     norm: Normaliser | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO objective given the policy's per-token outputs (all tensors ``# (B, T)``).
 
     ``loss = clipped policy loss + kl_coef * KL(policy || ref) - entropy_coef * entropy``,
     each aggregated over ``mask``-1 tokens only (``norm``: the whole mini-batch's counts
-    when ``out`` is one micro-batch).
+    when ``out`` is one micro-batch; ``is_weights``: the sampler correction of
+    :func:`agents.losses.tis_weights` on the policy loss).
     """
     device = out.logprobs.device
     mask, old_logp, ref_logp = mask.to(device), old_logp.to(device), ref_logp.to(device)
@@ -62,6 +70,7 @@ def grpo_objective(
         clip_high=cfg.clip_high,
         agg=cfg.loss_agg,
         norm=norm,
+        is_weights=None if is_weights is None else is_weights.to(device),
     )
     kl, kl_stats = kl_loss(out.logprobs, ref_logp, mask, cfg.kl_kind, agg=cfg.loss_agg, norm=norm)
     assert out.entropy is not None
@@ -118,6 +127,7 @@ def grpo_backward(
     mask: torch.Tensor,
     cfg: GRPOConfig,
     temperature: float = 1.0,
+    is_weights: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Accumulate one mini-batch's GRPO gradient in ``.grad``, micro-batch by micro-batch.
 
@@ -132,14 +142,17 @@ def grpo_backward(
     def step(mb: MicroBatch) -> tuple[torch.Tensor, TokenOutputs]:
         ids, attn, m = mb.take(batch.input_ids), mb.take(batch.attention_mask), mb.take(mask)
         out = _policy_forward(model, ids, attn, m, cfg, temperature)
+        weights = None if is_weights is None else mb.take(is_weights)
         loss, _ = grpo_objective(
-            out, mb.take(old_logp), mb.take(ref_logp), mb.take(advantages), m, cfg, norm
+            out, mb.take(old_logp), mb.take(ref_logp), mb.take(advantages), m, cfg, norm, weights
         )
         return loss, out
 
     full = accumulate(plan, step, batch.input_ids.shape)
     with torch.no_grad():
-        _, stats = grpo_objective(full, old_logp, ref_logp, advantages, mask, cfg)
+        _, stats = grpo_objective(
+            full, old_logp, ref_logp, advantages, mask, cfg, is_weights=is_weights
+        )
     if cfg.micro_batch_tokens is not None:
         stats.update(plan_stats(plan))
     return stats
@@ -195,6 +208,11 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
                 temperature=r.temperature,
                 only=mask,
             ).logprobs
+        # The sampler's log-probs (batch.old_logprobs) against the trainer's, agent tokens.
+        sampler = logp_diff_stats(old_logp, batch.old_logprobs, batch.loss_mask)
+        is_weights = None
+        if r.tis_cap is not None:
+            is_weights = tis_weights(old_logp, batch.old_logprobs, batch.loss_mask, r.tis_cap)
 
         # 3. Clipped policy-gradient updates over mini-batches.
         model.train()
@@ -212,6 +230,7 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
                     mask[rows],
                     g,
                     r.temperature,
+                    None if is_weights is None else is_weights[rows],
                 )
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.grad_clip)
                 optimizer.step()
@@ -226,6 +245,7 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
             "step": step,
             **rollout_stats(trajectories),
             **{k: float(np.mean(v)) for k, v in stats.items()},
+            **sampler,
             "kl": float(np.mean(stats["kl_loss"])),
             "adv_nonzero": float((adv != 0).float().mean()),
             "lr": scheduler.get_last_lr()[0],

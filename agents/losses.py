@@ -117,6 +117,7 @@ def policy_loss_clipped(
     dual_clip: float | None = None,
     agg: Agg = "token-mean",
     norm: Normaliser | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped surrogate, per token: ``max(-A * r, -A * clip(r, 1 - c, 1 + c_high))``.
 
@@ -133,6 +134,8 @@ def policy_loss_clipped(
         agg: see :func:`aggregate`.
         norm: the whole mini-batch's counts when this is one micro-batch (see
             :func:`aggregate`); the stats are then this micro-batch's own.
+        is_weights: per-token importance weights ``# (B, T)`` (no gradient) multiplying
+            the clipped loss: the sampler correction of :func:`tis_weights`.
 
     Returns:
         ``(loss, stats)``; stats: ``pg_loss``, ``pg_clip_frac`` (fraction of mask-1
@@ -157,6 +160,8 @@ def policy_loss_clipped(
             masked_mean(((per_token > loss3) & (advantages < 0)).float(), mask)
         )
         per_token = torch.where(advantages < 0, lower, per_token)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
     loss = aggregate(per_token, mask, agg, norm)
     with torch.no_grad():
         keep = mask != 0
@@ -243,3 +248,36 @@ def kl_loss(
     """
     loss = aggregate(kl_penalty(logp, ref_logp, kind), mask, agg, norm)
     return loss, {"kl_loss": float(loss.detach())}
+
+
+def tis_weights(
+    trainer_logp: torch.Tensor,
+    sampler_logp: torch.Tensor,
+    agent_mask: torch.Tensor,
+    cap: float,
+) -> torch.Tensor:
+    """Truncated importance-sampling weights of the sampler's tokens (verl / TRL style).
+
+    ``min(exp(trainer_logp - sampler_logp), cap)`` at agent tokens: the episodes were
+    drawn from the sampler's distribution (e.g. vLLM's kernels), the policy loss assumes
+    the trainer's; capping bounds the variance. 1 elsewhere (env tokens have no sampler
+    log-prob). All tensors ``# (B, T)``; the result carries no gradient.
+    """
+    if not cap > 0:
+        raise ValueError(f"tis_cap must be > 0, got {cap}")
+    log_w = (trainer_logp - sampler_logp).detach().clamp(max=20.0)  # no inf before the cap
+    weights = torch.exp(log_w).clamp(max=cap)
+    return torch.where(agent_mask != 0, weights, torch.ones_like(weights))
+
+
+def logp_diff_stats(
+    trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, agent_mask: torch.Tensor
+) -> dict[str, float]:
+    """``logp_diff_mean`` and ``logp_diff_max``: ``|trainer - sampler|`` log-prob over agent
+    tokens (0 when there are none); how far the sampler's distribution is from the
+    trainer's."""
+    keep = agent_mask != 0
+    if not bool(keep.any()):
+        return {"logp_diff_mean": 0.0, "logp_diff_max": 0.0}
+    diff = (trainer_logp - sampler_logp).abs()[keep]
+    return {"logp_diff_mean": float(diff.mean()), "logp_diff_max": float(diff.max())}

@@ -25,7 +25,14 @@ from torch import nn
 
 from agents.advantages import gae, kl_penalty, masked_whiten, terminal_rewards
 from agents.config import PPOConfig, TrainConfig
-from agents.losses import aggregate, kl_loss, policy_loss_clipped, value_loss_clipped
+from agents.losses import (
+    aggregate,
+    kl_loss,
+    logp_diff_stats,
+    policy_loss_clipped,
+    tis_weights,
+    value_loss_clipped,
+)
 from agents.microbatch import (
     MicroBatch,
     Normaliser,
@@ -52,13 +59,15 @@ def ppo_objective(
     critic_mask: torch.Tensor,
     cfg: PPOConfig,
     norms: tuple[Normaliser, Normaliser] | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The PPO objective given the per-token outputs (all tensors ``# (B, T)``).
 
     ``loss = policy loss - entropy_coef * entropy + vf_coef * value loss``
     (``+ kl_coef * KL`` when the KL is a loss term rather than part of the reward).
     ``norms``: the whole mini-batch's counts of the actor and the critic mask when ``out``
-    is one micro-batch.
+    is one micro-batch; ``is_weights``: the sampler correction of
+    :func:`agents.losses.tis_weights` on the policy loss.
     """
     actor_norm, critic_norm = (None, None) if norms is None else norms
     dev = out.logprobs.device
@@ -71,6 +80,7 @@ def ppo_objective(
         cfg.clip,
         agg=cfg.loss_agg,
         norm=actor_norm,
+        is_weights=None if is_weights is None else is_weights.to(dev),
     )
     assert out.values is not None and out.entropy is not None
     vf, vf_stats = value_loss_clipped(
@@ -160,6 +170,7 @@ def ppo_backward(
     critic_mask: torch.Tensor,
     cfg: PPOConfig,
     temperature: float = 1.0,
+    is_weights: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Accumulate one mini-batch's PPO gradient (actor and critic) in ``.grad``.
 
@@ -177,12 +188,13 @@ def ppo_backward(
         parts = [mb.take(x) for x in per_token]
         ids, attn = mb.take(batch.input_ids), mb.take(batch.attention_mask)
         out = _actor_critic_forward(model, value_head, ids, attn, parts[5], cfg, temperature)
-        loss, _ = ppo_objective(out, *parts, cfg, norms)
+        weights = None if is_weights is None else mb.take(is_weights)
+        loss, _ = ppo_objective(out, *parts, cfg, norms, weights)
         return loss, out
 
     full = accumulate(plan, step, batch.input_ids.shape)
     with torch.no_grad():
-        _, stats = ppo_objective(full, *per_token, cfg)
+        _, stats = ppo_objective(full, *per_token, cfg, is_weights=is_weights)
     if cfg.micro_batch_tokens is not None:
         stats.update(plan_stats(plan))
     return stats
@@ -253,6 +265,11 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
                 temperature=r.temperature,
                 only=scored,
             ).logprobs
+        # The sampler's log-probs (batch.old_logprobs) against the trainer's, agent tokens.
+        sampler = logp_diff_stats(old_logp, batch.old_logprobs, batch.loss_mask)
+        is_weights = None
+        if r.tis_cap is not None:
+            is_weights = tis_weights(old_logp, batch.old_logprobs, batch.loss_mask, r.tis_cap)
         kl = kl_penalty(old_logp, ref_logp, p.kl_kind) * critic_mask  # (B, T)
         rewards = terminal_rewards(batch.rewards, critic_mask)  # (B, T)
         if p.kl_in_reward:
@@ -280,6 +297,7 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
                     critic_mask[rows],
                     p,
                     r.temperature,
+                    None if is_weights is None else is_weights[rows],
                 )
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
                 optimizer.step()
@@ -295,6 +313,7 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
             "step": step,
             **rollout_stats(trajectories),
             **{k: float(np.mean(v)) for k, v in stats.items()},
+            **sampler,
             "kl": float(kl[mask_bool].mean()) if bool(mask_bool.any()) else 0.0,
             "lr": scheduler.get_last_lr()[0],
             "rollout_time": t1 - t0,

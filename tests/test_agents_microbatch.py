@@ -159,11 +159,13 @@ def test_grpo_micro_batched_gradient_equals_the_whole(setup, agg):
     ref = logp + _noise(mask.shape, 2, 0.3) * mask
     adv = _noise((len(batch), 1), 3) * mask
     cfg = dataclasses.replace(tiny_cpu().grpo, loss_agg=agg, entropy_coef=0.01, kl_coef=0.1)
+    # sampler-correction weights (rollout.tis_cap) go micro-batch by micro-batch too
+    weights = 0.5 + torch.rand(mask.shape, generator=torch.Generator().manual_seed(6))
     results = {}
     for budget in budgets_for(batch):
         model.zero_grad(set_to_none=True)
         c = dataclasses.replace(cfg, micro_batch_tokens=budget)
-        stats = grpo_backward(model, batch, old, ref, adv, mask, c)
+        stats = grpo_backward(model, batch, old, ref, adv, mask, c, is_weights=weights.double())
         results[budget] = (_grads(model.parameters()), stats)
     want_grads, want_stats = results[None]
     assert want_stats["pg_clip_frac"] > 0

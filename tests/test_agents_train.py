@@ -188,6 +188,9 @@ def test_micro_batched_run_takes_the_same_step(tmp_path, algo, monkeypatch):
         records = [
             json.loads(line) for line in (tmp_path / str(budget) / algo / "metrics.jsonl").open()
         ]
+        # HF samples from the trained model itself: its log-probs are the trainer's
+        assert records[-1]["logp_diff_max"] < 1e-4
+        assert 0 <= records[-1]["logp_diff_mean"] <= records[-1]["logp_diff_max"]
         if budget is None:
             assert "micro_batches" not in records[-1]
         else:
