@@ -37,6 +37,7 @@ from agents.microbatch import (
 )
 from agents.model import TokenOutputs, forward_tokens
 from agents.optim import minibatches, warmup_schedule
+from agents.policy.base import sync_weights
 from agents.rollout import Batch, collect, response_mask, rollout_stats, to_batch
 from agents.run import setup_run
 from agents.seeding import question_indices
@@ -238,7 +239,7 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
                     stats[k].append(v)
         scheduler.step()
         model.eval()
-        policy.update_weights(model.state_dict())  # vLLM samples from a copy
+        sync_weights(policy, model)  # vLLM samples from a copy (LoRA: merged)
 
         # 4. Log, evaluate, checkpoint.
         record: dict[str, Any] = {

@@ -32,7 +32,8 @@ def load_model(cfg: ModelConfig, env_tokenizer: Any) -> tuple[nn.Module, Any]:
     """The policy model and its tokenizer.
 
     ``path="tiny"`` builds a random-init Qwen2 on ``env_tokenizer``; otherwise the model
-    and tokenizer are loaded from ``path``.
+    and tokenizer are loaded from ``path``. Dropout is turned off; with ``lora_rank > 0``
+    the model is wrapped in LoRA adapters (:mod:`agents.lora`).
     """
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
     if cfg.path == "tiny":
@@ -58,12 +59,18 @@ def load_model(cfg: ModelConfig, env_tokenizer: Any) -> tuple[nn.Module, Any]:
         tokenizer = load_tokenizer(cfg.path)
     model = model.to(dtype=dtype, device=resolve_device(cfg.device))
     disable_dropout(model)
+    if cfg.lora_rank > 0:
+        from agents.lora import wrap_lora
+
+        model = wrap_lora(model, cfg.lora_rank, cfg.lora_alpha)
     check_logit_head(model)  # the trainer's logits are the sampler's
     if cfg.gradient_checkpointing:
         if resolve_device(cfg.device).type != "cuda":
             logger.warning("gradient checkpointing is meant for GPUs; enabling it anyway")
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+        if cfg.lora_rank > 0:  # frozen embeddings: checkpointed blocks still need a graph
+            model.enable_input_require_grads()
     return model, tokenizer
 
 
@@ -112,7 +119,12 @@ def model_eos_ids(path: str) -> list[int]:
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
-    """A frozen deep copy (the KL reference policy)."""
+    """A frozen deep copy (the KL reference policy); of a LoRA model, its base weights with
+    the adapters off (:func:`agents.lora.lora_reference`)."""
+    from agents.lora import is_peft, lora_reference
+
+    if is_peft(model):
+        return lora_reference(model)
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
