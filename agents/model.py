@@ -181,7 +181,7 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
 def final_hidden(
     model: nn.Module,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor,
 ) -> torch.Tensor:
     """The hidden state the model's LM head reads (after the final norm) ``# (B, T, H)``.
@@ -192,6 +192,8 @@ def final_hidden(
     HF's ``logits_to_keep`` index tensor cannot give the kept positions themselves: it
     selects the same sequence positions in every row, at once, as ``(B, K, V)``, with no
     chunking; :func:`logit_head` applies the head chunk by chunk instead.
+    ``attention_mask=None`` with ``position_ids`` restarting at 0: packed rows
+    (:mod:`agents.packing`).
     """
     decoder = model.get_decoder()
     captured: list[torch.Tensor] = []
