@@ -138,3 +138,65 @@ def test_sync_weights_sends_merged_weights_to_a_copy_and_nothing_to_the_model_it
             raise AssertionError("the policy samples from the trained model itself")
 
     sync_weights(_Same(model), model)
+
+
+def test_a_lora_run_trains_only_the_adapters(tmp_path, monkeypatch):
+    """One GRPO step with LoRA, micro-batches and the sampler correction on: the base
+    weights stay as loaded, the adapters move."""
+    import json
+
+    import agents.grpo
+    import search_env  # noqa: F401  (registers the env ids)
+    from agents.config import TINY_WORLD, apply_overrides, tiny_cpu
+    from agents.grpo import train_grpo
+
+    monkeypatch.setattr(
+        agents.grpo,
+        "grpo_advantages",
+        lambda rewards, group_ids, **_: torch.linspace(-1.0, 1.0, len(rewards)),
+    )
+    cfg = apply_overrides(
+        tiny_cpu(),
+        {
+            "steps": 1,
+            "eval_every": 0,
+            "checkpoint_every": 1,
+            "out_dir": str(tmp_path / "run"),
+            "threads": 1,
+            "model.hidden_size": 32,
+            "model.intermediate": 64,
+            "model.layers": 1,
+            "model.lora_rank": 4,
+            **TINY_WORLD,
+            "rollout.env_kwargs.max_response_length": 16,
+            "rollout.num_envs": 8,
+            "rollout.group_size": 4,
+            "rollout.eval_questions": 4,
+            "rollout.eval_num_envs": 4,
+            "rollout.tis_cap": 2.0,
+            "grpo.minibatch_size": 4,
+            "grpo.lr": 1e-2,
+            "grpo.micro_batch_tokens": 64,
+            "sft.steps": 0,
+        },
+    )
+    train_grpo(cfg)
+    state = torch.load(
+        tmp_path / "run" / "checkpoints" / "step_00000001" / "state.pt", weights_only=False
+    )["model"]
+    from agents.model import load_model as load
+
+    start, _ = load(cfg.model, make_env_tokenizer(cfg))
+    before = start.state_dict()
+    assert set(state) == set(before)
+    moved = {k for k in state if not torch.equal(state[k], before[k])}
+    assert moved and all("lora_" in k for k in moved)  # the base weights as loaded
+    assert any("lora_B" in k for k in moved)  # B starts at 0: trained
+    record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()][-1]
+    assert record["micro_batches"] > 1 and record["logp_diff_max"] < 1e-4
+
+
+def make_env_tokenizer(cfg):
+    from agents.rollout import make_env
+
+    return make_env(cfg.rollout, "train", 1).envs[0].tokenizer
