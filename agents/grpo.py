@@ -129,6 +129,7 @@ def grpo_backward(
     cfg: GRPOConfig,
     temperature: float = 1.0,
     is_weights: torch.Tensor | None = None,
+    norm: Normaliser | None = None,
 ) -> dict[str, float]:
     """Accumulate one mini-batch's GRPO gradient in ``.grad``, micro-batch by micro-batch.
 
@@ -136,9 +137,14 @@ def grpo_backward(
     (:mod:`agents.microbatch`); each loss is normalised by the whole mini-batch's counts,
     so the gradient equals the unsplit pass's. The stats are computed once over the whole
     mini-batch's stitched outputs, so they are the unsplit pass's too.
+
+    ``norm``: the counts to divide by when ``batch`` is one rank's part of a larger
+    mini-batch (the global counts, reduced over ranks); default: ``batch``'s own. The
+    stats are then this part's.
     """
     plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens)
-    norm = None if plan[0].rows is None else Normaliser.of(mask)
+    if norm is None and plan[0].rows is not None:
+        norm = Normaliser.of(mask)
 
     def step(mb: MicroBatch) -> tuple[torch.Tensor, TokenOutputs]:
         ids, attn, m = mb.take(batch.input_ids), mb.take(batch.attention_mask), mb.take(mask)

@@ -172,17 +172,18 @@ def ppo_backward(
     cfg: PPOConfig,
     temperature: float = 1.0,
     is_weights: torch.Tensor | None = None,
+    norms: tuple[Normaliser, Normaliser] | None = None,
 ) -> dict[str, float]:
     """Accumulate one mini-batch's PPO gradient (actor and critic) in ``.grad``.
 
     As :func:`agents.grpo.grpo_backward`: micro-batches of at most
     ``cfg.micro_batch_tokens`` padded tokens, each normalised by the whole mini-batch's
-    actor and critic counts, stats over the stitched whole.
+    actor and critic counts, stats over the stitched whole. ``norms``: the (actor,
+    critic) counts when ``batch`` is one rank's part of a larger mini-batch.
     """
     plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens)
-    norms = (
-        None if plan[0].rows is None else (Normaliser.of(actor_mask), Normaliser.of(critic_mask))
-    )
+    if norms is None and plan[0].rows is not None:
+        norms = (Normaliser.of(actor_mask), Normaliser.of(critic_mask))
     per_token = (old_logp, ref_logp, old_values, advantages, returns, actor_mask, critic_mask)
 
     def step(mb: MicroBatch) -> tuple[torch.Tensor, TokenOutputs]:

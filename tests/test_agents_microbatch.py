@@ -218,3 +218,46 @@ def test_ppo_micro_batched_gradient_equals_the_whole(setup, agg, kl_in_reward):
             torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
         for k, v in want_stats.items():
             assert stats[k] == pytest.approx(v, abs=1e-9), (budget, k)
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_parts_with_the_global_normaliser_add_up_to_the_whole(setup, agg):
+    """Two "ranks" each accumulate their half of the mini-batch with the whole
+    mini-batch's counts: the sum of their gradients is the whole's (the data-parallel
+    contract: reduce the counts, then sum the gradients)."""
+    model, batch = setup
+    model = copy.deepcopy(model).train()
+    head = ValueHead(model.config.hidden_size).double()
+    torch.nn.init.normal_(head.linear.weight, std=0.1)
+    params = list(model.parameters()) + list(head.parameters())
+    actor = batch.loss_mask.double()
+    critic = response_mask(batch).double()
+    with torch.no_grad():
+        out = forward_tokens(model, batch.input_ids, batch.attention_mask, value_head=head)
+    old = out.logprobs + _noise(actor.shape, 1, 0.3) * actor
+    per_token = (old, old * 0.9, out.values, _noise(actor.shape, 3) * critic, critic)
+    grpo_cfg = dataclasses.replace(tiny_cpu().grpo, loss_agg=agg, entropy_coef=0.01)
+    ppo_cfg = dataclasses.replace(tiny_cpu().ppo, loss_agg=agg, kl_in_reward=False)
+
+    def run(rows, norm, norms, budget):
+        sub = batch.select(rows)
+        old_, ref_, values_, adv_, critic_ = (x[rows] for x in per_token)
+        g = dataclasses.replace(grpo_cfg, micro_batch_tokens=budget)
+        grpo_backward(model, sub, old_, ref_, adv_, actor[rows], g, norm=norm)
+        p = dataclasses.replace(ppo_cfg, micro_batch_tokens=budget)
+        ppo_backward(
+            model, head, sub, old_, ref_, values_, adv_, adv_, actor[rows], critic_, p, norms=norms
+        )
+
+    for p in params:
+        p.grad = None
+    run(torch.arange(len(batch)), None, None, None)
+    want = _grads(params)
+    for p in params:
+        p.grad = None
+    norm = Normaliser.of(actor)
+    norms = (norm, Normaliser.of(critic))
+    for half, budget in ((torch.tensor([0, 2, 4]), None), (torch.tensor([1, 3, 5]), 50)):
+        run(half, norm, norms, budget)
+    for g, w in zip(_grads(params), want):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
