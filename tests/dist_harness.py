@@ -207,7 +207,9 @@ def train_plain(model: Any, batch: GlobalBatch, cfg: StepConfig) -> list[float]:
     return losses
 
 
-def train_sharded(ctx: Any, model: Any, batch: GlobalBatch, cfg: StepConfig) -> tuple[list[float], int]:
+def train_sharded(
+    ctx: Any, model: Any, batch: GlobalBatch, cfg: StepConfig, opt: Any = None
+) -> tuple[list[float], int]:
     """The same update on this rank's rows of ``batch``, micro-batched: the global
     mini-batch's denominator, padded micro-batch counts, FSDP's gradient averaging.
 
@@ -224,7 +226,8 @@ def train_sharded(ctx: Any, model: Any, batch: GlobalBatch, cfg: StepConfig) -> 
 
     local_n = len(batch.advantages) // ctx.world_size
     mine = batch.rows(slice(ctx.rank * local_n, (ctx.rank + 1) * local_n))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    if opt is None:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(cfg.shuffle_seed)
     losses, standins = [], 0
     for _ in range(cfg.epochs):

@@ -85,3 +85,62 @@ def test_two_rank_fsdp_step_equals_one_rank_plain_step(tmp_path):
         want_ref = token_logprobs(ref, batch.input_ids, batch.attention_mask)
     got_ref = torch.cat([results[0]["ref_logp"], results[1]["ref_logp"]])
     assert torch.allclose(got_ref, want_ref, atol=TOL)
+
+
+def _gather_and_generate(ctx):
+    from unittest import mock
+
+    from torch.distributed.tensor import DTensor
+
+    from agents.config.schema import FSDPConfig
+    from agents.distributed import gathered, iter_full_state, shard_model
+
+    out = {}
+    model = shard_model(tiny_model(), ctx, FSDPConfig())
+    # lazy: the first pair costs one all-gather, not the whole model's
+    calls = []
+    real = DTensor.full_tensor
+    with mock.patch.object(DTensor, "full_tensor", lambda self, **kw: calls.append(1) or real(self, **kw)):
+        it = iter_full_state(model)
+        first = next(it)
+        out["gathers_after_first"] = len(calls)
+        rest = list(it)
+    out["state"] = dict([first, *rest])
+    out["bf16"] = {k: v.dtype for k, v in iter_full_state(model, dtype=torch.bfloat16)}
+    local = {k: (type(v).__name__, tuple(v.to_local().shape) if isinstance(v, DTensor) else None) for k, v in model.state_dict().items()}
+    out["local_shapes"] = local
+    # generation: rank 0 runs 3 forwards, rank 1 one; a sharded forward would wait forever
+    batch = make_batch(rows=2)
+    with gathered(model):
+        outs = [token_logprobs(model, batch.input_ids, batch.attention_mask) for _ in range(3 if ctx.rank == 0 else 1)]
+        greedy = model.generate(batch.input_ids[:1, :4], max_new_tokens=2 + 3 * ctx.rank, do_sample=False, pad_token_id=0)
+    out["logp"] = outs[-1]
+    out["greedy"] = greedy
+    # afterwards the model trains as before (sharded again, collectives paired)
+    loss = token_logprobs(model, batch.input_ids, batch.attention_mask).sum()
+    loss.backward()
+    out["grad_is_sharded"] = all(isinstance(p.grad, DTensor) for p in model.parameters())
+    return out
+
+
+def test_weight_gather_equals_state_dict_and_gathered_generation_needs_no_pairing(tmp_path):
+    results = run_ranks(_gather_and_generate, 2, tmp_path)
+    plain = tiny_model()
+    want = plain.state_dict()
+    batch = make_batch(rows=2)
+    with torch.no_grad():
+        want_logp = token_logprobs(plain, batch.input_ids, batch.attention_mask)
+    for rank, got in enumerate(results):
+        assert list(got["state"]) == list(want)  # state_dict() order and names
+        for k, v in want.items():
+            assert torch.equal(got["state"][k], v), k
+        assert got["gathers_after_first"] == 1
+        assert set(got["bf16"].values()) == {torch.bfloat16}
+        # really sharded: each rank holds half of the first dimension of a layer's weight
+        kind, shape = got["local_shapes"]["model.layers.0.mlp.up_proj.weight"]
+        assert kind == "DTensor" and shape[0] == want["model.layers.0.mlp.up_proj.weight"].shape[0] // 2
+        torch.testing.assert_close(got["logp"], want_logp, atol=1e-6, rtol=1e-5)
+        new = 2 + 3 * rank
+        want_greedy = plain.generate(batch.input_ids[:1, :4], max_new_tokens=new, do_sample=False, pad_token_id=0)
+        assert torch.equal(got["greedy"], want_greedy)
+        assert got["grad_is_sharded"]

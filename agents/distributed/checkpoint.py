@@ -163,7 +163,8 @@ def _write(
     import torch.distributed.checkpoint as dcp
 
     _, state = _state_dicts(modules, optimizer)
-    dcp.save(state, checkpoint_id=str(tmp / DCP_DIR))  # collective; raises on every rank
+    # collective; raises on every rank (no_dist: one process without a group)
+    dcp.save(state, checkpoint_id=str(tmp / DCP_DIR), no_dist=not ctx.is_distributed)
 
     def own_files() -> None:
         _save_file({"rng": rng_state(), "rank": ctx.rank}, tmp / rng_name(ctx.rank))
@@ -346,7 +347,7 @@ def load_dist_checkpoint(
         raise KeyError(f"checkpoint {path} has no {', '.join(map(repr, what))} state")
     container, state = _state_dicts(modules, optimizer)
     try:
-        dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+        dcp.load(state, checkpoint_id=str(path / DCP_DIR), no_dist=not ctx.is_distributed)
     except Exception as e:  # DCP wraps every rank's failure in its CheckpointException
         raise CorruptCheckpointError(f"cannot load {path / DCP_DIR}: {e}") from e
     set_state_dict(
