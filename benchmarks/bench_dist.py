@@ -40,14 +40,25 @@ def worker(args: argparse.Namespace) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from agents.config.schema import FSDPConfig
-    from agents.distributed import dp_aggregate, init_distributed, loss_denominator, reduce_metrics, shard_model
+    from agents.distributed import (
+        dp_aggregate,
+        init_distributed,
+        loss_denominator,
+        reduce_metrics,
+        shard_model,
+    )
 
     torch.set_num_threads(1)
     ctx = init_distributed(device="cpu")
     config = Qwen2Config(
-        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-        num_attention_heads=4, num_key_value_heads=2, intermediate_size=2 * args.hidden,
-        max_position_embeddings=args.width, tie_word_embeddings=True,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=2 * args.hidden,
+        max_position_embeddings=args.width,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config)
@@ -58,7 +69,10 @@ def worker(args: argparse.Namespace) -> None:
     ids = torch.randint(0, args.vocab, (args.rows, args.width), generator=g)
     mask = torch.ones_like(ids)
     share = args.rows // ctx.world_size
-    mine, own_mask = ids[ctx.rank * share : (ctx.rank + 1) * share], mask[ctx.rank * share : (ctx.rank + 1) * share]
+    mine, own_mask = (
+        ids[ctx.rank * share : (ctx.rank + 1) * share],
+        mask[ctx.rank * share : (ctx.rank + 1) * share],
+    )
     times, first_loss = [], None
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
@@ -99,42 +113,74 @@ def main() -> None:
     from benchmarks.common import save_results
 
     rows = []
-    shape = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--rows", str(args.rows),
-             "--width", str(args.width), "--hidden", str(args.hidden), "--layers", str(args.layers),
-             "--vocab", str(args.vocab)]
+    shape = [
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--rows",
+        str(args.rows),
+        "--width",
+        str(args.width),
+        "--hidden",
+        str(args.hidden),
+        "--layers",
+        str(args.layers),
+        "--vocab",
+        str(args.vocab),
+    ]
     load_before = os.getloadavg()
     for name, ranks, fsdp in VARIANTS:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "result.json"
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                       "--nproc-per-node", str(ranks), __file__, "--worker", "--out", str(out), *shape]
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(ranks),
+                __file__,
+                "--worker",
+                "--out",
+                str(out),
+                *shape,
+            ]
             if fsdp:
                 command.append("--fsdp")
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
             subprocess.run(command, check=True, env=env, cwd=REPO_ROOT)
             result = json.loads(out.read_text())
         times = result["times"]
-        rows.append({
-            "variant": name, "ranks": ranks, "fsdp": fsdp,
-            "step_s_median": statistics.median(times), "step_s_min": min(times),
-            "first_loss": result["first_loss"],
-        })
+        rows.append(
+            {
+                "variant": name,
+                "ranks": ranks,
+                "fsdp": fsdp,
+                "step_s_median": statistics.median(times),
+                "step_s_min": min(times),
+                "first_loss": result["first_loss"],
+            }
+        )
     base = rows[0]["step_s_median"]
     for row in rows:
         row["speedup_vs_1_rank"] = base / row["step_s_median"]
-    save_results("dist_scaling", {
-        "note": (
-            "gloo on a 2-core CPU machine shared with other jobs (run under nice -n 10; "
-            "load averages before/after below): the 2 ranks share 2 busy cores, so this is "
-            "FSDP2 + gloo overhead, not the GPU scaling"
-        ),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab},
-        "global_batch": {"rows": args.rows, "tokens_per_row": args.width},
-        "steps_timed": args.steps,
-        "variants": rows,
-    })
+    save_results(
+        "dist_scaling",
+        {
+            "note": (
+                "gloo on a 2-core CPU machine shared with other jobs (run under nice -n 10; "
+                "load averages before/after below): the 2 ranks share 2 busy cores, so this is "
+                "FSDP2 + gloo overhead, not the GPU scaling"
+            ),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab},
+            "global_batch": {"rows": args.rows, "tokens_per_row": args.width},
+            "steps_timed": args.steps,
+            "variants": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, fn: Callable[..., Any], world: int, port: int, out: str, args: tuple) -> None:
+def _worker(
+    rank: int, fn: Callable[..., Any], world: int, port: int, out: str, args: tuple
+) -> None:
     os.environ.update(
         {
             "RANK": str(rank),
@@ -132,7 +134,12 @@ class GlobalBatch:
     advantages: torch.Tensor
 
     def rows(self, rows: torch.Tensor | slice) -> GlobalBatch:
-        return GlobalBatch(*(t[rows] for t in (self.input_ids, self.attention_mask, self.loss_mask, self.advantages)))
+        return GlobalBatch(
+            *(
+                t[rows]
+                for t in (self.input_ids, self.attention_mask, self.loss_mask, self.advantages)
+            )
+        )
 
 
 def make_batch(rows: int = 8, width: int = 12, vocab: int = 96, seed: int = 0) -> GlobalBatch:
@@ -150,11 +157,15 @@ def make_batch(rows: int = 8, width: int = 12, vocab: int = 96, seed: int = 0) -
     return GlobalBatch(ids, attn, loss, adv)
 
 
-def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def token_logprobs(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """``# (B, T)``: position ``t`` holds log p(token t | prefix), 0 at position 0 and
     padding; through the model's own forward (the FSDP root's hooks run)."""
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions
+    ).logits
     logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, input_ids[:, 1:, None])[..., 0]
     logp = logp * attention_mask[:, 1:]
     return torch.cat([logp.new_zeros(logp.shape[0], 1), logp], dim=1)
@@ -238,7 +249,10 @@ def train_sharded(
             # the whole mini-batch, all ranks (a stand-in row is no row)
             denom = loss_denominator(mask, cfg.agg, ctx, rows=len(part.rows) if part.live else 0)
             n = len(part.rows)
-            micro = [(torch.arange(i, min(i + cfg.micro_rows, n)), True) for i in range(0, n, cfg.micro_rows)]
+            micro = [
+                (torch.arange(i, min(i + cfg.micro_rows, n)), True)
+                for i in range(0, n, cfg.micro_rows)
+            ]
             # Every rank runs as many forward/backward passes as the busiest one.
             pad = max_over_ranks(len(micro), ctx) - len(micro)
             micro += [(torch.zeros(1, dtype=torch.long), False)] * pad
@@ -248,7 +262,9 @@ def train_sharded(
                 sub = mb.rows(rows)
                 sub_mask = mask[rows] if live else torch.zeros_like(mask[rows])
                 logp = token_logprobs(model, sub.input_ids, sub.attention_mask)
-                loss = dp_aggregate(clipped_loss(logp, sub.input_ids, sub.advantages), sub_mask, cfg.agg, denom)
+                loss = dp_aggregate(
+                    clipped_loss(logp, sub.input_ids, sub.advantages), sub_mask, cfg.agg, denom
+                )
                 loss.backward()
                 total += float(loss.detach())
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -67,8 +67,14 @@ def _save_resume(ctx, run_dir):
         sched.step()
         torch.manual_seed(100 + step + 10 * ctx.rank)  # each rank's generator differs
         save_dist_checkpoint(
-            run_dir, step, ctx, {"model": model}, opt, scheduler=sched,
-            extra={"sampler": step}, keep=2,
+            run_dir,
+            step,
+            ctx,
+            {"model": model},
+            opt,
+            scheduler=sched,
+            extra={"sampler": step},
+            keep=2,
         )
         if step == 2:
             out["state_2"] = dict(iter_full_state(model))
@@ -85,8 +91,12 @@ def _save_resume(ctx, run_dir):
     step, extra = load_dist_checkpoint(path, ctx, {"model": model2}, opt2, scheduler=sched2)
     params2, moments2 = local_state(model2, opt2)
     out["resumed"] = (path.name, step, extra, sched2.get_last_lr())
-    out["params_equal"] = sorted(params) == sorted(params2) and all(torch.equal(params[k], params2[k]) for k in params)
-    out["moments_equal"] = sorted(moments) == sorted(moments2) and all(torch.equal(moments[k], moments2[k]) for k in moments)
+    out["params_equal"] = sorted(params) == sorted(params2) and all(
+        torch.equal(params[k], params2[k]) for k in params
+    )
+    out["moments_equal"] = sorted(moments) == sorted(moments2) and all(
+        torch.equal(moments[k], moments2[k]) for k in moments
+    )
     out["moment_count"] = len(moments)
     out["rng_equal"] = torch.equal(torch.get_rng_state(), rng)
     # and the next step is the same on both
@@ -138,7 +148,9 @@ def test_two_rank_resume_is_exact_and_falls_back_past_damage(tmp_path):
         assert got["next_step_equal"]
         assert got["fallback"] == "step_00000002"
         assert "sha256 differs" in got["verify_error"] and ".distcp" in got["verify_error"]
-        assert "File exists" in got["blocked_error"] and "blocked/checkpoints" in got["blocked_error"]
+        assert (
+            "File exists" in got["blocked_error"] and "blocked/checkpoints" in got["blocked_error"]
+        )
         if rank == 1:  # rank 0's failure, reported on the rank that was waiting for it
             assert got["blocked_error"].startswith("RuntimeError: rank 0 failed")
     assert results[0]["export"].endswith("hf") and results[1]["export"] == "None"
@@ -147,7 +159,9 @@ def test_two_rank_resume_is_exact_and_falls_back_past_damage(tmp_path):
     manifest = json.loads((run / "checkpoints" / "step_00000002" / "checkpoint.json").read_text())
     assert manifest["world_size"] == 2 and "trainer.pt" in manifest["files"]
     assert {"rng_rank0.pt", "rng_rank1.pt", "dcp/.metadata"} <= set(manifest["files"])
-    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no staging left
+    assert not [
+        p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")
+    ]  # no staging left
 
     # the HF export loads as an ordinary model, equal to the gathered weights
     from transformers import AutoModelForCausalLM
@@ -160,7 +174,9 @@ def test_two_rank_resume_is_exact_and_falls_back_past_damage(tmp_path):
     # DCP reshards: the 2-rank checkpoint loads into one plain process
     plain = tiny_model(seed=3)
     opt, sched = trainer(plain)
-    step, _ = load_dist_checkpoint(run / "checkpoints" / "step_00000002", DistContext(), {"model": plain}, opt, scheduler=sched)
+    step, _ = load_dist_checkpoint(
+        run / "checkpoints" / "step_00000002", DistContext(), {"model": plain}, opt, scheduler=sched
+    )
     assert step == 2
     for k, v in plain.state_dict().items():
         assert torch.equal(v, results[0]["state_2"][k]), k
@@ -173,7 +189,11 @@ def _one_process_checkpoint(run_dir, step=1):
     opt, sched = trainer(model)
     model(input_ids=make_batch().input_ids).logits.sum().backward()
     opt.step()
-    return model, opt, save_dist_checkpoint(run_dir, step, DistContext(), {"model": model}, opt, scheduler=sched)
+    return (
+        model,
+        opt,
+        save_dist_checkpoint(run_dir, step, DistContext(), {"model": model}, opt, scheduler=sched),
+    )
 
 
 def test_one_process_round_trip_is_bit_exact(tmp_path):
@@ -227,7 +247,9 @@ def test_loading_what_was_not_saved_is_a_key_error(tmp_path):
     with pytest.raises(KeyError, match="'optimizer'"):
         load_dist_checkpoint(path, DistContext(), {"model": model}, opt)
     with pytest.raises(KeyError, match="'value_head'"):
-        load_dist_checkpoint(path, DistContext(), {"model": model, "value_head": torch.nn.Linear(2, 1)})
+        load_dist_checkpoint(
+            path, DistContext(), {"model": model, "value_head": torch.nn.Linear(2, 1)}
+        )
 
 
 def test_keep_must_be_positive_and_a_failed_save_leaves_no_staging(tmp_path, monkeypatch):

@@ -116,12 +116,20 @@ def _collectives(ctx):
     out = {}
     r = float(ctx.rank)
     out["metrics"] = reduce_metrics(
-        {"loss": 1.0 + r, "ratio_max": 2.0 + 3 * r, "ratio_min": 1.0 - r, "rollout_time": 5.0 - r,
-         "episodes_count": 4.0, "total": r},
+        {
+            "loss": 1.0 + r,
+            "ratio_max": 2.0 + 3 * r,
+            "ratio_min": 1.0 - r,
+            "rollout_time": 5.0 - r,
+            "episodes_count": 4.0,
+            "total": r,
+        },
         ctx,
         ops={"total": "sum"},
     )
-    out["weighted"] = reduce_metrics({"em": 1.0 if ctx.rank == 0 else 0.0}, ctx, weight=3.0 if ctx.rank == 0 else 1.0)
+    out["weighted"] = reduce_metrics(
+        {"em": 1.0 if ctx.rank == 0 else 0.0}, ctx, weight=3.0 if ctx.rank == 0 else 1.0
+    )
     try:
         reduce_metrics({"a": 1.0} if ctx.rank == 0 else {"b": 1.0}, ctx)
     except ValueError as e:
@@ -129,11 +137,11 @@ def _collectives(ctx):
     x, mask = rank_batch(ctx.rank)
     out["white"] = global_masked_whiten(x, mask, ctx)
     out["white_noshift"] = global_masked_whiten(x, mask, ctx, shift_mean=False)
-    out["denominators"] = {
-        agg: float(loss_denominator(mask, agg, ctx, rows=None)) for agg in AGGS
-    }
+    out["denominators"] = {agg: float(loss_denominator(mask, agg, ctx, rows=None)) for agg in AGGS}
     xs = torch.nan_to_num(x, nan=0.0)
-    out["losses"] = {agg: float(dp_aggregate(xs, mask, agg, loss_denominator(mask, agg, ctx))) for agg in AGGS}
+    out["losses"] = {
+        agg: float(dp_aggregate(xs, mask, agg, loss_denominator(mask, agg, ctx))) for agg in AGGS
+    }
     out["max"] = max_over_ranks(3 + 4 * ctx.rank, ctx)
     out["broadcast"] = broadcast_object(f"from {ctx.rank}", ctx)
     out["gathered"] = gather_objects(ctx.rank * 10, ctx)
@@ -184,7 +192,9 @@ def test_two_rank_collectives_equal_the_one_rank_functions_of_the_whole_batch(tm
         own = slice(0, rows0) if rank == 0 else slice(rows0, None)
         width = rank_batch(rank)[0].shape[1]
         torch.testing.assert_close(got["white"], want_white[own, :width], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(got["white_noshift"], want_noshift[own, :width], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            got["white_noshift"], want_noshift[own, :width], atol=1e-6, rtol=1e-5
+        )
         for agg in AGGS:
             # the two ranks' shares average to the 1-rank loss of the whole batch
             mean = (results[0]["losses"][agg] + results[1]["losses"][agg]) / 2

@@ -99,8 +99,12 @@ def test_a_group_whose_other_rank_never_comes_fails_with_the_address():
     from dist_harness import free_port
 
     port = str(free_port())
-    with pytest.raises(DistributedInitError, match=rf"rank 0 of 2 .* 127\.0\.0\.1:{port} with gloo"):
-        init_distributed(device="cpu", timeout=datetime.timedelta(seconds=1), env=job_env(MASTER_PORT=port))
+    with pytest.raises(
+        DistributedInitError, match=rf"rank 0 of 2 .* 127\.0\.0\.1:{port} with gloo"
+    ):
+        init_distributed(
+            device="cpu", timeout=datetime.timedelta(seconds=1), env=job_env(MASTER_PORT=port)
+        )
     assert not dist.is_initialized()
 
 

@@ -32,7 +32,11 @@ def _seed_with_standin(cfg: StepConfig, rows: int) -> int:
     for seed in range(100):
         gen = torch.Generator().manual_seed(seed)
         ctx = DistContext(rank=0, world_size=2)
-        parts = [p for _ in range(cfg.epochs) for p in rank_minibatches(rows // 2, cfg.minibatch_size, gen, ctx)]
+        parts = [
+            p
+            for _ in range(cfg.epochs)
+            for p in rank_minibatches(rows // 2, cfg.minibatch_size, gen, ctx)
+        ]
         if any(not p.live for p in parts):
             return seed
     raise AssertionError("no seed gives an empty rank share")
@@ -44,8 +48,8 @@ def _fsdp_step(ctx, cfgs):
 
     out = {}
     batch = make_batch()
-    for name, cfg in cfgs.items():
-        model = shard_model(tiny_model(), ctx, FSDPConfig())
+    for name, (cfg, fsdp) in cfgs.items():
+        model = shard_model(tiny_model(), ctx, FSDPConfig(**fsdp))
         losses, standins = train_sharded(ctx, model, batch, cfg)
         state = dict(iter_full_state(model))
         out[name] = {"losses": losses, "standins": standins, "state": state}
@@ -59,13 +63,16 @@ def _fsdp_step(ctx, cfgs):
 
 def test_two_rank_fsdp_step_equals_one_rank_plain_step(tmp_path):
     """Loss of every mini-batch and the weights after 2 epochs of AdamW (clipped grads,
-    micro-batches of one row, an empty rank share) equal one process's, per aggregation."""
+    micro-batches, an empty rank share) equal one process's, per aggregation; and with
+    CPU offload and no resharding after the forward."""
     batch = make_batch()
     base = StepConfig()
     seed = _seed_with_standin(base, len(batch.advantages))
-    cfgs = {agg: StepConfig(agg=agg, shuffle_seed=seed) for agg in AGGS}
+    cfgs = {agg: (StepConfig(agg=agg, shuffle_seed=seed, micro_rows=2), {}) for agg in AGGS}
+    offload = {"cpu_offload": True, "reshard_after_forward": False}
+    cfgs["offload"] = (StepConfig(shuffle_seed=seed, epochs=1), offload)
     results = run_ranks(_fsdp_step, 2, tmp_path, cfgs)
-    for agg, cfg in cfgs.items():
+    for agg, (cfg, _) in cfgs.items():
         plain = tiny_model()
         want = train_plain(plain, batch, cfg)
         for rank in (0, 1):
@@ -76,9 +83,12 @@ def test_two_rank_fsdp_step_equals_one_rank_plain_step(tmp_path):
             worst = max(float((got["state"][k] - v).abs().max()) for k, v in state.items())
             assert worst < TOL, (agg, rank, worst)
         # the stand-in path ran: some rank held none of some mini-batch
-        assert results[0][agg]["standins"] + results[1][agg]["standins"] > 0
+        assert agg == "offload" or results[0][agg]["standins"] + results[1][agg]["standins"] > 0
         # and the update did something (not a trivially equal no-op)
-        moved = max(float((tiny_model().state_dict()[k] - v).abs().max()) for k, v in plain.state_dict().items())
+        moved = max(
+            float((tiny_model().state_dict()[k] - v).abs().max())
+            for k, v in plain.state_dict().items()
+        )
         assert moved > 1e-3
     ref = tiny_model(seed=1)
     with torch.no_grad():
@@ -100,20 +110,33 @@ def _gather_and_generate(ctx):
     # lazy: the first pair costs one all-gather, not the whole model's
     calls = []
     real = DTensor.full_tensor
-    with mock.patch.object(DTensor, "full_tensor", lambda self, **kw: calls.append(1) or real(self, **kw)):
+    with mock.patch.object(
+        DTensor, "full_tensor", lambda self, **kw: calls.append(1) or real(self, **kw)
+    ):
         it = iter_full_state(model)
         first = next(it)
         out["gathers_after_first"] = len(calls)
         rest = list(it)
     out["state"] = dict([first, *rest])
     out["bf16"] = {k: v.dtype for k, v in iter_full_state(model, dtype=torch.bfloat16)}
-    local = {k: (type(v).__name__, tuple(v.to_local().shape) if isinstance(v, DTensor) else None) for k, v in model.state_dict().items()}
+    local = {
+        k: (type(v).__name__, tuple(v.to_local().shape) if isinstance(v, DTensor) else None)
+        for k, v in model.state_dict().items()
+    }
     out["local_shapes"] = local
     # generation: rank 0 runs 3 forwards, rank 1 one; a sharded forward would wait forever
     batch = make_batch(rows=2)
     with gathered(model):
-        outs = [token_logprobs(model, batch.input_ids, batch.attention_mask) for _ in range(3 if ctx.rank == 0 else 1)]
-        greedy = model.generate(batch.input_ids[:1, :4], max_new_tokens=2 + 3 * ctx.rank, do_sample=False, pad_token_id=0)
+        outs = [
+            token_logprobs(model, batch.input_ids, batch.attention_mask)
+            for _ in range(3 if ctx.rank == 0 else 1)
+        ]
+        greedy = model.generate(
+            batch.input_ids[:1, :4],
+            max_new_tokens=2 + 3 * ctx.rank,
+            do_sample=False,
+            pad_token_id=0,
+        )
     out["logp"] = outs[-1]
     out["greedy"] = greedy
     # afterwards the model trains as before (sharded again, collectives paired)
@@ -138,9 +161,14 @@ def test_weight_gather_equals_state_dict_and_gathered_generation_needs_no_pairin
         assert set(got["bf16"].values()) == {torch.bfloat16}
         # really sharded: each rank holds half of the first dimension of a layer's weight
         kind, shape = got["local_shapes"]["model.layers.0.mlp.up_proj.weight"]
-        assert kind == "DTensor" and shape[0] == want["model.layers.0.mlp.up_proj.weight"].shape[0] // 2
+        assert (
+            kind == "DTensor"
+            and shape[0] == want["model.layers.0.mlp.up_proj.weight"].shape[0] // 2
+        )
         torch.testing.assert_close(got["logp"], want_logp, atol=1e-6, rtol=1e-5)
         new = 2 + 3 * rank
-        want_greedy = plain.generate(batch.input_ids[:1, :4], max_new_tokens=new, do_sample=False, pad_token_id=0)
+        want_greedy = plain.generate(
+            batch.input_ids[:1, :4], max_new_tokens=new, do_sample=False, pad_token_id=0
+        )
         assert torch.equal(got["greedy"], want_greedy)
         assert got["grad_is_sharded"]

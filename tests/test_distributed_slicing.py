@@ -25,7 +25,9 @@ def ranks(world: int) -> list[DistContext]:
     return [DistContext(rank=r, world_size=world) for r in range(world)]
 
 
-@pytest.mark.parametrize(("num_envs", "group_size", "world"), [(8, 2, 2), (12, 3, 4), (10, 5, 2), (6, 1, 3), (4, 4, 1)])
+@pytest.mark.parametrize(
+    ("num_envs", "group_size", "world"), [(8, 2, 2), (12, 3, 4), (10, 5, 2), (6, 1, 3), (4, 4, 1)]
+)
 @pytest.mark.parametrize("step", [1, 7])
 def test_the_ranks_questions_together_are_the_one_rank_draw(num_envs, group_size, world, step):
     want = question_indices(50, num_envs // group_size, seed=3, step=step)
@@ -52,7 +54,9 @@ def test_a_group_never_spans_ranks_and_its_advantages_need_no_communication():
         torch.testing.assert_close(local, want[block])
 
 
-@pytest.mark.parametrize(("num_envs", "group_size", "world"), [(12, 4, 2), (10, 5, 4), (6, 2, 4), (9, 3, 2)])
+@pytest.mark.parametrize(
+    ("num_envs", "group_size", "world"), [(12, 4, 2), (10, 5, 4), (6, 2, 4), (9, 3, 2)]
+)
 def test_splitting_a_group_across_ranks_is_refused(num_envs, group_size, world):
     with pytest.raises(ValueError, match=r"group|divisible"):
         local_num_envs(num_envs, group_size, world)
@@ -89,7 +93,10 @@ def test_the_error_says_which_multiple_would_work():
 def test_rank_minibatches_are_the_one_rank_minibatches_split(local, size, world):
     seed = 11
     want = minibatches(local * world, size, torch.Generator().manual_seed(seed))
-    parts = [rank_minibatches(local, size, torch.Generator().manual_seed(seed), ctx) for ctx in ranks(world)]
+    parts = [
+        rank_minibatches(local, size, torch.Generator().manual_seed(seed), ctx)
+        for ctx in ranks(world)
+    ]
     assert all(len(p) == len(want) for p in parts)  # every rank runs as many updates
     for k, rows in enumerate(want):
         got = [p[k].rows + ctx.rank * local for p, ctx in zip(parts, ranks(world)) if p[k].live]

@@ -14,8 +14,8 @@ from agents.distributed.checkpoint import (
 from agents.distributed.collectives import (
     MainProcessFilter,
     all_reduce_sum,
-    broadcast_object,
     all_succeed,
+    broadcast_object,
     dp_aggregate,
     gather_objects,
     global_masked_whiten,

@@ -64,7 +64,7 @@ def run_check(device: str = "auto") -> dict[str, object]:
         opt.step()
         digest = sum(float(t.double().sum()) for _, t in iter_full_state(model))
         digests = gather_objects(digest, ctx)
-        report = {
+        report: dict[str, object] = {
             "ok": ranks["rank_sum"] == ctx.world_size * (ctx.world_size - 1) / 2
             and len(set(digests)) == 1,
             "world_size": ctx.world_size,

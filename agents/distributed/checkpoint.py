@@ -363,7 +363,9 @@ def load_dist_checkpoint(
         set_rng_state(torch.load(own, map_location="cpu", weights_only=False)["rng"])
     else:
         logger.warning(
-            "%s has no generator states for rank %d (saved by %d ranks): keeping this "
-            "rank's own", path, ctx.rank, trainer["world_size"],
+            "%s has no generator states for rank %d (saved by %d ranks): keeping this rank's own",
+            path,
+            ctx.rank,
+            trainer["world_size"],
         )
     return int(trainer["step"]), trainer["extra"]

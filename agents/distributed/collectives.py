@@ -83,19 +83,19 @@ def reduce_metrics(
             raise ValueError(f"ranks {ctx.rank} and {r} report different metrics: {diff}")
     by_op: dict[str, list[str]] = {"mean": [], "sum": [], "max": [], "min": []}
     for k in keys:
-        by_op[ops.get(k, default_op(k))].append(k)
+        by_op[str(ops.get(k, default_op(k)))].append(k)
     out: dict[str, float] = {}
     reduce = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
     # One tensor per op (fp64: counts and small means both survive the sum).
-    for op, names in by_op.items():
-        if not names and op != "mean":
+    for how, names in by_op.items():
+        if not names:  # the same keys on every rank: all skip it alike
             continue
         values = [float(metrics[k]) for k in names]
-        if op == "mean":
+        if how == "mean":
             values = [weight * v for v in values] + [weight]
         t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
-        dist.all_reduce(t, op=reduce["sum" if op == "mean" else op])
-        if op == "mean":
+        dist.all_reduce(t, op=reduce["sum" if how == "mean" else how])
+        if how == "mean":
             total = float(t[-1])
             if total <= 0:
                 raise ValueError(f"the ranks' weights sum to {total}, not > 0")
@@ -151,7 +151,9 @@ def global_masked_whiten(
     keep = _as_bool(mask)
     xd = x.double()  # fp64 statistics: the sums of many ranks' tokens keep their digits
     zero = xd.new_zeros(())
-    stats = all_reduce_sum(torch.stack([torch.where(keep, xd, zero).sum(), keep.sum().double()]), ctx)
+    stats = all_reduce_sum(
+        torch.stack([torch.where(keep, xd, zero).sum(), keep.sum().double()]), ctx
+    )
     total, n = stats.to(x.device).unbind()
     mean = total / n.clamp(min=1)
     sq = all_reduce_sum(torch.where(keep, (xd - mean) ** 2, zero).sum(), ctx).to(x.device)
@@ -196,8 +198,7 @@ def loss_denominator(
         local = keep.any(-1).sum()
     else:
         raise ValueError(
-            f"agg must be 'token-mean', 'seq-mean-token-sum' or 'seq-mean-token-mean', "
-            f"got {agg!r}"
+            f"agg must be 'token-mean', 'seq-mean-token-sum' or 'seq-mean-token-mean', got {agg!r}"
         )
     return all_reduce_sum(local, ctx).clamp(min=1) / ctx.world_size
 
@@ -226,7 +227,11 @@ def dp_aggregate(
     """
     keep = _as_bool(mask)
     w = token_weights(mask, agg).to(device=loss_mat.device, dtype=loss_mat.dtype)
-    kept = torch.where(keep.to(loss_mat.device), loss_mat * w, torch.zeros((), dtype=loss_mat.dtype, device=loss_mat.device))
+    kept = torch.where(
+        keep.to(loss_mat.device),
+        loss_mat * w,
+        torch.zeros((), dtype=loss_mat.dtype, device=loss_mat.device),
+    )
     return kept.sum() / denominator.to(device=loss_mat.device, dtype=loss_mat.dtype)
 
 
@@ -238,7 +243,7 @@ def broadcast_object(obj: T, ctx: DistContext, src: int = 0) -> T:
 
     box = [obj]
     dist.broadcast_object_list(box, src=src)
-    return box[0]  # type: ignore[return-value]
+    return box[0]
 
 
 def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:

@@ -205,7 +205,11 @@ def init_distributed(
             f"{where} with {ctx.backend}: {e}"
         ) from e
     logger.info(
-        "rank %d of %d (local %d) on %s with %s", ctx.rank, ctx.world_size, ctx.local_rank,
-        ctx.device, ctx.backend,
+        "rank %d of %d (local %d) on %s with %s",
+        ctx.rank,
+        ctx.world_size,
+        ctx.local_rank,
+        ctx.device,
+        ctx.backend,
     )
     return ctx

@@ -124,7 +124,10 @@ def shard_model(
     setattr(model, _RESHARD_ATTR, root_reshard)
     logger.info(
         "sharded %s over %d ranks: %d layers + root (reshard_after_forward=%s, cpu_offload=%s)",
-        type(model).__name__, ctx.world_size, len(layers), cfg.reshard_after_forward,
+        type(model).__name__,
+        ctx.world_size,
+        len(layers),
+        cfg.reshard_after_forward,
         cfg.cpu_offload,
     )
     return model
@@ -151,7 +154,9 @@ def shard_reference(
     )
 
 
-def shard_module(module: nn.Module, ctx: DistContext, cfg: FSDPConfig, *, mesh: Any = None) -> nn.Module:
+def shard_module(
+    module: nn.Module, ctx: DistContext, cfg: FSDPConfig, *, mesh: Any = None
+) -> nn.Module:
     """Shard a small extra module (PPO's value head) as its own FSDP2 unit, fp32."""
     from torch.distributed.fsdp import fully_shard
 
