@@ -32,7 +32,7 @@ from agents.distributed.context import (
     init_distributed,
 )
 from agents.distributed.export import export_pretrained, full_state_dict
-from agents.distributed.fsdp import gathered, shard_model, shard_module, shard_reference
+from agents.distributed.fsdp import gathered, reshard, shard_model, shard_module, shard_reference
 from agents.distributed.gather import iter_full_state
 from agents.distributed.slicing import (
     RankMinibatch,
@@ -70,6 +70,7 @@ __all__ = [
     "rank_questions",
     "rank_seed",
     "reduce_metrics",
+    "reshard",
     "resume_dist_checkpoint",
     "save_dist_checkpoint",
     "shard_model",

@@ -86,6 +86,12 @@ def shard_model(
     root) and return it (its class becomes ``FSDP<Name>``; names of parameters and of
     ``state_dict()`` keys stay the same).
 
+    Call the model itself (``model(input_ids=..., output_hidden_states=True)``), never
+    ``model.base_model(...)``: FSDP2 gathers the root's parameters (the embeddings) in
+    the root's forward hook, and a bypassing call fails on a sharded embedding. Applying
+    ``model.get_output_embeddings()`` to chunks of the last hidden state after the
+    forward works while the root stays gathered (the default, ``root_reshard=False``).
+
     Build the optimizer *after* this call: it must hold the sharded parameters.
 
     Args:
@@ -119,7 +125,8 @@ def shard_model(
         setattr(layer, _RESHARD_ATTR, cfg.reshard_after_forward)
     # The root (embeddings, final norm, LM head) runs first in the backward, so by
     # default it is kept after the forward rather than gathered again at once (FSDP2's
-    # own heuristic); root_reshard=True frees it (a model that has no backward).
+    # own heuristic). It also lets a loop apply the LM head to chunks of the hidden
+    # states after the forward (the logits are never whole); root_reshard=True frees it.
     fully_shard(model, reshard_after_forward=root_reshard, **kwargs)
     setattr(model, _RESHARD_ATTR, root_reshard)
     logger.info(
@@ -142,16 +149,22 @@ def shard_reference(
     mesh: Any = None,
 ) -> nn.Module:
     """Shard the frozen reference model (no gradients, eval mode), offloading its shards
-    to CPU memory when ``cfg.ref_offload``; it is resharded after every forward (it has
-    no backward to keep its layers for)."""
+    to CPU memory when ``cfg.ref_offload``. Its layers are resharded after every forward;
+    its root stays gathered (so an LM head applied to chunks after the forward works, as
+    for the policy) until :func:`reshard` frees it after the pass."""
     for p in ref_model.parameters():
         p.requires_grad_(False)
     ref_cfg = FSDPConfig(
         cpu_offload=cfg.ref_offload, reshard_after_forward=True, ref_offload=cfg.ref_offload
     )
-    return shard_model(
-        ref_model.eval(), ctx, ref_cfg, param_dtype=param_dtype, mesh=mesh, root_reshard=True
-    )
+    return shard_model(ref_model.eval(), ctx, ref_cfg, param_dtype=param_dtype, mesh=mesh)
+
+
+def reshard(model: nn.Module) -> None:
+    """Free every gathered parameter of a sharded model now (e.g. the root after a no-grad
+    pass, which has no backward to free it); a no-op on a model that is not sharded."""
+    for unit in _fsdp_modules(model):
+        unit.reshard()
 
 
 def shard_module(
