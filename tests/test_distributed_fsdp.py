@@ -174,23 +174,33 @@ def test_weight_gather_equals_state_dict_and_gathered_generation_needs_no_pairin
         assert got["grad_is_sharded"]
 
 
+def value_head() -> torch.nn.Module:
+    """A critic head on the tiny model's hidden states (seeded, nonzero)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        return torch.nn.Linear(64, 1)
+
+
 def _output_paths(ctx):
     from torch.distributed.tensor import DTensor
 
     from agents.config.schema import FSDPConfig
-    from agents.distributed import reshard, shard_model, shard_reference
+    from agents.distributed import reshard, shard_model, shard_module, shard_reference
 
     out = {}
     batch = make_batch(rows=2)
     model = shard_model(tiny_model(), ctx, FSDPConfig())
+    head = shard_module(value_head(), ctx, FSDPConfig())  # PPO's critic head
     try:  # today's agents.model.forward_tokens calls the backbone directly
         model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     except RuntimeError as e:
         out["bypass_error"] = str(e)
     # through the root's forward, then the LM head on a chunk of the hidden states
     hidden = model(input_ids=batch.input_ids, output_hidden_states=True).hidden_states[-1]
-    model.get_output_embeddings()(hidden[:, :3]).float().sum().backward()
+    loss = model.get_output_embeddings()(hidden[:, :3]).float().sum() + head(hidden).sum()
+    loss.backward()
     out["grads"] = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+    out["head_grads"] = {n: p.grad.full_tensor() for n, p in head.named_parameters()}
     ref = shard_reference(tiny_model(), ctx, FSDPConfig())
     with torch.no_grad():
         hidden = ref(input_ids=batch.input_ids, output_hidden_states=True).hidden_states[-1]
@@ -202,16 +212,20 @@ def _output_paths(ctx):
 
 def test_the_lm_head_on_chunks_after_the_root_forward_equals_plain(tmp_path):
     """The forward path a micro-batched loop may take under FSDP2: the model's own forward
-    (hidden states out), then the LM head chunk by chunk; the backbone-only call fails."""
+    (hidden states out), then the LM head chunk by chunk and a separately sharded value
+    head; the backbone-only call fails."""
     results = run_ranks(_output_paths, 2, tmp_path)
     plain = tiny_model()
     batch = make_batch(rows=2)
+    head = value_head()
     hidden = plain(input_ids=batch.input_ids, output_hidden_states=True).hidden_states[-1]
     chunk = plain.get_output_embeddings()(hidden[:, :3])
-    chunk.float().sum().backward()
+    (chunk.float().sum() + head(hidden).sum()).backward()
     for got in results:
         assert "mixed torch.Tensor and DTensor" in got["bypass_error"]
         for n, p in plain.named_parameters():
             torch.testing.assert_close(got["grads"][n], p.grad, atol=1e-5, rtol=1e-5)
+        for n, p in head.named_parameters():
+            torch.testing.assert_close(got["head_grads"][n], p.grad, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got["ref_chunk"], chunk.detach(), atol=1e-5, rtol=1e-5)
         assert got["ref_freed"]
