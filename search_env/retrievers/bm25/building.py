@@ -1,7 +1,9 @@
 """Streaming index build: one pass over the corpus, passages spooled to disk.
 
 Passages are written to a spool JSONL file as they stream by, and only their token ids
-(4 bytes a token, one flat array) stay in memory until bm25s has built its score matrix.
+(4 bytes a token, one flat array) stay in memory until the score matrix is built: by
+`csc.build_scores` (numba, 8 bytes a posting, bm25s' arrays bit for bit) for
+``method="lucene"``, by bm25s' ``BM25.index`` for the other methods.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from search_env.data.corpus import corpus_fingerprint, iter_corpus
 from search_env.files import make_staging_dir
 from search_env.retrievers._index_files import PASSAGES_NAME, PassageStore, PassageWriter
 from search_env.retrievers.bm25.analyzer import import_bm25s, make_tokenizer
+from search_env.retrievers.bm25.csc import FAST_METHODS, build_scores
 from search_env.retrievers.bm25.params import BM25Params
 from search_env.types import Passage
 
@@ -46,6 +50,13 @@ class TokenIdColumns:
 
     def __len__(self) -> int:
         return len(self._ends)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(flat int32 ids, int64 end of each document)``, sharing this object's memory."""
+        return (
+            np.frombuffer(self._flat, dtype=np.int32),
+            np.frombuffer(self._ends, dtype=np.int64),
+        )
 
     def __iter__(self) -> Iterator[memoryview]:
         view = memoryview(self._flat)
@@ -119,10 +130,13 @@ def build_index(
         if len(columns) == 0:
             raise ValueError("cannot build a BM25 index from an empty corpus")
         model = bm25s.BM25(k1=params.k1, b=params.b, method=params.method, backend=bm25s_backend)
-        model.index(
-            bm25s.tokenization.Tokenized(ids=columns, vocab=tokenizer.get_vocab_dict()),
-            show_progress=show_progress,
-        )
+        vocab = tokenizer.get_vocab_dict()
+        if params.method in FAST_METHODS:
+            _index_fast(model, columns, vocab, params, show_progress)
+        else:
+            model.index(
+                bm25s.tokenization.Tokenized(ids=columns, vocab=vocab), show_progress=show_progress
+            )
         del columns
         if params.stemmer is not None:
             # Word -> stem caches; queries need only stem_to_sid (the vocabulary).
@@ -134,3 +148,23 @@ def build_index(
         shutil.rmtree(spool_dir, ignore_errors=True)
         raise
     return BuiltIndex(model, tokenizer, store, spool_dir, corpus_info)
+
+
+def _index_fast(
+    model: Any,
+    columns: TokenIdColumns,
+    vocab: dict[str, int],
+    params: BM25Params,
+    show_progress: bool,
+) -> None:
+    """What ``model.index`` does, with the score matrix from `csc.build_scores`."""
+    flat, ends = columns.arrays()
+    n_terms = len(vocab)  # as bm25s: one column per vocabulary entry
+    with tqdm(total=1, desc="BM25 score matrix", disable=not show_progress) as bar:
+        model.scores = build_scores(flat, ends, n_terms, params.k1, params.b)
+        bar.update()
+    if "" not in vocab:  # bm25s' create_empty_token
+        vocab[""] = max(vocab.values()) + 1
+    model.vocab_dict = vocab
+    model.unique_token_ids_set = set(vocab.values())
+    model.nonoccurrence_array = None
