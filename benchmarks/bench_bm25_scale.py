@@ -232,13 +232,18 @@ class RawBM25s:
             ids = self.tok.tokenize(
                 queries[i : i + batch], update_vocab=False, allow_empty=True, show_progress=False
             )
-            docs, scores = self.model.retrieve(
-                ids, k=k, show_progress=False, n_threads=threads if threads > 1 else 0
-            )
-            for d, s in zip(docs.tolist(), scores.tolist()):
-                out.append(
-                    sorted(((r, v) for r, v in zip(d, s) if v > 0), key=lambda h: (-h[1], h[0]))
+            live = [q for q in ids if q]  # bm25s rejects a query without known tokens
+            hits: list[list[tuple[int, float]]] = []
+            if live:
+                docs, scores = self.model.retrieve(
+                    live, k=k, show_progress=False, n_threads=threads if threads > 1 else 0
                 )
+                hits = [
+                    sorted(((r, v) for r, v in zip(d, s) if v > 0), key=lambda h: (-h[1], h[0]))
+                    for d, s in zip(docs.tolist(), scores.tolist())
+                ]
+            it = iter(hits)
+            out += [next(it) if q else [] for q in ids]
         return out
 
 
@@ -332,7 +337,8 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
     raw_build = n_docs <= args.raw_build_up_to
     if raw_build:
         plan.append(("raw bm25s", build_raw_bm25s))
-    if _installed("tantivy"):
+    use_tantivy = _installed("tantivy") and not args.no_tantivy
+    if use_tantivy:
         plan.append(("tantivy", build_tantivy))
     for name, fn in plan:
         builds[name] = _fresh(fn, str(corpus), str(dirs[name]))
@@ -347,7 +353,7 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         SearchEnv(dirs["search-env"], "exhaustive"),
         RawBM25s(dirs["search-env"]),
     ]
-    if _installed("tantivy"):
+    if use_tantivy:
         engines.append(Tantivy(dirs["tantivy"]))
     for e in engines:  # compile / warm up
         e.run(queries[:64], args.k, 1, args.batch)
@@ -368,6 +374,8 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
             )
         rows.append(row)
         print(f"[{n_docs}] {row}", flush=True)
+    partial = {"rows": rows, "builds": builds, "loadavg_1min_during_timing": timing["loadavg_1min"]}
+    save_results(f"{args.name}_partial_{n_docs}", partial)
     single = queries[: args.single_queries]
     per_call = {
         "search-env pruned (threads=-1 -> 1 per small call)": one_query_per_call(
@@ -449,6 +457,7 @@ def main() -> None:
         default=0,
         help="also build raw bm25s for sizes up to this (slow: ~2.5 GB RSS per M passages)",
     )
+    parser.add_argument("--no-tantivy", action="store_true", help="skip tantivy even if installed")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep corpora and indexes")
     parser.add_argument("--name", default="bm25_scale")

@@ -155,3 +155,32 @@ print(numba.threading_layer())
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "workqueue"
+
+
+def test_index_build_command_records_the_pruned_backend(tmp_path, capsys):
+    from search_env.cli import main
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"id": str(i), "contents": f"alpha {'beta ' * i}"}) + "\n" for i in range(6)
+        )
+    )
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--corpus", str(corpus), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backend"] == "pruned"
+    assert BM25Retriever.load(out).backend == "pruned"
+    out2 = tmp_path / "idx2"
+    args = [
+        "index",
+        "build",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out2),
+        "--backend",
+        "exhaustive",
+    ]
+    assert main(args) == 0
+    assert json.loads((out2 / "manifest.json").read_text())["backend"] == "exhaustive"
