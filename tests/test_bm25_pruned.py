@@ -184,3 +184,15 @@ def test_index_build_command_records_the_pruned_backend(tmp_path, capsys):
     ]
     assert main(args) == 0
     assert json.loads((out2 / "manifest.json").read_text())["backend"] == "exhaustive"
+
+
+def test_long_lists_beyond_the_priming_rows():
+    """Every query list is longer than the rows scored to start the threshold."""
+    from search_env.retrievers.bm25 import maxscore
+
+    rng = np.random.default_rng(3)
+    passages = _random_corpus(rng, 3, 3 * maxscore.PRIME_DOCS)
+    r = BM25Retriever.build(passages, backend="pruned", stemmer=None, show_progress=False)
+    queries = ["alpha beta gamma", "gamma gamma beta", "beta", "alpha the gamma"]
+    for k in (1, 3, 10):
+        assert _hits(r.search(queries, k=k)) == [_reference(r, q, k) for q in queries]
