@@ -8,6 +8,7 @@ Modules:
 * `params`: `BM25Params`, the backends (`params.BACKENDS`) and thread counts;
 * `analyzer`: the one tokenizer for corpus and queries, and the query encoder;
 * `building`: the streaming index build (passages spooled, token ids in one array);
+* `csc`: the numba score-matrix builder (bm25s' arrays bit for bit, for ``lucene``);
 * `files`: the index directory, its manifest and integrity checks;
 * `maxscore`: the numba MaxScore kernel (exact top-k; why our own: its docstring);
 * `scorers`: the pruned and exhaustive (bm25s) backends and threads per call;
