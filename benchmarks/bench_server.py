@@ -269,7 +269,7 @@ def main() -> None:
     add("--max-batch", type=int, default=512)
     add("--max-wait-ms", type=float, default=5.0)
     add("--bulk", type=int, default=512, help="queries per request in the one-request path")
-    add("--backend", default="numba", choices=["numba", "numpy"])
+    add("--backend", default="pruned", choices=["pruned", "exhaustive", "numpy"])
     add("--threads", type=int, default=1,
         help="bm25 search threads in the server (-1: all cores). 1 by default: the server's "
              "event loop and the clients need the other core, and on a busy 2-core machine a "

@@ -5,7 +5,8 @@ step is ``num_envs`` queries answered by one ``BM25Retriever.search`` call, plus
 env's own work (parsing turns, formatting and tokenizing the information blocks).
 Throughput is queries per second over the same queries for:
 
-* ``raw bm25s``: ``bm25s.BM25.retrieve`` on pre-tokenized query ids, batch = num_envs;
+* ``raw``: the retriever's backend (``--backend``: pruned by default, or exhaustive =
+  bm25s' scorer) on pre-encoded query ids, batch = num_envs;
 * ``vector env, batched``: ``vec.step`` end to end (goal: >= 0.9x raw), once with an
   empty document-token cache (``cold``: every returned passage is tokenized) and once
   with the passages already seen (``warm``: repeats, as in GRPO groups and epochs);
@@ -15,12 +16,17 @@ Throughput is queries per second over the same queries for:
 The env tokenizes with Qwen2.5's tokenizer (``qwen2.5``, built offline), as Search-R1
 runs do; ``--tokenizer synth`` uses the small synthetic-world BPE.
 
+``--busy N`` runs N busy-looping processes during the timings (a competing CPU load,
+as a trainer or vLLM on the same cores would be).
+
     python benchmarks/bench_vector_bm25.py [--docs 200000 --queries 2048 --num-envs 256]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +42,12 @@ from search_env.registration import load_tokenizer  # noqa: E402
 from search_env.retrievers.bm25 import BM25Retriever  # noqa: E402
 from search_env.types import Passage, QAExample  # noqa: E402
 from search_env.vector import SearchQAVectorEnv  # noqa: E402
+
+
+def _spin() -> None:
+    """A competing CPU load."""
+    while True:
+        pass
 
 
 class OneByOne:
@@ -88,32 +100,32 @@ def main() -> None:
         default="qwen2.5",
         help="a tokenizer= spec: qwen2.5 (default), synth, a path or hub id",
     )
+    parser.add_argument("--backend", default="auto", help="BM25 backend (auto = pruned)")
+    parser.add_argument("--busy", type=int, default=0, help="busy-looping processes while timing")
     args = parser.parse_args()
 
     corpus = synthetic_corpus(args.docs)
     t0 = time.perf_counter()
-    retriever = BM25Retriever.build(corpus, show_progress=False)
+    retriever = BM25Retriever.build(corpus, show_progress=False, backend=args.backend)
     build_s = time.perf_counter() - t0
     queries = synthetic_queries(args.queries)
     tok = load_tokenizer(args.tokenizer)
     turns = [np.asarray(tok.encode(f"<search> {q} </search>"), dtype=np.int64) for q in queries]
     retriever.search(queries[:8], args.k)  # compile numba outside the timings
 
-    model = retriever._model
-    ids = [retriever._encode_query(q) for q in queries]
+    scorer = retriever._scorer
+    ids = [retriever._encoder.encode(q) for q in queries]
     live = [x for x in ids if x]
 
     def raw() -> float:
         start = time.perf_counter()
         for lo in range(0, len(live), args.num_envs):
-            model.retrieve(
-                live[lo : lo + args.num_envs],
-                k=args.k,
-                show_progress=False,
-                n_threads=retriever.n_threads,
-                return_as="tuple",
-            )
+            scorer.search(live[lo : lo + args.num_envs], args.k, retriever.n_threads)
         return time.perf_counter() - start
+
+    busy = [mp.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(args.busy)]
+    for p in busy:
+        p.start()
 
     best = {"raw": float("inf"), "cold": float("inf"), "batched": float("inf")}
     for _ in range(args.repeats):
@@ -125,10 +137,12 @@ def main() -> None:
             best["batched"], run_env(retriever, tok, turns, args.num_envs, args.k)
         )
     best["one_by_one"] = run_env(OneByOne(retriever), tok, turns, args.num_envs, args.k)
+    for p in busy:
+        p.terminate()
     raw_qps = len(live) / best["raw"]
     rows = [
         {
-            "path": "raw bm25s (pre-tokenized ids)",
+            "path": f"raw {retriever.backend} scorer (pre-encoded ids)",
             "queries_per_s": round(raw_qps, 1),
             "vs_raw": 1.0,
         },
@@ -149,7 +163,7 @@ def main() -> None:
         },
     ]
     save_results(
-        f"vector_bm25_{args.docs}",
+        f"vector_bm25_{args.docs}" + (f"_busy{args.busy}" if args.busy else ""),
         {
             "docs": args.docs,
             "queries": len(turns),
@@ -161,6 +175,8 @@ def main() -> None:
             "throughput": rows,
             "goal": "vector env batched >= 0.9x raw",
             "tokenizer": args.tokenizer,
+            "busy_processes": args.busy,
+            "loadavg_1min_at_end": os.getloadavg()[0],
         },
     )
 

@@ -366,7 +366,10 @@ def _env_parser() -> tuple[argparse.ArgumentParser, Any, argparse.ArgumentParser
     build.add_argument("--out", required=True)
     build.add_argument("--kind", default="bm25", choices=["bm25", "dense"])
     build.add_argument(
-        "--backend", default="auto", choices=["auto", "numba", "numpy"], help="bm25s backend"
+        "--backend",
+        default="auto",
+        choices=["auto", "pruned", "exhaustive", "numpy"],
+        help="BM25 backend",
     )
     build.add_argument(
         "--encoder",

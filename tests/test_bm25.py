@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from search_env.data.corpus import corpus_fingerprint, write_corpus
-from search_env.retrievers import bm25 as bm25_module
 from search_env.retrievers.base import CorruptIndexError, Retriever
-from search_env.retrievers.bm25 import BM25Retriever
+from search_env.retrievers.bm25 import BM25Retriever, analyzer, building, files
 from search_env.types import Passage
 
 PASSAGES = [
@@ -124,15 +123,15 @@ def test_query_encoding_matches_bm25s_tokenizer(retriever):
     expected = retriever._tokenizer.tokenize(
         queries, update_vocab=False, allow_empty=False, show_progress=False
     )
-    assert [retriever._encode_query(q) for q in queries] == expected
+    assert [retriever._encoder.encode(q) for q in queries] == expected
 
 
 def test_query_word_cache_is_bounded(retriever, monkeypatch):
     expected = retriever.search(list(QUERIES), k=3)
-    monkeypatch.setattr(bm25_module, "WORD_CACHE_SIZE", 3)
-    retriever._word_ids.clear()
+    monkeypatch.setattr(analyzer, "WORD_CACHE_SIZE", 3)
+    retriever._encoder._word_ids.clear()
     assert retriever.search(list(QUERIES), k=3) == expected
-    assert len(retriever._word_ids) <= 3
+    assert len(retriever._encoder._word_ids) <= 3
 
 
 def test_without_stemmer_inflections_do_not_match():
@@ -225,7 +224,7 @@ def test_save_load_round_trip(retriever, saved_index, mmap):
 
 def test_manifest_contents(saved_index, corpus_file):
     manifest = json.loads((saved_index / "manifest.json").read_text())
-    assert manifest["format_version"] == bm25_module.FORMAT_VERSION
+    assert manifest["format_version"] == files.FORMAT_VERSION
     assert manifest["package"] == "search_env"
     assert manifest["num_passages"] == len(PASSAGES)
     assert manifest["params"] == {
@@ -238,7 +237,7 @@ def test_manifest_contents(saved_index, corpus_file):
     assert manifest["corpus"]["sha256"] == corpus_fingerprint(corpus_file)
     listed = set(manifest["files"])
     assert listed == {p.name for p in saved_index.iterdir()} - {"manifest.json"}
-    assert set(bm25_module.REQUIRED_FILES) <= listed
+    assert set(files.REQUIRED_FILES) <= listed
     assert all(rec["hash"] == "full" for rec in manifest["files"].values())
 
 
@@ -269,7 +268,7 @@ def test_save_is_atomic_and_refuses_to_overwrite(retriever, tmp_path, monkeypatc
     def crash(path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(bm25_module, "_file_record", crash)
+    monkeypatch.setattr(files, "file_record", crash)
     with pytest.raises(OSError, match="disk full"):
         retriever.save(tmp_path / "new")
     with pytest.raises(OSError, match="disk full"):
@@ -368,7 +367,7 @@ def _rewrite_with_manifest(index_dir: Path, name: str, data: bytes) -> None:
     (index_dir / name).write_bytes(data)
     path = index_dir / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["files"][name] = bm25_module._file_record(index_dir / name)
+    manifest["files"][name] = files.file_record(index_dir / name)
     path.write_text(json.dumps(manifest))
 
 
@@ -396,8 +395,8 @@ def test_consistent_hashes_but_wrong_passage_count(index_copy):
 
 
 def test_large_files_hash_head_and_tail(retriever, tmp_path, monkeypatch):
-    monkeypatch.setattr(bm25_module, "FULL_HASH_MAX_BYTES", 64)
-    monkeypatch.setattr(bm25_module, "SAMPLE_BYTES", 16)
+    monkeypatch.setattr(files, "FULL_HASH_MAX_BYTES", 64)
+    monkeypatch.setattr(files, "SAMPLE_BYTES", 16)
     index_dir = retriever.save(tmp_path / "idx")
     manifest = json.loads((index_dir / "manifest.json").read_text())
     assert manifest["files"]["passages.jsonl"]["hash"] == "head-tail-1MiB"
@@ -411,11 +410,11 @@ def test_large_files_hash_head_and_tail(retriever, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_numba_backend_matches_numpy(retriever, saved_index):
+def test_exhaustive_numba_backend_matches_numpy(retriever, saved_index):
     pytest.importorskip("numba")
     queries = [*QUERIES, "running", "", "norway city"]
-    built = BM25Retriever.build(PASSAGES, backend="numba", show_progress=False)
-    loaded = BM25Retriever.load(saved_index, backend="numba")
+    built = BM25Retriever.build(PASSAGES, backend="exhaustive", show_progress=False)
+    loaded = BM25Retriever.load(saved_index, backend="exhaustive")
     expected = retriever.search(queries, k=3)
     assert built.search(queries, k=3) == expected
     assert loaded.search(queries, k=3, n_threads=2) == expected
@@ -458,12 +457,12 @@ def _stale_dir(parent: Path, prefix: str, pid: int) -> Path:
 def test_build_spools_in_tmp_dir_and_removes_a_killed_builds_spool(corpus_file, tmp_path):
     import os
 
-    stale = _stale_dir(tmp_path, bm25_module.SPOOL_PREFIX, dead_pid())
-    alive = _stale_dir(tmp_path, bm25_module.SPOOL_PREFIX, os.getpid())  # a concurrent build
+    stale = _stale_dir(tmp_path, building.SPOOL_PREFIX, dead_pid())
+    alive = _stale_dir(tmp_path, building.SPOOL_PREFIX, os.getpid())  # a concurrent build
     r = BM25Retriever.build(corpus_file, tmp_dir=tmp_path, **FAST)
     assert not stale.exists() and alive.exists()
     spool = Path(r._store.path).parent
-    assert spool.parent == tmp_path and spool.name.startswith(bm25_module.SPOOL_PREFIX)
+    assert spool.parent == tmp_path and spool.name.startswith(building.SPOOL_PREFIX)
     assert str(os.getpid()) in spool.name
     del r
     import gc
@@ -502,6 +501,6 @@ BM25Retriever.build(passages(), tmp_dir={str(tmp_path)!r}, backend="numpy", show
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()
     (left,) = tmp_path.iterdir()  # the killed build's corpus copy
-    assert left.name.startswith(bm25_module.SPOOL_PREFIX) and (left / "passages.jsonl").is_file()
+    assert left.name.startswith(building.SPOOL_PREFIX) and (left / "passages.jsonl").is_file()
     r = BM25Retriever.build(corpus_file, tmp_dir=tmp_path, **FAST)
     assert [p.name for p in tmp_path.iterdir()] == [Path(r._store.path).parent.name]

@@ -69,7 +69,7 @@ def test_loading_the_same_bm25_index_again_logs_info_once(tmp_path, caplog):
             BM25Retriever.load(index, backend="numpy")
         BM25Retriever.load(other, backend="numpy")  # another index: INFO again
         BM25Retriever.load(index, mmap=False, backend="numpy")  # another kind of load
-    line = "loaded BM25 index of 2 passages from {} (mmap={})"
+    line = "loaded BM25 index of 2 passages from {} (mmap={}, backend=numpy)"
     assert _load_records(caplog) == [
         (logging.INFO, line.format(index, True)),
         (logging.DEBUG, line.format(index, True)),

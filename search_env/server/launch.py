@@ -203,7 +203,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         default=10.0,
         help="seconds a client has to send a request body (slower: 408, connection closed)",
     )
-    add("--backend", default="auto", choices=["auto", "numba", "numpy"], help="bm25 backend")
+    add(
+        "--backend",
+        default="auto",
+        choices=["auto", "pruned", "exhaustive", "numpy"],
+        help="bm25 backend",
+    )
     add("--threads", type=int, default=-1, help="retriever threads (-1: all cores)")
     add("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
