@@ -97,6 +97,24 @@ def markdown_page(plans: list[Plan]) -> str:
         "CPU against measured peak RSS (benchmarks/results/plan_vs_measured.json); the GPU "
         "numbers are not yet measured (benchmarks/gpu_smoke.py does that when a GPU is lent).",
         "",
+        "What the plans assume:",
+        "",
+        "- `micro_batch_tokens` bounds every forward/backward and no-grad log-prob pass "
+        "(issue 13, section 1); a trainer that ignores it runs a whole mini-batch at once "
+        "(plan that with `--set ppo.micro_batch_tokens=null`).",
+        "- Under FSDP2 (more than one GPU, or an `fsdp` offload): fp32 master shards, fp32 "
+        "gradient shards and fp32 AdamW moments, 1/GPUs each, plus the bf16 copies of the "
+        "units being gathered. One process: everything in `model.dtype` (torch's AdamW keeps "
+        "bf16 moments for bf16 parameters).",
+        "- PPO's critic is this trainer's value head on the policy's backbone (one model, two "
+        "heads), not verl's separate critic model.",
+        "- The worst episode: every sequence padded to `max_prompt_length`, the agent's "
+        "tokens at their bound (`(max_turns + 1) * max_response_length`), so a micro-batch "
+        "scores `micro_batch_tokens * agent bound / context` positions, each costing "
+        "16 bytes per vocabulary entry in the training pass.",
+        "- vLLM stays awake beside the trainer (no sleep mode yet) and takes "
+        "`vllm_gpu_memory_utilization` of the GPU.",
+        "",
         "| preset | hardware | total / GPU | headroom | fits |",
         "|---|---|---|---|---|",
     ]
