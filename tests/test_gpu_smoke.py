@@ -55,3 +55,9 @@ def test_gpu_form_without_a_gpu_skips_every_part_with_the_reason(smoke, tmp_path
     assert set(report["sections"]) == {"gpu_tests", "grpo_hf", "grpo_vllm", "ppo_hf", "dense_gpu"}
     assert all("no CUDA GPU" in part["skipped"] for part in report["sections"].values())
     assert smoke.main(["--out", str(out)]) == 0 and json.loads(out.read_text())["device"]
+
+
+def test_dense_section_searches_and_checks_against_exact_top1(smoke):
+    out = smoke.dense_section(rows=2000, d=32, batch=64, k=3, device="cpu")
+    assert out["torch_fp32"]["top1_agrees_with_fp32"] == 1.0
+    assert out["torch_fp32"]["queries_per_s"] > 0 and "skipped" in out["faiss_gpu_fp16"]
