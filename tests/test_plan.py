@@ -323,3 +323,15 @@ def test_plan_command_over_budget_lists_knobs_and_bad_input_exits_2(plan_command
     assert "grpo.lr" in capsys.readouterr().err
     assert plan_command(["plan", "--preset", "tiny-cpu", "--gpus", "0"]) == 2
     assert "gpus must be >= 1" in capsys.readouterr().err
+
+
+def test_plan_command_reads_a_config_file_and_refuses_mixed_options(plan_command, tmp_path, capsys):
+    from agents.config import save_config
+
+    path = save_config(preset("search-r1-3b"), tmp_path / "config.json")
+    assert plan_command(["plan", "--config", str(path), "--gpus", "8", "--gpu-memory", "79"]) == 0
+    assert "8 x 79.0 GiB" in capsys.readouterr().out
+    assert plan_command(["plan", "--all-presets", "--preset", "tiny-cpu"]) == 2
+    assert "--all-presets plans every preset" in capsys.readouterr().err
+    assert plan_command(["plan", "--preset", "tiny-cpu", "--markdown", str(tmp_path / "x.md")]) == 2
+    assert "--markdown needs --all-presets" in capsys.readouterr().err
