@@ -335,3 +335,15 @@ def test_plan_command_reads_a_config_file_and_refuses_mixed_options(plan_command
     assert "--all-presets plans every preset" in capsys.readouterr().err
     assert plan_command(["plan", "--preset", "tiny-cpu", "--markdown", str(tmp_path / "x.md")]) == 2
     assert "--markdown needs --all-presets" in capsys.readouterr().err
+
+
+def test_hf_rollout_of_a_big_batch_is_refused_naming_vllm():
+    cfg = apply_overrides(preset("qwen2.5-1.5b-1gpu"), {"rollout.backend": "hf"})
+    plan = plan_memory(cfg, Hardware(1, 79 * GiB, "cuda"))
+    assert plan.peak_working_set == "rollout" and not plan.fits
+    s = plan.shape
+    assert (
+        term(plan, "KV cache (HF generate)") == 320 * 4096 * 2 * s.layers * s.kv_heads * s.dim * 2
+    )
+    with pytest.raises(PlanRefusedError, match="rollout.backend=vllm"):
+        check_config_fits(cfg, Hardware(1, 79 * GiB, "cuda"))

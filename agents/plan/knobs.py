@@ -57,6 +57,8 @@ def _candidates(
             if util < cfg.rollout.vllm_gpu_memory_utilization:
                 key = "rollout.vllm_gpu_memory_utilization"
                 out.append((f"--set {key}={util}", {key: util}, hw.gpus))
+    if cfg.rollout.backend == "hf" and gpu:  # HF prefills every episode of the step at once
+        out.append(("--set rollout.backend=vllm", {"rollout.backend": "vllm"}, hw.gpus))
     if cfg.model.lora_rank == 0:
         out.append(("--set model.lora_rank=16", {"model.lora_rank": 16}, hw.gpus))
     for gpus in (2, 4, 8, 16, 32, 64):
