@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from search_env.cli import CommandLine
 
-TRAIN_BACKENDS = {"rllib": "agents.rllib.train", "sb3": "agents.sb3.train"}
+TRAIN_BACKENDS = {
+    "rllib": "agents.rllib.train",
+    "sb3": "agents.sb3.train",
+    "trl": "agents.trl.train",
+}
 """``search-env train --backend NAME``: the module whose ``main(argv)`` trains."""
 
 

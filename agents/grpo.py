@@ -4,7 +4,8 @@ Each step: sample ``num_envs / group_size`` train questions and ``group_size`` e
 of each -> group-relative advantages ``(r - mean) / (std + 1e-6)`` spread over the
 agent's tokens -> clipped policy loss + low-variance KL to the frozen reference, over
 agent tokens only (retrieved-token masking; ``mask_env_tokens=False`` for the ablation)
--> gradient clipping and an AdamW step per mini-batch.
+-> gradient clipping and an AdamW step per mini-batch (accumulated over micro-batches of
+at most ``micro_batch_tokens`` padded tokens when set).
 """
 
 from __future__ import annotations
@@ -19,12 +20,88 @@ from torch import nn
 
 from agents.advantages import grpo_advantages
 from agents.config import GRPOConfig, TrainConfig
-from agents.losses import aggregate, kl_loss, policy_loss_clipped
-from agents.model import forward_tokens
+from agents.losses import (
+    aggregate,
+    kl_loss,
+    logp_diff_stats,
+    policy_loss_clipped,
+    tis_weights,
+)
+from agents.microbatch import (
+    MicroBatch,
+    Normaliser,
+    accumulate,
+    forward_in_micro_batches,
+    plan_micro_batches,
+    plan_stats,
+)
+from agents.model import TokenOutputs, forward_tokens
 from agents.optim import minibatches, warmup_schedule
+from agents.policy.base import sync_weights
 from agents.rollout import Batch, collect, response_mask, rollout_stats, to_batch
 from agents.run import setup_run
 from agents.seeding import question_indices
+
+
+def grpo_objective(
+    out: TokenOutputs,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: GRPOConfig,
+    norm: Normaliser | None = None,
+    is_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The GRPO objective given the policy's per-token outputs (all tensors ``# (B, T)``).
+
+    ``loss = clipped policy loss + kl_coef * KL(policy || ref) - entropy_coef * entropy``,
+    each aggregated over ``mask``-1 tokens only (``norm``: the whole mini-batch's counts
+    when ``out`` is one micro-batch; ``is_weights``: the sampler correction of
+    :func:`agents.losses.tis_weights` on the policy loss).
+    """
+    device = out.logprobs.device
+    mask, old_logp, ref_logp = mask.to(device), old_logp.to(device), ref_logp.to(device)
+    pg, stats = policy_loss_clipped(
+        out.logprobs,
+        old_logp,
+        advantages.to(device),
+        mask,
+        cfg.clip,
+        clip_high=cfg.clip_high,
+        agg=cfg.loss_agg,
+        norm=norm,
+        is_weights=None if is_weights is None else is_weights.to(device),
+    )
+    kl, kl_stats = kl_loss(out.logprobs, ref_logp, mask, cfg.kl_kind, agg=cfg.loss_agg, norm=norm)
+    assert out.entropy is not None
+    entropy = aggregate(out.entropy, mask, cfg.loss_agg, norm)
+    loss = pg + cfg.kl_coef * kl - cfg.entropy_coef * entropy
+    return loss, {
+        **stats,
+        **kl_stats,
+        "entropy": float(entropy.detach()),
+        "loss": float(loss.detach()),
+    }
+
+
+def _policy_forward(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: GRPOConfig,
+    temperature: float,
+) -> TokenOutputs:
+    return forward_tokens(
+        model,
+        input_ids,
+        attention_mask,
+        temperature=temperature,
+        entropy=True,
+        entropy_grad=cfg.entropy_coef != 0,
+        only=mask,
+    )
 
 
 def grpo_loss(
@@ -37,40 +114,55 @@ def grpo_loss(
     cfg: GRPOConfig,
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The GRPO objective of one mini-batch (all tensors ``# (B, T)``).
+    """The GRPO objective of one mini-batch in one pass (see :func:`grpo_objective`)."""
+    out = _policy_forward(model, batch.input_ids, batch.attention_mask, mask, cfg, temperature)
+    return grpo_objective(out, old_logp, ref_logp, advantages, mask, cfg)
 
-    ``loss = clipped policy loss + kl_coef * KL(policy || ref) - entropy_coef * entropy``,
-    each averaged over ``mask``-1 tokens only.
+
+def grpo_backward(
+    model: nn.Module,
+    batch: Batch,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: GRPOConfig,
+    temperature: float = 1.0,
+    is_weights: torch.Tensor | None = None,
+    norm: Normaliser | None = None,
+) -> dict[str, float]:
+    """Accumulate one mini-batch's GRPO gradient in ``.grad``, micro-batch by micro-batch.
+
+    Micro-batches of at most ``cfg.micro_batch_tokens`` padded tokens
+    (:mod:`agents.microbatch`); each loss is normalised by the whole mini-batch's counts,
+    so the gradient equals the unsplit pass's. The stats are computed once over the whole
+    mini-batch's stitched outputs, so they are the unsplit pass's too.
+
+    ``norm``: the counts to divide by when ``batch`` is one rank's part of a larger
+    mini-batch (the global counts, reduced over ranks); default: ``batch``'s own. The
+    stats are then this part's.
     """
-    out = forward_tokens(
-        model,
-        batch.input_ids,
-        batch.attention_mask,
-        temperature=temperature,
-        entropy=True,
-        entropy_grad=cfg.entropy_coef != 0,
-        only=mask,
-    )
-    device = out.logprobs.device
-    mask, old_logp, ref_logp = mask.to(device), old_logp.to(device), ref_logp.to(device)
-    pg, stats = policy_loss_clipped(
-        out.logprobs,
-        old_logp,
-        advantages.to(device),
-        mask,
-        cfg.clip,
-        clip_high=cfg.clip_high,
-        agg=cfg.loss_agg,
-    )
-    kl, kl_stats = kl_loss(out.logprobs, ref_logp, mask, cfg.kl_kind, agg=cfg.loss_agg)
-    entropy = aggregate(out.entropy, mask, cfg.loss_agg)
-    loss = pg + cfg.kl_coef * kl - cfg.entropy_coef * entropy
-    return loss, {
-        **stats,
-        **kl_stats,
-        "entropy": float(entropy.detach()),
-        "loss": float(loss.detach()),
-    }
+    plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens)
+    if norm is None and plan[0].rows is not None:
+        norm = Normaliser.of(mask)
+
+    def step(mb: MicroBatch) -> tuple[torch.Tensor, TokenOutputs]:
+        ids, attn, m = mb.take(batch.input_ids), mb.take(batch.attention_mask), mb.take(mask)
+        out = _policy_forward(model, ids, attn, m, cfg, temperature)
+        weights = None if is_weights is None else mb.take(is_weights)
+        loss, _ = grpo_objective(
+            out, mb.take(old_logp), mb.take(ref_logp), mb.take(advantages), m, cfg, norm, weights
+        )
+        return loss, out
+
+    full = accumulate(plan, step, batch.input_ids.shape)
+    with torch.no_grad():
+        _, stats = grpo_objective(
+            full, old_logp, ref_logp, advantages, mask, cfg, is_weights=is_weights
+        )
+    if cfg.micro_batch_tokens is not None:
+        stats.update(plan_stats(plan))
+    return stats
 
 
 def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -107,16 +199,27 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
         with torch.no_grad():
             # Recomputed rather than the sampler's: env tokens have none (the no-mask
             # ablation needs them), and a trainer may differ numerically from a sampler.
-            old_logp = forward_tokens(
-                model, batch.input_ids, batch.attention_mask, temperature=r.temperature, only=mask
-            ).logprobs.cpu()
-            ref_logp = forward_tokens(
+            old_logp = forward_in_micro_batches(
+                model,
+                batch.input_ids,
+                batch.attention_mask,
+                g.micro_batch_tokens,
+                temperature=r.temperature,
+                only=mask,
+            ).logprobs
+            ref_logp = forward_in_micro_batches(
                 ref_model,
                 batch.input_ids,
                 batch.attention_mask,
+                g.micro_batch_tokens,
                 temperature=r.temperature,
                 only=mask,
-            ).logprobs.cpu()
+            ).logprobs
+        # The sampler's log-probs (batch.old_logprobs) against the trainer's, agent tokens.
+        sampler = logp_diff_stats(old_logp, batch.old_logprobs, batch.loss_mask)
+        is_weights = None
+        if r.tis_cap is not None:
+            is_weights = tis_weights(old_logp, batch.old_logprobs, batch.loss_mask, r.tis_cap)
 
         # 3. Clipped policy-gradient updates over mini-batches.
         model.train()
@@ -124,7 +227,8 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
         shuffle = torch.Generator().manual_seed(run.step_seed(step, 1))
         for _ in range(g.epochs):
             for rows in minibatches(len(batch), g.minibatch_size, shuffle):
-                loss, mb_stats = grpo_loss(
+                optimizer.zero_grad(set_to_none=True)
+                mb_stats = grpo_backward(
                     model,
                     batch.select(rows),
                     old_logp[rows],
@@ -133,22 +237,22 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
                     mask[rows],
                     g,
                     r.temperature,
+                    None if is_weights is None else is_weights[rows],
                 )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.grad_clip)
                 optimizer.step()
                 for k, v in {**mb_stats, "grad_norm": float(grad_norm)}.items():
                     stats[k].append(v)
         scheduler.step()
         model.eval()
-        policy.update_weights(model.state_dict())  # vLLM samples from a copy
+        sync_weights(policy, model)  # vLLM samples from a copy (LoRA: merged)
 
         # 4. Log, evaluate, checkpoint.
         record: dict[str, Any] = {
             "step": step,
             **rollout_stats(trajectories),
             **{k: float(np.mean(v)) for k, v in stats.items()},
+            **sampler,
             "kl": float(np.mean(stats["kl_loss"])),
             "adv_nonzero": float((adv != 0).float().mean()),
             "lr": scheduler.get_last_lr()[0],

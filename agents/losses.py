@@ -9,16 +9,24 @@ holds plain floats for logging.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from agents.advantages import KLKind, kl_penalty, masked_mean, masked_sum, masked_var
 
+if TYPE_CHECKING:
+    from agents.microbatch import Normaliser
+
 Agg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
 
 
-def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, agg: Agg = "token-mean") -> torch.Tensor:
+def aggregate(
+    loss_mat: torch.Tensor,
+    mask: torch.Tensor,
+    agg: Agg = "token-mean",
+    norm: Normaliser | None = None,
+) -> torch.Tensor:
     """Reduce per-token losses ``# (B, T)`` to a scalar over mask-1 tokens.
 
     - ``"token-mean"``: mean over every mask-1 token of the batch (each token weighs the
@@ -26,18 +34,39 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, agg: Agg = "token-mean
     - ``"seq-mean-token-sum"``: sum over each sequence's tokens, mean over sequences.
     - ``"seq-mean-token-mean"``: mean over each sequence's tokens, then over the
       sequences that have at least one mask-1 token (the original GRPO).
+
+    Args:
+        loss_mat: per-token losses ``# (B, T)``.
+        mask: ``# (B, T)``.
+        agg: the mode above.
+        norm: when ``loss_mat`` is one micro-batch of a larger mini-batch, the mini-batch's
+            counts (tokens, sequences): the result is then this micro-batch's share, and
+            the shares of all micro-batches add up to the whole mini-batch's value (so do
+            their gradients). ``None``: ``loss_mat`` is the whole batch.
     """
+    if agg not in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"):
+        raise ValueError(
+            f"agg must be 'token-mean', 'seq-mean-token-sum' or 'seq-mean-token-mean', got {agg!r}"
+        )
+    if norm is not None:
+        if agg == "token-mean":
+            return masked_sum(loss_mat, mask) / max(norm.tokens, 1)
+        if agg == "seq-mean-token-sum":
+            return masked_sum(loss_mat, mask, dim=-1).sum() / max(norm.seqs, 1)
+        # a sequence without mask-1 tokens has a per-sequence mean of 0 and no weight
+        return masked_mean(loss_mat, mask, dim=-1).sum() / max(norm.seqs_with_tokens, 1)
     if agg == "token-mean":
         return masked_mean(loss_mat, mask)
     if agg == "seq-mean-token-sum":
         return masked_sum(loss_mat, mask, dim=-1).mean()
-    if agg == "seq-mean-token-mean":
-        per_seq = masked_mean(loss_mat, mask, dim=-1)  # (B,)
-        has_tokens = (mask != 0).any(-1)
-        return masked_mean(per_seq, has_tokens)
-    raise ValueError(
-        f"agg must be 'token-mean', 'seq-mean-token-sum' or 'seq-mean-token-mean', got {agg!r}"
-    )
+    per_seq = masked_mean(loss_mat, mask, dim=-1)  # (B,)
+    has_tokens = (mask != 0).any(-1)
+    return masked_mean(per_seq, has_tokens)
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp32 at least: bf16 / fp16 logits are upcast, fp64 ones (tests) kept."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -50,14 +79,14 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     Returns:
         ``# (B, T)``. Gathers before normalising, so no ``(B, T, V)`` log-softmax copy.
     """
-    logits = logits.float()
+    logits = upcast(logits)
     picked = logits.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of ``softmax(logits)`` along the last axis, in fp32: ``# (..., V) -> (...)``."""
-    logits = logits.float()
+    logits = upcast(logits)
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 
@@ -87,6 +116,8 @@ def policy_loss_clipped(
     clip_high: float | None = None,
     dual_clip: float | None = None,
     agg: Agg = "token-mean",
+    norm: Normaliser | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped surrogate, per token: ``max(-A * r, -A * clip(r, 1 - c, 1 + c_high))``.
 
@@ -101,6 +132,10 @@ def policy_loss_clipped(
             ``-A * dual_clip`` (dual-clip PPO, arXiv 1912.09729). Off by default, as in
             the Search-R1 reference.
         agg: see :func:`aggregate`.
+        norm: the whole mini-batch's counts when this is one micro-batch (see
+            :func:`aggregate`); the stats are then this micro-batch's own.
+        is_weights: per-token importance weights ``# (B, T)`` (no gradient) multiplying
+            the clipped loss: the sampler correction of :func:`tis_weights`.
 
     Returns:
         ``(loss, stats)``; stats: ``pg_loss``, ``pg_clip_frac`` (fraction of mask-1
@@ -125,7 +160,9 @@ def policy_loss_clipped(
             masked_mean(((per_token > loss3) & (advantages < 0)).float(), mask)
         )
         per_token = torch.where(advantages < 0, lower, per_token)
-    loss = aggregate(per_token, mask, agg)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
+    loss = aggregate(per_token, mask, agg, norm)
     with torch.no_grad():
         keep = mask != 0
         stats = {
@@ -147,6 +184,7 @@ def value_loss_clipped(
     clip: float = 0.5,
     *,
     agg: Agg = "token-mean",
+    norm: Normaliser | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped value loss: ``0.5 * max((V - R)^2, (V_clip - R)^2)`` per token.
 
@@ -160,6 +198,7 @@ def value_loss_clipped(
         mask: ``# (B, T)``.
         clip: how far a value may move from ``old_values`` before its loss is clipped.
         agg: see :func:`aggregate`.
+        norm: the whole mini-batch's counts when this is one micro-batch.
 
     Returns:
         ``(loss, stats)``; stats: ``vf_loss``, ``vf_clip_frac``, ``value_mean``,
@@ -168,13 +207,17 @@ def value_loss_clipped(
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     loss1 = (values - returns).square()
     loss2 = (clipped - returns).square()
-    loss = 0.5 * aggregate(torch.maximum(loss1, loss2), mask, agg)
+    loss = 0.5 * aggregate(torch.maximum(loss1, loss2), mask, agg, norm)
     with torch.no_grad():
         var_returns = masked_var(returns, mask)
         explained = 1.0 - masked_var(returns - values, mask) / var_returns.clamp(min=1e-8)
         stats = {
             "vf_loss": float(loss.detach()),
-            "vf_clip_frac": float(masked_mean((loss2 > loss1).float(), mask)),
+            # where the clip moved the value: without the first test, old + (V - old)
+            # rounding one ulp away from V would count unclipped tokens at random
+            "vf_clip_frac": float(
+                masked_mean((((values - old_values).abs() > clip) & (loss2 > loss1)).float(), mask)
+            ),
             "value_mean": float(masked_mean(values, mask)),
             "explained_variance": float(explained),
         }
@@ -188,6 +231,7 @@ def kl_loss(
     kind: KLKind = "low_var_kl",
     *,
     agg: Agg = "token-mean",
+    norm: Normaliser | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """KL(policy || reference) as a loss term (GRPO's ``use_kl_loss``), over mask-1 tokens.
 
@@ -197,9 +241,43 @@ def kl_loss(
         mask: ``# (B, T)``.
         kind: estimator, see :func:`agents.advantages.kl_penalty` (GRPO: ``low_var_kl``).
         agg: see :func:`aggregate`.
+        norm: the whole mini-batch's counts when this is one micro-batch.
 
     Returns:
         ``(loss, {"kl_loss": ...})``.
     """
-    loss = aggregate(kl_penalty(logp, ref_logp, kind), mask, agg)
+    loss = aggregate(kl_penalty(logp, ref_logp, kind), mask, agg, norm)
     return loss, {"kl_loss": float(loss.detach())}
+
+
+def tis_weights(
+    trainer_logp: torch.Tensor,
+    sampler_logp: torch.Tensor,
+    agent_mask: torch.Tensor,
+    cap: float,
+) -> torch.Tensor:
+    """Truncated importance-sampling weights of the sampler's tokens (verl / TRL style).
+
+    ``min(exp(trainer_logp - sampler_logp), cap)`` at agent tokens: the episodes were
+    drawn from the sampler's distribution (e.g. vLLM's kernels), the policy loss assumes
+    the trainer's; capping bounds the variance. 1 elsewhere (env tokens have no sampler
+    log-prob). All tensors ``# (B, T)``; the result carries no gradient.
+    """
+    if not cap > 0:
+        raise ValueError(f"tis_cap must be > 0, got {cap}")
+    log_w = (trainer_logp - sampler_logp).detach().clamp(max=20.0)  # no inf before the cap
+    weights = torch.exp(log_w).clamp(max=cap)
+    return torch.where(agent_mask != 0, weights, torch.ones_like(weights))
+
+
+def logp_diff_stats(
+    trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, agent_mask: torch.Tensor
+) -> dict[str, float]:
+    """``logp_diff_mean`` and ``logp_diff_max``: ``|trainer - sampler|`` log-prob over agent
+    tokens (0 when there are none); how far the sampler's distribution is from the
+    trainer's."""
+    keep = agent_mask != 0
+    if not bool(keep.any()):
+        return {"logp_diff_mean": 0.0, "logp_diff_max": 0.0}
+    diff = (trainer_logp - sampler_logp).abs()[keep]
+    return {"logp_diff_mean": float(diff.mean()), "logp_diff_max": float(diff.max())}

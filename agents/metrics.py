@@ -1,7 +1,6 @@
 """Per-step metrics of a run: ``metrics.jsonl`` (one record a line) and ``metrics.csv``.
 
-The figures drawn from them live in :mod:`agents.plots` (``plot_curves`` is re-exported
-here for older imports)."""
+The figures drawn from them live in :mod:`agents.plots`."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from agents.plots import plot_curves  # noqa: F401  (re-export)
 from search_env.files import atomic_write_text
 
 logger = logging.getLogger(__name__)

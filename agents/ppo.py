@@ -25,12 +25,114 @@ from torch import nn
 
 from agents.advantages import gae, kl_penalty, masked_whiten, terminal_rewards
 from agents.config import PPOConfig, TrainConfig
-from agents.losses import aggregate, kl_loss, policy_loss_clipped, value_loss_clipped
-from agents.model import ValueHead, forward_tokens
+from agents.losses import (
+    aggregate,
+    kl_loss,
+    logp_diff_stats,
+    policy_loss_clipped,
+    tis_weights,
+    value_loss_clipped,
+)
+from agents.microbatch import (
+    MicroBatch,
+    Normaliser,
+    accumulate,
+    forward_in_micro_batches,
+    plan_micro_batches,
+    plan_stats,
+)
+from agents.model import TokenOutputs, ValueHead, forward_tokens
 from agents.optim import minibatches, warmup_schedule
+from agents.policy.base import sync_weights
 from agents.rollout import Batch, collect, response_mask, rollout_stats, to_batch
 from agents.run import setup_run
 from agents.seeding import question_indices
+
+
+def ppo_objective(
+    out: TokenOutputs,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    actor_mask: torch.Tensor,
+    critic_mask: torch.Tensor,
+    cfg: PPOConfig,
+    norms: tuple[Normaliser, Normaliser] | None = None,
+    is_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The PPO objective given the per-token outputs (all tensors ``# (B, T)``).
+
+    ``loss = policy loss - entropy_coef * entropy + vf_coef * value loss``
+    (``+ kl_coef * KL`` when the KL is a loss term rather than part of the reward).
+    ``norms``: the whole mini-batch's counts of the actor and the critic mask when ``out``
+    is one micro-batch; ``is_weights``: the sampler correction of
+    :func:`agents.losses.tis_weights` on the policy loss.
+    """
+    actor_norm, critic_norm = (None, None) if norms is None else norms
+    dev = out.logprobs.device
+    actor_mask, critic_mask = actor_mask.to(dev), critic_mask.to(dev)
+    pg, stats = policy_loss_clipped(
+        out.logprobs,
+        old_logp.to(dev),
+        advantages.to(dev),
+        actor_mask,
+        cfg.clip,
+        agg=cfg.loss_agg,
+        norm=actor_norm,
+        is_weights=None if is_weights is None else is_weights.to(dev),
+    )
+    assert out.values is not None and out.entropy is not None
+    vf, vf_stats = value_loss_clipped(
+        out.values,
+        old_values.to(dev),
+        returns.to(dev),
+        critic_mask,
+        cfg.value_clip,
+        agg=cfg.loss_agg,
+        norm=critic_norm,
+    )
+    entropy = aggregate(out.entropy, actor_mask, cfg.loss_agg, actor_norm)
+    loss = pg - cfg.entropy_coef * entropy + cfg.vf_coef * vf
+    if not cfg.kl_in_reward:
+        kl, kl_stats = kl_loss(
+            out.logprobs,
+            ref_logp.to(dev),
+            actor_mask,
+            cfg.kl_kind,
+            agg=cfg.loss_agg,
+            norm=actor_norm,
+        )
+        loss = loss + cfg.kl_coef * kl
+        stats.update(kl_stats)
+    return loss, {
+        **stats,
+        **vf_stats,
+        "entropy": float(entropy.detach()),
+        "loss": float(loss.detach()),
+    }
+
+
+def _actor_critic_forward(
+    model: nn.Module,
+    value_head: ValueHead,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    actor_mask: torch.Tensor,
+    cfg: PPOConfig,
+    temperature: float,
+) -> TokenOutputs:
+    return forward_tokens(
+        model,
+        input_ids,
+        attention_mask,
+        temperature=temperature,
+        entropy=True,
+        entropy_grad=cfg.entropy_coef != 0,
+        value_head=value_head,
+        only=actor_mask,
+    )
 
 
 def ppo_loss(
@@ -47,48 +149,57 @@ def ppo_loss(
     cfg: PPOConfig,
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The PPO objective of one mini-batch (all tensors ``# (B, T)``).
+    """The PPO objective of one mini-batch in one pass (see :func:`ppo_objective`)."""
+    out = _actor_critic_forward(
+        model, value_head, batch.input_ids, batch.attention_mask, actor_mask, cfg, temperature
+    )
+    return ppo_objective(
+        out, old_logp, ref_logp, old_values, advantages, returns, actor_mask, critic_mask, cfg
+    )
 
-    ``loss = policy loss - entropy_coef * entropy + vf_coef * value loss``
-    (``+ kl_coef * KL`` when the KL is a loss term rather than part of the reward).
+
+def ppo_backward(
+    model: nn.Module,
+    value_head: ValueHead,
+    batch: Batch,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    actor_mask: torch.Tensor,
+    critic_mask: torch.Tensor,
+    cfg: PPOConfig,
+    temperature: float = 1.0,
+    is_weights: torch.Tensor | None = None,
+    norms: tuple[Normaliser, Normaliser] | None = None,
+) -> dict[str, float]:
+    """Accumulate one mini-batch's PPO gradient (actor and critic) in ``.grad``.
+
+    As :func:`agents.grpo.grpo_backward`: micro-batches of at most
+    ``cfg.micro_batch_tokens`` padded tokens, each normalised by the whole mini-batch's
+    actor and critic counts, stats over the stitched whole. ``norms``: the (actor,
+    critic) counts when ``batch`` is one rank's part of a larger mini-batch.
     """
-    out = forward_tokens(
-        model,
-        batch.input_ids,
-        batch.attention_mask,
-        temperature=temperature,
-        entropy=True,
-        entropy_grad=cfg.entropy_coef != 0,
-        value_head=value_head,
-        only=actor_mask,
-    )
-    dev = out.logprobs.device
-    actor_mask, critic_mask = actor_mask.to(dev), critic_mask.to(dev)
-    pg, stats = policy_loss_clipped(
-        out.logprobs, old_logp.to(dev), advantages.to(dev), actor_mask, cfg.clip, agg=cfg.loss_agg
-    )
-    vf, vf_stats = value_loss_clipped(
-        out.values,
-        old_values.to(dev),
-        returns.to(dev),
-        critic_mask,
-        cfg.value_clip,
-        agg=cfg.loss_agg,
-    )
-    entropy = aggregate(out.entropy, actor_mask, cfg.loss_agg)
-    loss = pg - cfg.entropy_coef * entropy + cfg.vf_coef * vf
-    if not cfg.kl_in_reward:
-        kl, kl_stats = kl_loss(
-            out.logprobs, ref_logp.to(dev), actor_mask, cfg.kl_kind, agg=cfg.loss_agg
-        )
-        loss = loss + cfg.kl_coef * kl
-        stats.update(kl_stats)
-    return loss, {
-        **stats,
-        **vf_stats,
-        "entropy": float(entropy.detach()),
-        "loss": float(loss.detach()),
-    }
+    plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens)
+    if norms is None and plan[0].rows is not None:
+        norms = (Normaliser.of(actor_mask), Normaliser.of(critic_mask))
+    per_token = (old_logp, ref_logp, old_values, advantages, returns, actor_mask, critic_mask)
+
+    def step(mb: MicroBatch) -> tuple[torch.Tensor, TokenOutputs]:
+        parts = [mb.take(x) for x in per_token]
+        ids, attn = mb.take(batch.input_ids), mb.take(batch.attention_mask)
+        out = _actor_critic_forward(model, value_head, ids, attn, parts[5], cfg, temperature)
+        weights = None if is_weights is None else mb.take(is_weights)
+        loss, _ = ppo_objective(out, *parts, cfg, norms, weights)
+        return loss, out
+
+    full = accumulate(plan, step, batch.input_ids.shape)
+    with torch.no_grad():
+        _, stats = ppo_objective(full, *per_token, cfg, is_weights=is_weights)
+    if cfg.micro_batch_tokens is not None:
+        stats.update(plan_stats(plan))
+    return stats
 
 
 def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -137,22 +248,30 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         critic_mask = batch.loss_mask if p.critic_masked else response_mask(batch)  # (B, T)
         scored = torch.maximum(actor_mask, critic_mask)  # tokens whose log-probs are used
         with torch.no_grad():
-            out = forward_tokens(
+            out = forward_in_micro_batches(
                 model,
                 batch.input_ids,
                 batch.attention_mask,
+                p.micro_batch_tokens,
                 temperature=r.temperature,
                 value_head=value_head,
                 only=scored,
             )
-            old_logp, old_values = out.logprobs.cpu(), out.values.cpu()
-            ref_logp = forward_tokens(
+            old_logp, old_values = out.logprobs, out.values
+            assert old_values is not None
+            ref_logp = forward_in_micro_batches(
                 ref_model,
                 batch.input_ids,
                 batch.attention_mask,
+                p.micro_batch_tokens,
                 temperature=r.temperature,
                 only=scored,
-            ).logprobs.cpu()
+            ).logprobs
+        # The sampler's log-probs (batch.old_logprobs) against the trainer's, agent tokens.
+        sampler = logp_diff_stats(old_logp, batch.old_logprobs, batch.loss_mask)
+        is_weights = None
+        if r.tis_cap is not None:
+            is_weights = tis_weights(old_logp, batch.old_logprobs, batch.loss_mask, r.tis_cap)
         kl = kl_penalty(old_logp, ref_logp, p.kl_kind) * critic_mask  # (B, T)
         rewards = terminal_rewards(batch.rewards, critic_mask)  # (B, T)
         if p.kl_in_reward:
@@ -166,7 +285,8 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         shuffle = torch.Generator().manual_seed(run.step_seed(step, 1))
         for _ in range(p.epochs):
             for rows in minibatches(len(batch), p.minibatch_size, shuffle):
-                loss, mb_stats = ppo_loss(
+                optimizer.zero_grad(set_to_none=True)
+                mb_stats = ppo_backward(
                     model,
                     value_head,
                     batch.select(rows),
@@ -179,16 +299,15 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
                     critic_mask[rows],
                     p,
                     r.temperature,
+                    None if is_weights is None else is_weights[rows],
                 )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
                 optimizer.step()
                 for k, v in {**mb_stats, "grad_norm": float(grad_norm)}.items():
                     stats[k].append(v)
         scheduler.step()
         model.eval()
-        policy.update_weights(model.state_dict())  # vLLM samples from a copy
+        sync_weights(policy, model)  # vLLM samples from a copy (LoRA: merged)
 
         # 4. Log, evaluate, checkpoint.
         mask_bool = critic_mask != 0
@@ -196,6 +315,7 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
             "step": step,
             **rollout_stats(trajectories),
             **{k: float(np.mean(v)) for k, v in stats.items()},
+            **sampler,
             "kl": float(kl[mask_bool].mean()) if bool(mask_bool.any()) else 0.0,
             "lr": scheduler.get_last_lr()[0],
             "rollout_time": t1 - t0,

@@ -89,6 +89,7 @@ def make_env(
     num_envs: int,
     tokenizer: Any = None,
     vocab_size: int | None = None,
+    eos_token_ids: Sequence[int] | None = None,
 ) -> Any:
     """A chunk-mode vector env without autoreset, as :func:`collect` needs.
 
@@ -100,6 +101,9 @@ def make_env(
         vocab_size: the model's logits count (``model.config.vocab_size``) when given:
             Qwen2.5 has 151,936 logits but 151,665 tokenizer ids, and a padding id
             sampled past ``len(tokenizer)`` must still be a valid action.
+        eos_token_ids: the model's own EOS ids (:func:`agents.model.model_eos_ids`),
+            added to the env's stop set next to any in ``rollout.env_kwargs``; the
+            policy's stop ids come from that set (:func:`collect`).
     """
     import gymnasium as gym
 
@@ -111,6 +115,10 @@ def make_env(
         kwargs["tokenizer"] = tokenizer
     if vocab_size is not None:
         kwargs["vocab_size"] = vocab_size
+    if eos_token_ids:
+        kwargs["eos_token_ids"] = sorted(
+            {int(e) for e in eos_token_ids} | {int(e) for e in kwargs.get("eos_token_ids") or ()}
+        )
     return gym.make_vec(
         rollout.env_id, num_envs=num_envs, action_mode="chunk", autoreset_mode="disabled", **kwargs
     )

@@ -31,7 +31,7 @@ from agents.checkpoint import (
 from agents.config import TrainConfig, to_dict
 from agents.evaluation.greedy import evaluate_greedy
 from agents.metrics import MetricsLogger
-from agents.model import frozen_copy, load_model
+from agents.model import frozen_copy, load_model, model_eos_ids
 from agents.plots import plot_run
 from agents.progress import progress_interval
 from agents.rollout import make_env
@@ -261,7 +261,7 @@ def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
     seed_everything(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    env_tokenizer = vocab_size = None
+    env_tokenizer = vocab_size = eos_ids = None
     if cfg.model.path != "tiny":
         from transformers import AutoConfig
 
@@ -270,9 +270,10 @@ def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         env_tokenizer = load_tokenizer(cfg.model.path)
         # the model's logits, not len(tokenizer): Qwen2.5 pads 151,665 ids to 151,936
         vocab_size = AutoConfig.from_pretrained(cfg.model.path).get_text_config().vocab_size
+        eos_ids = model_eos_ids(cfg.model.path)  # instruct models list several
     r = cfg.rollout
-    train_env = make_env(r, "train", r.num_envs, env_tokenizer, vocab_size)
-    eval_env = make_env(r, r.eval_split, r.eval_num_envs, env_tokenizer, vocab_size)
+    train_env = make_env(r, "train", r.num_envs, env_tokenizer, vocab_size, eos_ids)
+    eval_env = make_env(r, r.eval_split, r.eval_num_envs, env_tokenizer, vocab_size, eos_ids)
     tok = train_env.envs[0].tokenizer
     model, tokenizer = load_model(cfg.model, tok)
     if r.backend == "vllm":  # before the SFT warm start, not after it

@@ -23,6 +23,7 @@ import sys
 
 from agents.cli_args import add_config_arguments, add_set_argument, base_config, overrides_from_args
 from agents.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
+from search_env.logs import configure_logging
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -115,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m agents.train``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     parser = add_train_arguments(
         argparse.ArgumentParser(prog="python -m agents.train", description=__doc__.splitlines()[0])
     )

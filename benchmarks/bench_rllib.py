@@ -193,7 +193,7 @@ def learning_curves(out: Path, rllib_seconds: float, sb3_timesteps: int) -> None
             "sb3_curve": curves["sb3"],
         },
     )
-    from agents.metrics import plot_curves  # writes nothing without matplotlib
+    from agents.plots import plot_curves  # writes nothing without matplotlib
 
     for name, records in curves.items():
         plot_curves(

@@ -351,6 +351,12 @@ def _env_parser() -> tuple[argparse.ArgumentParser, Any, argparse.ArgumentParser
     add_download_arguments(download)
     download.set_defaults(func=run_download)
 
+    from search_env.audit import add_audit_arguments, run_audit
+
+    audit = sub.add_parser("audit", help="corpus coverage: gold answers in the corpus, recall@k")
+    add_audit_arguments(audit)
+    audit.set_defaults(func=run_audit)
+
     index = sub.add_parser("index", help="index a corpus")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     build = index_sub.add_parser(

@@ -204,9 +204,16 @@ def get_codec(
     eos_ids: Iterable[int] | None = None,
     stop_tags: Sequence[bytes] = STOP_TAGS,
 ) -> TokenCodec:
-    """Build (or reuse) the codec of a tokenizer."""
+    """Build (or reuse) the codec of a tokenizer, scanning for ``stop_tags``.
+
+    A codec passed in is reused as it is when it scans for the same tags; for others
+    (a protocol preset's) its table and EOS ids get a scanner of their own.
+    """
     if isinstance(tokenizer, TokenCodec):
-        return tokenizer
+        if tokenizer.scanner.patterns == tuple(stop_tags):
+            return tokenizer
+        codec = tokenizer
+        return TokenCodec(codec.tokenizer, codec.table, codec.eos_ids, TagScanner(stop_tags))
     eos = set(eos_ids or [])
     if tokenizer.eos_token_id is not None:
         eos.add(int(tokenizer.eos_token_id))

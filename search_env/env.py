@@ -1,22 +1,40 @@
-"""The token-level Search-R1 environment."""
+"""The token-level Search-R1 environment: :class:`SearchQAEnv`, its Gymnasium API.
+
+The env is built in layers, one module each: :mod:`search_env.env_checks` (argument,
+action and option checks, the spaces), :mod:`search_env.episode` (the episode's state,
+its accessors and the ``snapshot``/``restore`` undo), :mod:`search_env.env_turns` (how
+agent tokens become turns, in token and chunk mode) and this module (``reset``, ``step``
+and its two halves ``begin_step``/``finish_step``, which the vector env calls to batch
+retrieval).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from search_env.codec import TokenCodec, get_codec
-from search_env.protocol import ProtocolConfig, document_lines, parse_turn, prompt_text
+from search_env.env_checks import check_action, check_arguments, check_options, make_spaces
+from search_env.env_turns import TurnLogic
+from search_env.episode import PendingStep, Turn
+from search_env.protocol import ProtocolConfig, document_lines, prompt_text
 from search_env.retrievers.base import Retriever
-from search_env.rewards import make_reward, score_all
+from search_env.reward_config import (
+    EpisodeOutcome,
+    EpisodeRewardFn,
+    RewardConfig,
+    RewardError,
+    resolve_reward,
+    reward_components,
+)
+from search_env.rewards import score_all
 from search_env.types import Passage, QAExample
 
 logger = logging.getLogger(__name__)
@@ -28,67 +46,10 @@ class EpisodeOverError(RuntimeError):
     """``step()`` was called after the episode ended without a ``reset()``."""
 
 
-@dataclass
-class _Turn:
-    """Bookkeeping of the turn in progress."""
-
-    tokens: int = 0
-    scan_state: int = 0
-    data: bytearray = field(default_factory=bytearray)
-    cut: int = -1  # byte offset just past the closing tag, -1 while open
-
-
-@dataclass
-class _PendingStep:
-    """A step whose agent tokens are consumed, waiting (maybe) for retrieval."""
-
-    query: str | None
-    info: dict[str, Any]
-
-
-@dataclass(slots=True)
-class EnvSnapshot:
-    """What :meth:`SearchQAEnv.restore` needs to undo a call that raised.
-
-    Cheap by design (taken on every step, so the episode fields are one plain tuple):
-    the turn's bytes and the query list only grow within an episode, so their lengths
-    stand for their contents; the context is copied only when asked (``context=True``,
-    before a reset rewrites it).
-    """
-
-    fields: tuple[Any, ...]
-    """Context length, example, index, done, pending step, turn index, searches, query
-    list and its length, answer, turn and its (tokens, scan state, data length, cut),
-    prompt length."""
-    rng: tuple[Any, Any, Any] | None = None
-    """``np_random``, its bit-generator state and ``np_random_seed``."""
-    tokens: np.ndarray | None = None
-    mask: np.ndarray | None = None
-
-
-class ChunkSpace(spaces.Sequence):
-    """``Sequence(Discrete(vocab))`` without the empty sequence: a turn has a token at least.
-
-    ``step`` rejects an empty chunk, so the space must not contain (or sample) one.
-    """
-
-    def contains(self, x: Any) -> bool:
-        return isinstance(x, tuple) and len(x) > 0 and super().contains(x)
-
-    def sample(self, mask: Any = None, probability: Any = None) -> tuple[Any, ...] | Any:
-        for given in (mask, probability):
-            if given is not None and given[0] is not None and np.any(np.asarray(given[0]) < 1):
-                raise ValueError("a chunk has at least one token: its length must be >= 1")
-        return super().sample(mask=mask, probability=probability)
-
-    def __repr__(self) -> str:
-        return f"ChunkSpace({self.feature_space})"
-
-
 _RESET_OPTIONS = ("example", "index")
 
 
-class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
+class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
     """Question answering with a search engine, one agent token (or turn) per step.
 
     ## Description
@@ -101,10 +62,10 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
 
     ## Action Space
     ``action_mode="token"``: ``Discrete(vocab_size)``, one token id per step.
-    ``action_mode="chunk"``: :class:`ChunkSpace` (a ``Sequence(Discrete(vocab_size))`` of
-    at least one token), one generated turn per step (token ids after the turn's first
-    closing tag are ignored and counted in ``info["ignored_tokens"]``; a chunk that ends
-    without a tag ends the turn).
+    ``action_mode="chunk"``: :class:`~search_env.env_checks.ChunkSpace` (a
+    ``Sequence(Discrete(vocab_size))`` of at least one token), one generated turn per step
+    (token ids after the turn's first closing tag are ignored and counted in
+    ``info["ignored_tokens"]``; a chunk that ends without a tag ends the turn).
 
     ## Observation Space
     ``Dict(tokens=Box(0, vocab-1, (max_prompt_length,), int64),
@@ -112,9 +73,15 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
     Only the first ``length`` entries are meaningful; the rest are 0.
 
     ## Rewards
-    At the episode end: the metric (EM by default, or F1 / cover-EM) of the answer the
-    agent wrote against the gold answers, or ``format_score`` for a wrong answer. 0 on
-    every other step and when no answer was given.
+    At the episode end: the metric (EM by default, or F1 / cover-EM / substring-EM) of
+    the answer the agent wrote against the gold answers, or ``format_score`` for a wrong
+    answer. 0 on every other step and when no answer was given. ``reward=`` (a
+    :class:`~search_env.reward_config.RewardConfig` or its kind) pays another
+    combination of the episode's components (Search-R1 v0.3's format reward, AutoRefine's
+    refine reward, a weighted sum, an invalid-action penalty); ``reward_fn=`` (an
+    ``EpisodeRewardFn``) replaces the reward altogether. A reward function that raises
+    or returns a non-finite value raises :class:`~search_env.reward_config.RewardError`
+    and the step is undone, never a silent 0.
 
     ## Starting State
     A question drawn with ``self.np_random`` (or ``options={"index": i}``).
@@ -125,6 +92,12 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
     episode, the context and ``np_random`` as they were, so the same call can be retried
     (once the server is back up, say) as if it had never failed.
 
+    ## Snapshots
+    ``get_state()`` returns a self-contained, reusable
+    :class:`~search_env.episode.EnvState` (context, turn, searches, documents, RNG) and
+    ``set_state(state)`` continues from it, for tree-structured rollouts and replay. The
+    retriever is not part of the state.
+
     ## Episode End
     ``terminated`` when the agent answers. ``truncated`` after ``max_turns`` search turns
     plus one final turn without an answer, or when the context reaches
@@ -133,21 +106,26 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
     ## Arguments
     ``dataset`` (QA examples), ``retriever`` (a ``Retriever``), ``tokenizer`` (a Hugging
     Face tokenizer), ``action_mode``, ``reward_metric``, ``format_score``, ``protocol``
-    (a ``ProtocolConfig``) and any ``ProtocolConfig`` field as a keyword (``topk=5``),
-    ``eos_token_ids``, ``vocab_size`` (defaults to ``len(tokenizer)``; pass the model's
-    embedding size to accept its unused ids), ``on_retrieval_error`` (``"raise"`` or
+    (a ``ProtocolConfig``, or the name of a preset of :data:`~search_env.protocol.PRESETS`:
+    ``"search-r1"``, ``"r1-searcher"``, ``"research"``, ``"autorefine"``) and any
+    ``ProtocolConfig`` field as a keyword (``topk=5``), ``reward`` and ``reward_fn`` (see
+    Rewards), ``eos_token_ids``, ``vocab_size`` (defaults to ``len(tokenizer)``; pass the
+    model's embedding size to accept its unused ids), ``on_retrieval_error`` (``"raise"`` or
     ``"observe"``: show the error as the information block and flag it in ``info``).
 
     ## Info
     Every step: ``turn`` (turns completed), ``turn_ended``. When a turn ends, also
     ``action`` (``search``/``answer``/``invalid``), ``end_reason`` (``tag``, ``eos``,
-    ``budget``, ``chunk_end``, ``context``), ``searches``, ``query``,
+    ``budget``, ``chunk_end``, ``context``), ``searches`` (queries run so far), ``query``
+    (the turn's first), ``turn_queries`` (with ``max_queries_per_turn > 1``),
     ``query_truncated``, ``tag_count``, ``retrieval_time``, ``ignored_tokens`` (chunk
     mode). When the episode ends, also ``answer``, ``golden_answers``, ``scores`` (every
-    metric), ``question``, ``index``.
+    metric), ``reward_components`` (every entry of
+    :data:`~search_env.reward_config.COMPONENTS`), ``question``, ``index``.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version; protocol presets, reward components and snapshots added as
+      options (Search-R1 stays the default and unchanged).
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -159,9 +137,11 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         tokenizer: Any,
         *,
         action_mode: ActionMode = "token",
-        protocol: ProtocolConfig | None = None,
+        protocol: ProtocolConfig | str | None = None,
         reward_metric: str = "em",
         format_score: float = 0.0,
+        reward: RewardConfig | str | None = None,
+        reward_fn: EpisodeRewardFn | None = None,
         eos_token_ids: Sequence[int] | None = None,
         vocab_size: int | None = None,
         on_retrieval_error: Literal["raise", "observe"] = "raise",
@@ -169,62 +149,37 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         render_mode: str | None = None,
         **protocol_overrides: Any,
     ) -> None:
-        if len(dataset) == 0:
-            raise ValueError("dataset is empty")
-        if action_mode not in ("token", "chunk"):
-            raise ValueError(f"action_mode must be 'token' or 'chunk', got {action_mode!r}")
-        if on_retrieval_error not in ("raise", "observe"):
-            raise ValueError("on_retrieval_error must be 'raise' or 'observe'")
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        if not callable(getattr(retriever, "search", None)):
-            raise TypeError(f"retriever must have a search(queries, k) method, got {retriever!r}")
-        unknown = set(protocol_overrides) - {f.name for f in dataclasses.fields(ProtocolConfig)}
-        if unknown:
-            raise TypeError(f"unknown SearchQAEnv arguments: {sorted(unknown)}")
-        if protocol is not None and not isinstance(protocol, ProtocolConfig):
-            raise TypeError(f"protocol must be a ProtocolConfig, got {type(protocol).__name__}")
-        _check_tokenizer(tokenizer, vocab_size)
-        protocol = protocol or ProtocolConfig()
-        self.protocol = dataclasses.replace(protocol, **protocol_overrides)
+        self.protocol = check_arguments(
+            dataset,
+            retriever,
+            tokenizer,
+            action_mode=action_mode,
+            protocol=protocol,
+            on_retrieval_error=on_retrieval_error,
+            render_mode=render_mode,
+            vocab_size=vocab_size,
+            protocol_overrides=protocol_overrides,
+        )
         self.dataset = dataset
         self.retriever = retriever
-        self.codec: TokenCodec = get_codec(tokenizer, vocab_size, eos_token_ids)
+        # The tag scanner follows the protocol's closing tags (a preset's own).
+        stop_tags = tuple(tag.encode("utf-8") for tag in self.protocol.stop_strings)
+        self.codec: TokenCodec = get_codec(tokenizer, vocab_size, eos_token_ids, stop_tags)
         self.tokenizer = self.codec.tokenizer
         self.action_mode = action_mode
-        self.reward_metric = reward_metric
-        self.reward_fn = make_reward(reward_metric, format_score)
+        self.reward_fn, self.episode_reward_fn, self.reward_config = resolve_reward(
+            reward_metric, format_score, reward, reward_fn
+        )
+        kind = self.reward_config.kind
+        self.reward_metric = kind if kind in ("em", "f1", "cover_em", "substring_em") else "em"
         self.on_retrieval_error = on_retrieval_error
         self.copy_obs = copy_obs
         self.render_mode = render_mode
-
-        vocab = self.codec.vocab_size
-        length = self.protocol.max_prompt_length
-        token_space: spaces.Discrete[np.int64] = spaces.Discrete(vocab)
-        self.action_space = token_space if action_mode == "token" else ChunkSpace(token_space)
-        self.observation_space = spaces.Dict(
-            {
-                "tokens": spaces.Box(0, vocab - 1, (length,), np.int64),
-                "mask": spaces.Box(0, 1, (length,), np.int8),
-                "length": spaces.Box(0, length, (1,), np.int64),
-            }
+        self.action_space, self.observation_space = make_spaces(
+            self.codec.vocab_size, self.protocol.max_prompt_length, action_mode
         )
-        self._tokens = np.zeros(length, np.int64)
-        self._mask = np.zeros(length, np.int8)
-        self._len = 0
-        self._invalid_ids = self.codec.encode(self.protocol.invalid_message)
-        head, _, tail = self.protocol.information_format.partition("{docs}")
-        self._info_head, self._info_tail = head, tail
-        self._example: QAExample | None = None
-        self._index = -1
-        self._done = True
-        self._pending: _PendingStep | None = None
-        self._turn_index = 0
-        self._searches = 0
-        self._queries: list[str] = []
-        self._answer: str | None = None
-        self._turn = _Turn()
-        self._prompt_len = 0
+        self._init_episode_state()
+        self._init_turn_logic()
 
     # ------------------------------------------------------------------ reset
     def reset(
@@ -254,10 +209,12 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._searches = 0
         self._queries = []
         self._answer = None
-        self._turn = _Turn()
+        self._turn = Turn()
         self._done = False
         self._pending = None
         self._prompt_len = len(prompt_ids)
+        self._invalid_turns = 0
+        self._documents = []
         info = {
             "turn": 0,
             "turn_ended": False,
@@ -306,14 +263,18 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         snapshot = self.snapshot()
         try:
-            query = self.begin_step(action)
-            if query is None:
+            queries = self.begin_step(action)
+            if not queries:
                 return self.finish_step(None)
             start = time.perf_counter()
             try:
-                results: list[Passage] | Exception = self.retriever.search(
-                    [query], self.protocol.topk
-                )[0]
+                # one call for all of a turn's queries (max_queries_per_turn > 1)
+                found = self.retriever.search(list(queries), self.protocol.topk)
+                if len(found) != len(queries):
+                    raise RuntimeError(
+                        f"retriever returned {len(found)} result lists for {len(queries)} queries"
+                    )
+                results: list[list[Passage]] | Exception = found
             except Exception as exc:  # flagged or re-raised by finish_step
                 results = exc
             return self.finish_step(results, time.perf_counter() - start)
@@ -321,10 +282,11 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
             self.restore(snapshot)  # so the same action can be retried
             raise
 
-    def begin_step(self, action: Any) -> str | None:
-        """Consume the agent's tokens; return the query to retrieve for, if any.
+    def begin_step(self, action: Any) -> tuple[str, ...]:
+        """Consume the agent's tokens; return the queries to retrieve for (often none).
 
-        Split from :meth:`finish_step` so the vector env can batch retrieval.
+        One query per search turn by default, up to ``max_queries_per_turn``. Split from
+        :meth:`finish_step` so the vector env can batch retrieval.
         """
         if self._done:
             raise EpisodeOverError("step() called after the episode ended; call reset() first")
@@ -339,22 +301,23 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         info: dict[str, Any] = {"turn": self._turn_index, "turn_ended": end_reason is not None}
         if self.action_mode == "chunk":
             info["ignored_tokens"] = len(ids) - consumed
-        query = None
+        queries: tuple[str, ...] = ()
         if end_reason is not None:
-            query = self._end_turn(end_reason, info)
-        self._pending = _PendingStep(query, info)
-        return query
+            queries = self._end_turn(end_reason, info)
+        self._pending = PendingStep(queries, info)
+        return queries
 
     def finish_step(
         self,
-        results: Sequence[Passage] | Exception | None,
+        results: Sequence[Sequence[Passage]] | Exception | None,
         retrieval_time: float = 0.0,
         *,
-        lines: Sequence[str] | None = None,
+        lines: Sequence[Sequence[str]] | None = None,
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        """Append the information block for a pending search and finish the step.
+        """Append the information block for the pending queries and finish the step.
 
-        ``lines``: the results already formatted by ``document_lines`` (the vector env
+        ``results``: one passage list per pending query (or the retriever's exception).
+        ``lines``: the same already formatted by ``document_lines`` (the vector env
         formats every sub-env's results at once to tokenize them in one batch).
         """
         pending = self._pending
@@ -362,23 +325,31 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
             raise RuntimeError("finish_step() called without begin_step()")
         info = pending.info
         block: np.ndarray | None = None
-        if pending.query is not None:
+        groups: list[str] = []
+        if pending.queries:
             # Everything that can raise comes first: a raise leaves the step pending.
             if isinstance(results, Exception):
                 if self.on_retrieval_error == "raise":
                     raise results
-                lines = [f"Retrieval failed: {results}\n"]
-            elif results is None:
-                raise ValueError("finish_step() needs the retrieval results of the pending query")
-            elif lines is None:
-                lines = document_lines(results, self.protocol)
-            block = self._information_ids(lines)
+                flat = [f"Retrieval failed: {results}\n"]
+            else:
+                if results is None or len(results) != len(pending.queries):
+                    raise ValueError(
+                        "finish_step() needs one result list per pending query "
+                        f"({len(pending.queries)})"
+                    )
+                if lines is None:
+                    lines = [document_lines(r, self.protocol) for r in results]
+                flat = self._grouped_lines(pending.queries, lines)
+                groups = ["".join(group) for group in lines]
+            block = self._information_ids(flat)
             info["retrieval_time"] = retrieval_time
             if isinstance(results, Exception):
                 info["retrieval_error"] = str(results)
         self._pending = None
         if block is not None:
             self._append(block, agent=False)
+            self._documents.extend(groups)
         reward = 0.0
         terminated = truncated = False
         if info.get("action") == "answer":
@@ -389,11 +360,13 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
             self._done = True
             assert self._example is not None
             golds = self._example.golden_answers
-            reward = float(self.reward_fn(self._answer, golds))
+            outcome = self._outcome(terminated)
+            reward = self._pay(outcome)  # a raise here is undone by step() / the vector env
             info.update(
                 answer=self._answer,
                 golden_answers=list(golds),
                 scores=score_all(self._answer, golds),
+                reward_components=dict(outcome.components),
                 question=self._example.question,
                 index=self._index,
                 searches=self._searches,
@@ -401,288 +374,57 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
             )
         return self._obs(), reward, terminated, truncated, info
 
+    def _grouped_lines(self, queries: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
+        """The information block's lines: each query's documents under its header when a
+        turn may hold several queries, the documents alone otherwise (Search-R1)."""
+        if self.protocol.max_queries_per_turn == 1:
+            return [line for group in lines for line in group]
+        header = self.protocol.query_header
+        out: list[str] = []
+        for j, (query, group) in enumerate(zip(queries, lines), start=1):
+            out.append(header.format(j=j, query=query))
+            out.extend(group)
+        return out
+
+    # ---------------------------------------------------------------- rewards
+    def _outcome(self, terminated: bool) -> EpisodeOutcome:
+        """The finished episode as a reward function sees it, components filled in."""
+        assert self._example is not None
+        response = self.codec.decode(self._tokens[self._prompt_len : self._len].tolist())
+        outcome = EpisodeOutcome(
+            answer=self._answer,
+            golden_answers=tuple(self._example.golden_answers),
+            response=response,
+            documents=tuple(self._documents),
+            invalid_turns=self._invalid_turns,
+            searches=self._searches,
+            terminated=terminated,
+            protocol=self.protocol,
+        )
+        return dataclasses.replace(outcome, components=reward_components(outcome))
+
+    def _pay(self, outcome: EpisodeOutcome) -> float:
+        """The episode's reward; a reward function that fails raises :class:`RewardError`."""
+        fn = self.episode_reward_fn
+        try:
+            value = float(
+                self.reward_fn(outcome.answer, outcome.golden_answers)
+                if fn is None
+                else fn(outcome)
+            )
+        except Exception as exc:
+            # Never a silent 0: a broken reward would otherwise train on noise.
+            raise RewardError(
+                f"the reward function {fn or self.reward_fn!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if not math.isfinite(value):
+            raise RewardError(f"the reward function {fn or self.reward_fn!r} returned {value}")
+        return value
+
     # ---------------------------------------------------------------- helpers
     def check_action(self, action: Any) -> Sequence[int] | np.ndarray:
         """The action's token ids; raise TypeError / ValueError for a bad action."""
-        vocab = self.codec.vocab_size
-        if self.action_mode == "token":
-            if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
-                if (
-                    isinstance(action, np.ndarray)
-                    and action.shape == ()
-                    and action.dtype.kind in "iu"
-                ):
-                    action = int(action)
-                else:
-                    raise TypeError(
-                        f"token mode takes one integer token id, got {type(action).__name__}"
-                    )
-            if not 0 <= action < vocab:
-                raise ValueError(f"token id {action} out of range [0, {vocab})")
-            return (int(action),)
-        arr = np.asarray(action)
-        if arr.dtype == object:
-            raise TypeError("token ids must be integers")
-        if arr.ndim != 1:
-            raise ValueError(f"chunk mode takes a 1-D sequence of token ids, got shape {arr.shape}")
-        if arr.size == 0:
-            raise ValueError("chunk mode takes at least one token id per step")
-        if arr.dtype.kind not in "iu":
-            raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= vocab:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} out of range [0, {vocab})")
-        return arr.astype(np.int64, copy=False)
-
-    def _push(self, tid: int) -> str | None:
-        """Add one agent token; return why the turn ended, or None."""
-        self._tokens[self._len] = tid
-        self._mask[self._len] = 1
-        self._len += 1
-        turn = self._turn
-        turn.tokens += 1
-        codec = self.codec
-        if tid in codec.eos_ids:
-            return "eos"
-        data = codec.table[tid]
-        if data:
-            turn.scan_state, end = codec.scan(turn.scan_state, tid)
-            if end >= 0:
-                turn.cut = len(turn.data) + end
-                turn.data += data
-                return "tag"
-            turn.data += data
-        if turn.tokens >= self.protocol.max_response_length:
-            return "budget"
-        if self._len >= self.protocol.max_prompt_length:
-            return "context"
-        return None
-
-    def _push_chunk(self, ids: np.ndarray) -> tuple[str, int]:
-        """Add one whole turn at once: the same outcome as :meth:`_push` token by token.
-
-        A chunk is always a complete turn, so the scan starts fresh: find where the turn
-        ends (first closing tag, EOS, turn budget or context limit) with bytes.find and
-        numpy instead of a Python loop over tokens.
-        """
-        codec = self.codec
-        budget = self.protocol.max_response_length
-        room = self.protocol.max_prompt_length - self._len
-        limit = min(len(ids), budget, room)
-        head = ids[:limit].tolist()
-        ends: list[tuple[int, int, str]] = []  # (token index, priority, reason)
-        eos_at = [head.index(e) for e in codec.eos_ids if e in head]
-        if eos_at:
-            ends.append((min(eos_at), 0, "eos"))
-            head = head[: min(eos_at) + 1]
-        table = codec.table
-        pieces = [table[t] for t in head]
-        data = b"".join(pieces)
-        cut = -1
-        for tag in codec.scanner.patterns:
-            pos = data.find(tag)
-            if pos >= 0 and (cut < 0 or pos + len(tag) < cut):
-                cut = pos + len(tag)
-        if cut >= 0:
-            seen = 0
-            for index, piece in enumerate(pieces):
-                seen += len(piece)
-                if seen >= cut:
-                    break
-            ends.append((index, 0, "tag"))
-        if limit == budget:
-            ends.append((limit - 1, 1, "budget"))
-        if limit == room:
-            ends.append((limit - 1, 2, "context"))
-        index, _, reason = min(ends) if ends else (len(ids) - 1, 3, "chunk_end")
-        used = index + 1
-        self._tokens[self._len : self._len + used] = ids[:used]
-        self._mask[self._len : self._len + used] = 1
-        self._len += used
-        turn = self._turn
-        turn.tokens += used
-        turn.data += data if used == len(pieces) else b"".join(pieces[:used])
-        turn.cut = cut if reason == "tag" else -1
-        return reason, used
-
-    def _end_turn(self, reason: str, info: dict[str, Any]) -> str | None:
-        """Parse the finished turn, record it in ``info``; return a query to run."""
-        turn = self._turn
-        data = turn.data if turn.cut < 0 else turn.data[: turn.cut]
-        parsed = parse_turn(bytes(data).decode("utf-8", errors="replace"))
-        final_turn = self._turn_index >= self.protocol.max_turns
-        self._turn_index += 1
-        info.update(
-            turn=self._turn_index,
-            action=parsed.kind,
-            end_reason=reason,
-            tag_count=parsed.tag_count,
-            final_turn=final_turn,
-        )
-        query = None
-        if parsed.kind == "answer":
-            self._answer = parsed.content
-        elif parsed.kind == "search":
-            assert parsed.content is not None
-            query = parsed.content
-            info["query_truncated"] = len(query) > self.protocol.max_query_chars
-            query = query[: self.protocol.max_query_chars]
-            info["query"] = query
-            if final_turn or self._len >= self.protocol.max_prompt_length:
-                info["search_skipped"] = True
-                query = None
-            else:
-                self._searches += 1
-                self._queries.append(query)
-        elif not final_turn and self._len < self.protocol.max_prompt_length:
-            self._append(self._invalid_ids, agent=False)
-        info["searches"] = self._searches
-        self._turn = _Turn()
-        return query
-
-    def _information_ids(self, lines: Sequence[str]) -> np.ndarray:
-        """Token ids of an information block, cut to ``max_obs_length`` keeping its closing tag.
-
-        The head, each document line and the tail are tokenized separately (and cached by
-        the codec), so the ids can differ from tokenizing the block as one string at the
-        seams; they are environment tokens, never re-tokenized, so only consistency matters.
-        """
-        head, *docs, tail = self.codec.encode_pieces([self._info_head, *lines, self._info_tail])
-        body = np.concatenate([head, *docs]) if docs else head
-        budget = min(self.protocol.max_obs_length, self.protocol.max_prompt_length - self._len)
-        if len(body) + len(tail) <= budget:
-            return np.concatenate([body, tail])
-        keep = max(budget - len(tail), 0)
-        return np.concatenate([body[:keep], tail[:budget]])
-
-    def _append(self, ids: Sequence[int] | np.ndarray, agent: bool) -> None:
-        n = min(len(ids), self.protocol.max_prompt_length - self._len)
-        self._tokens[self._len : self._len + n] = ids[:n]
-        self._mask[self._len : self._len + n] = 1 if agent else 0
-        self._len += n
-
-    def _obs(self) -> dict[str, np.ndarray]:
-        if self.copy_obs:
-            return {
-                "tokens": self._tokens.copy(),
-                "mask": self._mask.copy(),
-                "length": np.array([self._len], np.int64),
-            }
-        return {
-            "tokens": self._tokens,
-            "mask": self._mask,
-            "length": np.array([self._len], np.int64),
-        }
-
-    def snapshot(self, *, context: bool = False, rng: bool = False) -> EnvSnapshot:
-        """The state a call that raises must go back to (see :meth:`restore`).
-
-        Steps only append to the context, so ``context=False`` is enough for them;
-        ``context=True`` copies it (before a reset), ``rng=True`` saves ``np_random``.
-        """
-        turn = self._turn
-        snapshot = EnvSnapshot(
-            (
-                self._len,
-                self._example,
-                self._index,
-                self._done,
-                self._pending,
-                self._turn_index,
-                self._searches,
-                self._queries,
-                len(self._queries),
-                self._answer,
-                turn,
-                turn.tokens,
-                turn.scan_state,
-                len(turn.data),
-                turn.cut,
-                self._prompt_len,
-            )
-        )
-        if rng:
-            generator = self._np_random
-            state = None if generator is None else generator.bit_generator.state
-            snapshot.rng = (generator, state, self._np_random_seed)
-        if context:
-            snapshot.tokens = self._tokens[: self._len].copy()
-            snapshot.mask = self._mask[: self._len].copy()
-        return snapshot
-
-    def restore(self, snapshot: EnvSnapshot) -> None:
-        """Go back to ``snapshot``; later snapshots must be restored first (an undo stack)."""
-        (
-            length,
-            self._example,
-            self._index,
-            self._done,
-            self._pending,
-            self._turn_index,
-            self._searches,
-            queries,
-            query_count,
-            self._answer,
-            turn,
-            turn.tokens,
-            turn.scan_state,
-            data_len,
-            turn.cut,
-            self._prompt_len,
-        ) = snapshot.fields
-        if snapshot.tokens is not None and snapshot.mask is not None:
-            self._tokens[: len(snapshot.tokens)] = snapshot.tokens
-            self._mask[: len(snapshot.mask)] = snapshot.mask
-        self._tokens[length:] = 0  # tokens written after the snapshot
-        self._mask[length:] = 0
-        self._len = length
-        del queries[query_count:]
-        self._queries = queries
-        del turn.data[data_len:]
-        self._turn = turn
-        if snapshot.rng is not None:
-            generator, state, seed = snapshot.rng
-            if generator is not None:
-                generator.bit_generator.state = state
-            self._np_random, self._np_random_seed = generator, seed
-
-    def bind_buffers(self, tokens: np.ndarray, mask: np.ndarray) -> None:
-        """Write the context into caller-owned arrays (the vector env's batch rows).
-
-        Observations then are views of those arrays, not copies.
-        """
-        length = self.protocol.max_prompt_length
-        if tokens.shape != (length,) or mask.shape != (length,):
-            raise ValueError(f"buffers must have shape ({length},)")
-        if tokens.dtype != np.int64 or mask.dtype != np.int8:
-            raise ValueError("buffers must be int64 (tokens) and int8 (mask)")
-        tokens[: self._len] = self._tokens[: self._len]
-        mask[: self._len] = self._mask[: self._len]
-        self._tokens, self._mask, self.copy_obs = tokens, mask, False
-
-    @property
-    def context_length(self) -> int:
-        return self._len
-
-    # ------------------------------------------------------------- accessors
-    @property
-    def context_ids(self) -> np.ndarray:
-        """The context so far (a copy), prompt included."""
-        return self._tokens[: self._len].copy()
-
-    @property
-    def loss_mask(self) -> np.ndarray:
-        """1 for agent tokens, 0 for environment tokens (a copy)."""
-        return self._mask[: self._len].copy()
-
-    @property
-    def example(self) -> QAExample | None:
-        return self._example
-
-    @property
-    def done(self) -> bool:
-        return self._done
+        return check_action(action, self.action_mode, self.codec.vocab_size)
 
     # gym.Env declares render() -> RenderFrame | list[RenderFrame] | None with a TypeVar bound
     # to nothing, which no concrete return type can override.
@@ -690,41 +432,3 @@ class SearchQAEnv(gym.Env[dict[str, np.ndarray], Any]):
         if self.render_mode != "ansi":
             return None
         return self.tokenizer.decode(self.context_ids.tolist())
-
-
-def check_options(options: Any, accepted: Sequence[str]) -> dict[str, Any]:
-    """``options`` as a dict; raise for a non-mapping or an unknown key."""
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise TypeError(f"options must be a mapping (a dict), got {type(options).__name__}")
-    unknown = sorted(set(options) - set(accepted), key=str)
-    if unknown:
-        raise ValueError(
-            f"unknown reset option(s) {', '.join(map(repr, unknown))}; "
-            f"accepted: {', '.join(map(repr, sorted(accepted)))}"
-        )
-    return dict(options)
-
-
-def _check_tokenizer(tokenizer: Any, vocab_size: Any) -> None:
-    """Fail at construction for what would otherwise fail mid-episode."""
-    if isinstance(tokenizer, TokenCodec):
-        tokenizer = tokenizer.tokenizer
-    needed = ("encode", "convert_ids_to_tokens", "decode", "__len__", "__call__")
-    if isinstance(tokenizer, (str, bytes)) or not all(hasattr(tokenizer, a) for a in needed):
-        hint = " (load it first: search_env.registration.load_tokenizer or gym.make accept a name)"
-        raise TypeError(
-            "tokenizer must be a Hugging Face tokenizer (encode, convert_ids_to_tokens, "
-            f"decode, len) or a TokenCodec, got {type(tokenizer).__name__}"
-            + (hint if isinstance(tokenizer, str) else "")
-        )
-    if vocab_size is None:
-        return
-    if isinstance(vocab_size, (bool, np.bool_)) or not isinstance(vocab_size, (int, np.integer)):
-        raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
-    if vocab_size < len(tokenizer):
-        raise ValueError(
-            f"vocab_size={vocab_size} is below the tokenizer's size {len(tokenizer)}: "
-            "its ids would fall outside the action space"
-        )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,47 +13,17 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from search_env.env import EnvSnapshot, SearchQAEnv, check_options
+from search_env.env import SearchQAEnv
+from search_env.env_checks import check_options
+from search_env.episode import EnvSnapshot, EnvState
 from search_env.protocol import document_lines
 from search_env.types import Passage
+from search_env.vector_infos import merge_infos
+
+__all__ = ["BatchStats", "SearchQAVectorEnv", "VectorState", "merge_infos"]
 
 _RESET_OPTIONS = ("example", "group_size", "index", "reset_mask")
 _SEED_SALT = 0x5EA4C4  # keeps the vector env's own stream apart from every sub-env's
-
-
-def merge_infos(infos: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """Gymnasium's vector info layout: ``info[key][i]`` plus a ``info["_key"]`` mask.
-
-    Same result as ``VectorEnv._add_info`` applied env by env, built one key at a time
-    (numbers and bools as numeric arrays, anything else as object arrays, dicts nested).
-    """
-    n = len(infos)
-    keys: dict[str, None] = {}
-    for info in infos:
-        if info:
-            keys.update(dict.fromkeys(info))
-    out: dict[str, Any] = {}
-    for key in keys:
-        present = np.fromiter((info is not None and key in info for info in infos), bool, n)
-        values = [info[key] if info is not None and key in info else None for info in infos]
-        given = [v for v, p in zip(values, present) if p]
-        if key == "final_obs":
-            array: Any = np.empty(n, dtype=object)
-            array[:] = values
-        elif all(isinstance(v, dict) for v in given):
-            array = merge_infos([v if p else None for v, p in zip(values, present)])
-        elif all(isinstance(v, (bool, np.bool_)) for v in given):
-            array = np.array([bool(v) if p else False for v, p in zip(values, present)])
-        elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in given):
-            array = np.array([v if p else 0 for v, p in zip(values, present)], dtype=np.int64)
-        elif all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in given):
-            array = np.array([v if p else 0.0 for v, p in zip(values, present)], dtype=np.float64)
-        else:
-            array = np.empty(n, dtype=object)
-            array[:] = values
-        out[key] = array
-        out[f"_{key}"] = present
-    return out
 
 
 @dataclass(frozen=True)
@@ -68,6 +39,21 @@ class BatchStats:
     """Distinct queries sent to the retriever."""
     retrieval_time: float = 0.0
     """Seconds spent in ``retriever.search``."""
+
+
+@dataclass(frozen=True, eq=False)
+class VectorState:
+    """A self-contained copy of a vector env: :meth:`SearchQAVectorEnv.get_state`.
+
+    One :class:`~search_env.episode.EnvState` per sub-env plus the vector env's own
+    flags and RNG; like them, safe to set any number of times. The retriever is not in it.
+    """
+
+    envs: tuple[EnvState, ...]
+    active: tuple[bool, ...]
+    needs_reset: tuple[bool, ...]
+    started: bool
+    rng: tuple[str, Mapping[str, Any], int | None] | None
 
 
 class _Undo:
@@ -211,6 +197,50 @@ class SearchQAVectorEnv(VectorEnv):
     @property
     def dataset(self) -> Sequence[Any]:
         return self.envs[0].dataset
+
+    # ------------------------------------------------------------ snapshots
+    def get_state(self) -> VectorState:
+        """Every sub-env's :class:`EnvState` plus the flags and RNG (see :class:`VectorState`)."""
+        rng = self._np_random
+        saved = None
+        if rng is not None:
+            bit = rng.bit_generator
+            saved = (type(bit).__name__, copy.deepcopy(bit.state), self._np_random_seed)
+        return VectorState(
+            envs=tuple(env.get_state() for env in self.envs),
+            active=tuple(bool(a) for a in self.active),
+            needs_reset=tuple(bool(a) for a in self._needs_reset),
+            started=self._started,
+            rng=saved,
+        )
+
+    def set_state(self, state: VectorState) -> None:
+        """Put every sub-env and the vector env back in ``state``; atomic (a bad state,
+        say one with another number of sub-envs or protocol, changes nothing)."""
+        if not isinstance(state, VectorState):
+            raise TypeError(f"set_state() takes a VectorState, got {type(state).__name__}")
+        if len(state.envs) != self.num_envs:
+            raise ValueError(
+                f"set_state(): the state has {len(state.envs)} sub-envs, not {self.num_envs}"
+            )
+        generator = None
+        if state.rng is not None:
+            name, bit_state, _ = state.rng
+            generator = np.random.Generator(getattr(np.random, name)())
+            generator.bit_generator.state = copy.deepcopy(bit_state)
+        undo = _Undo(self)
+        try:
+            for env, sub in zip(self.envs, state.envs):
+                undo.save(env, full=True)
+                env.set_state(sub)
+        except BaseException:
+            undo.restore()
+            raise
+        self.active[:] = state.active
+        self._needs_reset[:] = state.needs_reset
+        self._started = state.started
+        self._np_random = generator
+        self._np_random_seed = None if state.rng is None else state.rng[2]
 
     # ------------------------------------------------------------------ reset
     def reset(
@@ -411,16 +441,17 @@ class SearchQAVectorEnv(VectorEnv):
             elif self.active[i] and actions[i] is not None:
                 undo.save(env)
                 stepping.append(i)
-        # Phase 1: consume agent tokens; collect the queries.
+        # Phase 1: consume agent tokens; collect the queries (several per sub-env when
+        # max_queries_per_turn > 1).
         queries: list[str] = []
-        asking: list[int] = []
+        asking: dict[int, tuple[str, ...]] = {}
         for i in stepping:
-            query = self.envs[i].begin_step(actions[i])
-            if query is not None:
-                queries.append(query)
-                asking.append(i)
+            wanted = self.envs[i].begin_step(actions[i])
+            if wanted:
+                queries.extend(wanted)
+                asking[i] = wanted
         # Phase 2: one retriever call for the whole batch.
-        results: dict[int, Sequence[Passage] | Exception] = {}
+        results: dict[int, list[Sequence[Passage]] | Exception] = {}
         elapsed = 0.0
         unique: list[str] = []
         if queries:
@@ -433,20 +464,22 @@ class SearchQAVectorEnv(VectorEnv):
                         f"retriever returned {len(batch)} result lists for {len(unique)} queries"
                     )
                 found = dict(zip(unique, batch))
-                results = {i: found[q] for i, q in zip(asking, queries)}
+                results = {i: [found[q] for q in wanted] for i, wanted in asking.items()}
             except Exception as exc:
                 if any(self.envs[i].on_retrieval_error == "raise" for i in asking):
                     raise  # step() rolls every sub-env back
                 results = {i: exc for i in asking}  # each env shows it as its information
             elapsed = time.perf_counter() - start
         # Phase 3: tokenize every new document in one batch call, then finish every step.
-        lines: dict[int, list[str]] = {
-            i: document_lines(res, self.envs[i].protocol)
+        lines: dict[int, list[list[str]]] = {
+            i: [document_lines(r, self.envs[i].protocol) for r in res]
             for i, res in results.items()
             if not isinstance(res, Exception)
         }
         if lines:
-            self.envs[0].codec.encode_pieces([line for group in lines.values() for line in group])
+            self.envs[0].codec.encode_pieces(
+                [line for groups in lines.values() for group in groups for line in group]
+            )
         for i in stepping:
             env = self.envs[i]
             obs, reward, term, trunc, info = env.finish_step(

@@ -12,9 +12,11 @@ from agents.losses import (
     aggregate,
     entropy_from_logits,
     kl_loss,
+    logp_diff_stats,
     logprobs_from_logits,
     masked_entropy,
     policy_loss_clipped,
+    tis_weights,
     value_loss_clipped,
 )
 
@@ -172,3 +174,72 @@ def test_entropy_and_logprobs_from_logits():
     labels = torch.randint(0, 8, (2, 3), generator=g)
     expected = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1)
     assert torch.allclose(logprobs_from_logits(logits, labels), expected, atol=1e-6)
+
+
+def test_value_clip_fraction_counts_only_clipped_tokens():
+    """Values within the clip range of the old ones are never counted as clipped: where
+    ``old + (V - old)`` rounds one ulp away from ``V`` (about 1% of these tokens) and the
+    return is just past ``V``, the old count took the rounding for a clip."""
+    g = torch.Generator().manual_seed(0)
+    old = torch.rand(1, 4096, generator=g) * 0.01
+    values = old + 0.3 + torch.rand(1, 4096, generator=g) * 0.1  # all within clip=0.5
+    rounded = old + (values - old).clamp(-0.5, 0.5)
+    assert (rounded != values).any()
+    returns = values - (rounded - values).sign() * 1e-6
+    mask = torch.ones(1, 4096)
+    _, stats = value_loss_clipped(values, old, returns, mask, clip=0.5)
+    assert stats["vf_clip_frac"] == 0.0
+    _, stats = value_loss_clipped(old + 1.0, old, old + 2.0, mask, clip=0.5)
+    assert stats["vf_clip_frac"] == 1.0
+
+
+def test_tis_weights_by_hand():
+    trainer = torch.tensor([[-1.0, -2.0, -3.0, 0.0]])
+    sampler = torch.tensor([[-1.5, -1.0, -3.0, -9.0]])
+    agent = torch.tensor([[1, 1, 1, 0]])
+    w = tis_weights(trainer, sampler, agent, cap=1.5)
+    want = torch.tensor([[1.5, math.exp(-1.0), 1.0, 1.0]])  # capped; 1 at the env token
+    torch.testing.assert_close(w, want)
+    w = tis_weights(trainer, sampler, agent, cap=10.0)
+    assert float(w[0, 0]) == pytest.approx(math.exp(0.5))
+    with pytest.raises(ValueError, match="tis_cap"):
+        tis_weights(trainer, sampler, agent, cap=0.0)
+
+
+def test_policy_loss_with_is_weights_scales_each_token():
+    logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    old = torch.tensor([[-1.0, -2.0, -0.5]])
+    adv = torch.tensor([[1.0, -1.0, 2.0]])
+    mask = torch.ones(1, 3)
+    weights = torch.tensor([[0.5, 2.0, 1.0]], requires_grad=True)
+    loss, _ = policy_loss_clipped(logp, old, adv, mask, is_weights=weights)
+    # ratio 1 everywhere: per-token loss -A * w, mean over 3 tokens
+    assert float(loss.detach()) == pytest.approx((-0.5 + 2.0 - 2.0) / 3)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, -adv * weights.detach() / 3)
+    assert weights.grad is None  # the weights are constants of the loss
+    plain, _ = policy_loss_clipped(logp, old, adv, mask)
+    same, _ = policy_loss_clipped(logp, old, adv, mask, is_weights=torch.ones(1, 3))
+    assert float(plain.detach()) == float(same.detach())
+
+
+def test_logp_diff_stats_over_agent_tokens():
+    trainer = torch.tensor([[-1.0, -2.0, -3.0], [0.0, -1.0, -1.0]])
+    sampler = torch.tensor([[-1.1, -2.0, 5.0], [0.0, -1.3, 0.0]])
+    agent = torch.tensor([[1, 1, 0], [0, 1, 0]])
+    stats = logp_diff_stats(trainer, sampler, agent)
+    assert stats["logp_diff_mean"] == pytest.approx(0.4 / 3)
+    assert stats["logp_diff_max"] == pytest.approx(0.3)
+    assert logp_diff_stats(trainer, sampler, agent * 0) == {
+        "logp_diff_mean": 0.0,
+        "logp_diff_max": 0.0,
+    }
+
+
+@pytest.mark.parametrize("cap", [0.0, -1.0])
+def test_tis_cap_is_validated(cap):
+    from agents.config import RolloutConfig, TrainConfig
+
+    with pytest.raises(ValueError, match="rollout.tis_cap"):
+        TrainConfig(rollout=RolloutConfig(tis_cap=cap))
+    assert TrainConfig(rollout=RolloutConfig(tis_cap=2.0)).rollout.tis_cap == 2.0

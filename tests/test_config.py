@@ -131,6 +131,7 @@ ADDED_SINCE_THE_SPLIT = {
     ("ppo", "micro_batch_tokens"): None,
     ("model", "lora_rank"): 0,
     ("model", "lora_alpha"): 32,
+    ("rollout", "tis_cap"): None,
     ("fsdp",): {"cpu_offload": False, "reshard_after_forward": True, "ref_offload": False},
 }
 """Fields added later (issue 13), at values that leave a one-process run unchanged."""

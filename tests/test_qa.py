@@ -133,7 +133,7 @@ def test_searchr1_rows_from_pandas_numpy_arrays(tmp_path: Path) -> None:
     pq.write_table(_searchr1_table(with_question=False), path)
     df = pq.read_table(path).to_pandas()
     assert type(df.iloc[1]["reward_model"]["ground_truth"]["target"]).__name__ == "ndarray"
-    ex = qa._searchr1_row(df.iloc[1].to_dict(), 1)
+    ex = qa.searchr1_example(df.iloc[1].to_dict(), 1)
     assert ex.question == "capital of france?"
     assert ex.golden_answers == ("Paris", "Paris, France")
 
@@ -147,7 +147,7 @@ def test_searchr1_string_target_and_last_question_marker() -> None:
         ],
         "reward_model": {"ground_truth": {"target": "42"}},
     }
-    ex = qa._searchr1_row(row, 3)
+    ex = qa.searchr1_example(row, 3)
     assert (ex.id, ex.question, ex.golden_answers) == ("nq_3", "the real one?", ("42",))
 
 

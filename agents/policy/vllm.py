@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.lora import save_merged
 from agents.policy.base import DEFAULT_STOP_STRINGS, FinishReason, Generation
 from agents.policy.stopping import StopChecker, StopCheckers
 
@@ -245,7 +246,7 @@ class VLLMPolicy:
         """
         tmpdir = tempfile.mkdtemp(prefix="search-env-vllm-")
         try:
-            model.save_pretrained(tmpdir)
+            save_merged(model, tmpdir)  # a LoRA model: its merged weights
             tokenizer.save_pretrained(tmpdir)
             dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
             policy = cls(tmpdir, tokenizer=tokenizer, **{"dtype": dtype, **kwargs})

@@ -34,6 +34,7 @@ from agents.rllib.config import (
     save_config,
 )
 from agents.rllib.deps import require_ray
+from search_env.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def train_rllib(
     import ray
     import torch
 
-    from agents.metrics import MetricsLogger, plot_curves
+    from agents.metrics import MetricsLogger
+    from agents.plots import plot_curves
     from agents.rllib.env import register_search_envs
 
     started = time.perf_counter()
@@ -241,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m agents.rllib.train``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     parser = add_arguments(
         argparse.ArgumentParser(
             prog="python -m agents.rllib.train", description=__doc__.splitlines()[0]

@@ -168,7 +168,8 @@ def train_sb3(cfg: SB3RunConfig) -> dict[str, Any]:
     require_sb3()
     import torch
 
-    from agents.metrics import MetricsLogger, plot_curves
+    from agents.metrics import MetricsLogger
+    from agents.plots import plot_curves
 
     started = time.perf_counter()
     torch.set_num_threads(cfg.torch_threads)

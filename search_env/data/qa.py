@@ -208,7 +208,7 @@ def _question_from_prompt(prompt: Any) -> str:
     return question.strip()
 
 
-def _searchr1_row(row: Mapping[str, Any], position: int) -> QAExample:
+def searchr1_example(row: Mapping[str, Any], position: int) -> QAExample:
     """Convert one Search-R1 processed row (works on pyarrow dicts and pandas rows)."""
     data_source = row.get("data_source") or "searchr1"
     extra = row.get("extra_info")
@@ -261,7 +261,7 @@ def load_searchr1_parquet(path: str | Path) -> list[QAExample]:
     examples = []
     for i, row in enumerate(rows):
         try:
-            examples.append(_searchr1_row(row, i))
+            examples.append(searchr1_example(row, i))
         except ValueError as e:
             raise ValueError(f"{path}: row {i}: {e}") from e
     _log_loaded(len(examples), str(path))

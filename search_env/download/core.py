@@ -11,7 +11,6 @@ import datetime as _dt
 import fnmatch
 import json
 import logging
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from search_env.download.hub_client import (
 from search_env.download.messages import unavailable_message
 from search_env.download.postprocess import Digest, check, concat, gunzip, hash_file
 from search_env.files import atomic_file
-from search_env.hub import hub_reachable, network_errors, unreachable_reason
+from search_env.hub import hub_reachable, network_errors, offline_mode, unreachable_reason
 
 __all__ = ["MANIFEST_NAME", "download"]
 
@@ -43,12 +42,6 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "download_manifest.json"
 """File in ``dest_dir`` recording what was downloaded, from which commit, with sha256s."""
-
-
-def _offline_mode() -> bool:
-    """``HF_HUB_OFFLINE`` as huggingface_hub reads it, but read now, not at import time."""
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _read_manifest(dest_dir: Path) -> dict[str, Any]:
@@ -278,7 +271,7 @@ def download(
         logger.info("%s: %s already exists; nothing to download", artifact.name, target)
         return target
 
-    if _offline_mode():
+    if offline_mode():
         fetched = _use_local_files(artifact, dest, "offline mode is on (HF_HUB_OFFLINE is set)")
     elif hub is None and not hub_reachable():  # one quick probe instead of retries
         fetched = _use_local_files(artifact, dest, unreachable_reason())

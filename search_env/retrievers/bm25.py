@@ -502,9 +502,7 @@ class BM25Retriever:
             raise CorruptIndexError(
                 f"{index_dir}: cannot load index files: {type(e).__name__}: {e}"
             ) from e
-        logger.info(
-            "loaded BM25 index of %d passages from %s (mmap=%s)", len(store), index_dir, mmap
-        )
+        _log_loaded(index_dir, len(store), mmap)
         return cls(
             model,
             tokenizer,
@@ -610,6 +608,21 @@ class BM25Retriever:
             f"BM25Retriever(passages={len(self)}, vocab={len(self._vocab)}, "
             f"params={self.params}, backend={self.backend!r}, n_threads={self.n_threads})"
         )
+
+
+_LOADED: set[tuple[str, int, bool]] = set()
+"""(directory, passages, mmap) of the indexes this process has loaded (for the log)."""
+
+
+def _log_loaded(index_dir: Path, passages: int, mmap: bool) -> None:
+    """Log a load at INFO the first time, at DEBUG after: every env built on an index
+    loads it again, and the same INFO line per env drowns the log."""
+    key = (str(index_dir.resolve()), passages, mmap)
+    level = logging.DEBUG if key in _LOADED else logging.INFO
+    _LOADED.add(key)
+    logger.log(
+        level, "loaded BM25 index of %d passages from %s (mmap=%s)", passages, index_dir, mmap
+    )
 
 
 def _corrupt(index_dir: Path, problem: str) -> CorruptIndexError:

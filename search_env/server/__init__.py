@@ -7,15 +7,7 @@ uvicorn and msgspec are imported only when an app is built or served:
 ``pip install 'search-env[server]'``.
 """
 
-from search_env.server.app import (
-    DEFAULT_TOPK,
-    RequestError,
-    RequestLimits,
-    RetrieveRequest,
-    create_app,
-    format_result,
-    parse_retrieve_request,
-)
+from search_env.server.app import create_app
 from search_env.server.batching import BatchStats, MicroBatcher
 from search_env.server.launch import (
     ServerThread,
@@ -27,6 +19,14 @@ from search_env.server.launch import (
     serve,
     warm_up,
 )
+from search_env.server.requests import (
+    DEFAULT_TOPK,
+    RequestError,
+    RequestLimits,
+    RetrieveRequest,
+    parse_retrieve_request,
+)
+from search_env.server.wire import format_result
 
 __all__ = [
     "DEFAULT_TOPK",
