@@ -116,7 +116,7 @@ def search_r1_3b() -> TrainConfig:
     (launch with ``torchrun --nproc-per-node 8``), vLLM colocated at 0.6 of the GPU. One
     forward/backward holds at most 8,192 tokens (two full 4,096-token episodes; the
     reference's actor micro-batch of 64 padded episodes would not fit this trainer's fp32
-    log-prob pass): about 64 GiB a GPU by ``search-env plan --preset search-r1-3b``.
+    log-prob pass): about 55 GiB a GPU by ``search-env plan --preset search-r1-3b``.
     """
     return TrainConfig(
         algo="ppo",
@@ -186,7 +186,7 @@ def search_r1_7b() -> TrainConfig:
     """:func:`search_r1_3b` for Qwen2.5-7B (PPO on 8 x 80 GB, the reference's 7B run).
 
     The same settings, memory knobs included (FSDP with full offload, the reference
-    offloaded, vLLM at 0.6, 8,192-token micro-batches): about 70 GiB a GPU by
+    offloaded, vLLM at 0.6, 8,192-token micro-batches): about 60 GiB a GPU by
     ``search-env plan --preset search-r1-7b``.
     """
     base = search_r1_3b()
@@ -204,8 +204,9 @@ def qwen25_1_5b_1gpu() -> TrainConfig:
     Search-R1 env budgets (4,096-token contexts), bf16 with gradient checkpointing and
     8,192-token micro-batches, vLLM colocated at 0.35 of the GPU (its KV cache holds
     about 900k tokens; a step's rollout needs up to 1.3M at full context, the rest
-    queue): about 56 GiB by ``search-env plan --preset qwen2.5-1.5b-1gpu``. In one process AdamW keeps its moments in bf16 (8 bytes a trained
-    parameter); ``--set model.lora_rank=16`` trains adapters only.
+    queue): about 47 GiB by ``search-env plan --preset qwen2.5-1.5b-1gpu``. In one
+    process AdamW keeps its moments in bf16 (8 bytes a trained parameter);
+    ``--set model.lora_rank=16`` trains adapters only.
     """
     base = search_r1_3b_grpo()
     return dataclasses.replace(

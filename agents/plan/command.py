@@ -110,8 +110,9 @@ def markdown_page(plans: list[Plan]) -> str:
         "heads), not verl's separate critic model.",
         "- The worst episode: every sequence padded to `max_prompt_length`, the agent's "
         "tokens at their bound (`(max_turns + 1) * max_response_length`), so a micro-batch "
-        "scores `micro_batch_tokens * agent bound / context` positions, each costing "
-        "16 bytes per vocabulary entry in the training pass.",
+        "scores `micro_batch_tokens * agent bound / context` positions; the trainer holds "
+        "the logits of 1,024 of them at once (`agents.model.LOGIT_CHUNK_TOKENS`, each chunk "
+        "checkpointed), 16 bytes per vocabulary entry in the training pass.",
         "- vLLM stays awake beside the trainer (no sleep mode yet) and takes "
         "`vllm_gpu_memory_utilization` of the GPU.",
         "",

@@ -239,6 +239,17 @@ def workload(cfg: TrainConfig, ranks: int) -> Workload:
     )
 
 
+def logit_chunk_tokens() -> int | None:
+    """Positions whose logits the trainer's forward holds at once
+    (``agents.model.LOGIT_CHUNK_TOKENS``; each chunk is checkpointed in the training
+    pass), or None for a trainer that computes them all at once."""
+    try:
+        from agents.model import LOGIT_CHUNK_TOKENS
+    except ImportError:
+        return None
+    return int(LOGIT_CHUNK_TOKENS)
+
+
 def layer_activation_bytes(shape: ModelShape, b: int, lora_rank: int = 0) -> int:
     """Bytes autograd keeps per token of one Qwen2 decoder layer (no checkpointing).
 
@@ -342,11 +353,14 @@ def plan_memory(
     head = wl.micro_tokens * ((4 + 2 * b) * h + 3 * b * h) + wl.scored * b * h
     mask = wl.micro_seqs * wl.context**2
     add("final norm, mask, grad buffers", head + mask, "update", "(B,1,T,T) bool mask")
+    chunk = logit_chunk_tokens()
+    at_once = wl.scored if chunk is None else min(wl.scored, chunk)
     add(
         "logits",
-        wl.scored * V * LOGIT_BYTES_TRAIN,
+        at_once * V * LOGIT_BYTES_TRAIN,
         "update",
-        f"{wl.scored:,} scored positions x {V:,} x {LOGIT_BYTES_TRAIN} B (fp32)",
+        f"{at_once:,} of {wl.scored:,} scored positions at once x {V:,} x "
+        f"{LOGIT_BYTES_TRAIN} B (fp32)",
     )
 
     # ---- the critic (PPO): a value head on the backbone
@@ -376,9 +390,12 @@ def plan_memory(
     )
     add(
         "log-prob pass logits",
-        wl.logprob_scored * V * LOGIT_BYTES_NOGRAD + (t * h * 4 if cfg.algo == "ppo" else 0),
+        (wl.logprob_scored if chunk is None else min(wl.logprob_scored, chunk))
+        * V
+        * LOGIT_BYTES_NOGRAD
+        + (t * h * 4 if cfg.algo == "ppo" else 0),
         "logprob",
-        f"{wl.logprob_scored:,} scored positions",
+        f"{wl.logprob_scored:,} scored positions, a chunk at a time",
     )
 
     # ---- rollout
