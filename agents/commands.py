@@ -1,4 +1,4 @@
-"""The agents' commands of ``search-env``: ``train``, ``recipe`` and ``eval --model``.
+"""The agents' commands of ``search-env``: ``train``, ``recipe``, ``plan`` and ``eval --model``.
 
 The env layer's command line (:mod:`search_env.cli`) finds them through the
 ``search_env.commands`` entry points declared in pyproject.toml; each function below takes
@@ -45,6 +45,19 @@ def train(cli: CommandLine) -> None:
         "their --help)",
     )
     parser.set_defaults(func=_needs_torch(run_train))
+
+
+def plan(cli: CommandLine) -> None:
+    """``search-env plan``: the memory plan of a preset or config per GPU (agents.plan)."""
+    from agents.plan.command import add_plan_arguments, run_plan
+
+    parser = cli.add_command(
+        "plan",
+        help="memory plan per GPU of a preset or config (parameters, gradients, optimizer, "
+        "activations, logits, reference, critic, vLLM) against the GPU's memory",
+    )
+    add_plan_arguments(parser)
+    parser.set_defaults(func=_needs_torch(run_plan))
 
 
 def recipe(cli: CommandLine) -> None:

@@ -43,6 +43,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="replace the run in a non-empty run directory (without --resume or "
         "--overwrite, a non-empty one is refused)",
     )
+    parser.add_argument(
+        "--no-plan-check",
+        action="store_true",
+        help="start even when the memory plan (`search-env plan`) says the config does not fit",
+    )
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--steps", type=int, help="RL steps")
     parser.add_argument("--seed", type=int, help="run seed")
@@ -86,6 +91,14 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         print("error: pass --resume or --overwrite, not both", file=sys.stderr)
         return 2
+    if not getattr(args, "no_plan_check", False):  # before any weights load
+        from agents.plan import PlanRefusedError, check_config_fits
+
+        try:
+            check_config_fits(cfg)
+        except PlanRefusedError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     from agents.checkpoint import CorruptCheckpointError
 
     if cfg.algo == "grpo":

@@ -3,16 +3,20 @@
 ``tiny-cpu``: a from-scratch Qwen2 model on the synthetic world, minutes on a laptop CPU
 (the recipe's numbers depend on its values). ``search-r1-3b`` and ``search-r1-3b-grpo``:
 the Search-R1 reference settings from ``shared/PROTOCOL.md`` (PPO and GRPO), for GPU
-users.
+users; ``search-r1-7b`` the same for Qwen2.5-7B; ``qwen2.5-1.5b-1gpu`` GRPO for someone
+with one card. :data:`PRESET_HARDWARE` states the hardware each is meant for; its memory
+plan (``search-env plan --preset NAME``) fits that hardware (tests/test_plan.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from agents.config.schema import (
+    FSDPConfig,
     GRPOConfig,
     ModelConfig,
     PPOConfig,
@@ -106,6 +110,13 @@ def search_r1_3b() -> TrainConfig:
     ``env_id="SearchQA-v0"`` with ``env_kwargs={"dataset": ..., "retriever": ...}``);
     protocol defaults (max_turns 4, 500-token turns and observations, 4096 context) are
     the env's own. GRPO needs groups: :func:`search_r1_3b_grpo`.
+
+    Memory, as the reference on 8 x 80 GB: bf16, gradient checkpointing, FSDP with
+    parameter, gradient and optimizer offload and the reference's parameters offloaded
+    (launch with ``torchrun --nproc-per-node 8``), vLLM colocated at 0.6 of the GPU. One
+    forward/backward holds at most 8,192 tokens (two full 4,096-token episodes; the
+    reference's actor micro-batch of 64 padded episodes would not fit this trainer's fp32
+    log-prob pass): about 55 GiB a GPU by ``search-env plan --preset search-r1-3b``.
     """
     return TrainConfig(
         algo="ppo",
@@ -123,6 +134,9 @@ def search_r1_3b() -> TrainConfig:
             group_size=1,
             temperature=1.0,
             eval_num_envs=256,
+            backend="vllm",
+            vllm_gpu_memory_utilization=0.6,
+            vllm_enforce_eager=False,
         ),
         grpo=GRPOConfig(
             lr=1e-6,
@@ -131,6 +145,7 @@ def search_r1_3b() -> TrainConfig:
             kl_kind="low_var_kl",
             minibatch_size=256,
             epochs=1,
+            micro_batch_tokens=8192,
         ),
         ppo=PPOConfig(
             lr=1e-6,
@@ -144,7 +159,9 @@ def search_r1_3b() -> TrainConfig:
             kl_kind="kl",
             minibatch_size=256,
             epochs=1,
+            micro_batch_tokens=8192,
         ),
+        fsdp=FSDPConfig(cpu_offload=True, reshard_after_forward=True, ref_offload=True),
     )
 
 
@@ -165,12 +182,79 @@ def search_r1_3b_grpo() -> TrainConfig:
     )
 
 
+def search_r1_7b() -> TrainConfig:
+    """:func:`search_r1_3b` for Qwen2.5-7B (PPO on 8 x 80 GB, the reference's 7B run).
+
+    The same settings, memory knobs included (FSDP with full offload, the reference
+    offloaded, vLLM at 0.6, 8,192-token micro-batches): about 60 GiB a GPU by
+    ``search-env plan --preset search-r1-7b``.
+    """
+    base = search_r1_3b()
+    return dataclasses.replace(
+        base,
+        out_dir="runs/search-r1-7b",
+        model=dataclasses.replace(base.model, path="Qwen/Qwen2.5-7B"),
+    )
+
+
+def qwen25_1_5b_1gpu() -> TrainConfig:
+    """GRPO on Qwen2.5-1.5B with one 80 GB GPU and no ``torchrun``.
+
+    64 questions a step, 5 episodes each (320), a mini-batch of 160 episodes, the
+    Search-R1 env budgets (4,096-token contexts), bf16 with gradient checkpointing and
+    8,192-token micro-batches, vLLM colocated at 0.35 of the GPU (its KV cache holds
+    about 900k tokens; a step's rollout needs up to 1.3M at full context, the rest
+    queue): about 47 GiB by ``search-env plan --preset qwen2.5-1.5b-1gpu``. In one
+    process AdamW keeps its moments in bf16 (8 bytes a trained parameter);
+    ``--set model.lora_rank=16`` trains adapters only.
+    """
+    base = search_r1_3b_grpo()
+    return dataclasses.replace(
+        base,
+        out_dir="runs/qwen2.5-1.5b-1gpu",
+        model=dataclasses.replace(base.model, path="Qwen/Qwen2.5-1.5B"),
+        rollout=dataclasses.replace(
+            base.rollout, num_envs=64 * 5, eval_num_envs=64, vllm_gpu_memory_utilization=0.35
+        ),
+        grpo=dataclasses.replace(base.grpo, minibatch_size=32 * 5),
+        ppo=dataclasses.replace(base.ppo, minibatch_size=32 * 5),
+        fsdp=FSDPConfig(),
+    )
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "tiny-cpu": tiny_cpu,
     "search-r1-3b": search_r1_3b,
     "search-r1-3b-grpo": search_r1_3b_grpo,
+    "search-r1-7b": search_r1_7b,
+    "qwen2.5-1.5b-1gpu": qwen25_1_5b_1gpu,
 }
 """Named presets, by CLI name."""
+
+
+@dataclass(frozen=True)
+class PresetHardware:
+    """The hardware a preset is meant for (its memory plan fits it)."""
+
+    device: Literal["cuda", "cpu"]
+    gpus: int
+    memory_gib: float
+    """Memory of one GPU (or the CPU's RAM) in GiB, as torch reports it."""
+    name: str
+
+
+GB80 = 79.0
+"""An "80 GB" H100 or A100 as ``torch.cuda.get_device_properties`` reports it (about
+79.1-79.6 GiB), rounded down."""
+
+PRESET_HARDWARE: dict[str, PresetHardware] = {
+    "tiny-cpu": PresetHardware("cpu", 1, 8.0, "a laptop with 8 GiB of RAM"),
+    "search-r1-3b": PresetHardware("cuda", 8, GB80, "8 x 80 GB H100/A100"),
+    "search-r1-3b-grpo": PresetHardware("cuda", 8, GB80, "8 x 80 GB H100/A100"),
+    "search-r1-7b": PresetHardware("cuda", 8, GB80, "8 x 80 GB H100/A100"),
+    "qwen2.5-1.5b-1gpu": PresetHardware("cuda", 1, GB80, "1 x 80 GB H100/A100"),
+}
+"""The stated hardware of every preset (``search-env plan`` plans on it by default)."""
 
 
 def preset(name: str) -> TrainConfig:
