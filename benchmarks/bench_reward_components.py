@@ -14,6 +14,13 @@ The eval env gets the same kwargs, so ``eval_reward`` is the reward paid while
 before and after, the mean reward paid, searches, and each ``rc_<name>`` reward
 component per step (``metrics.jsonl``).
 
+Which rewards a run config can carry: a kind name (``reward="search_r1_format"``, as
+here) goes through the saved JSON config and back. A ``RewardConfig`` object in
+``env_kwargs`` trains, but is saved as a plain dict, which the env does not accept when
+the config is loaded again (resume); a ``reward_fn=`` callable cannot be saved at all.
+Both are for Python users who build their env themselves
+(``SearchQAEnv(reward=RewardConfig(...))`` / ``SearchQAEnv(reward_fn=...)``).
+
     nice -n 10 python benchmarks/bench_reward_components.py --sft-steps 300 --steps 12
     python benchmarks/bench_reward_components.py --quick          # a smoke test
 
@@ -60,19 +67,24 @@ def _mean(values: list[float]) -> float:
 def markdown(results: dict[str, Any]) -> str:
     """The results as markdown: the summary table, the rc_* means, the settings line."""
     lines = [
-        "| reward | steps | held-out EM before → after | held-out reward after "
-        "| train reward (first → last step) | train EM (mean) | searches (mean) "
-        "| format_valid (first → last) | retrieval_hit (mean) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| reward | steps | held-out EM before → after | held-out reward before → after "
+        "| held-out searches before → after | held-out format_valid before → after "
+        "| train reward (first → last step) | train EM (mean) | train searches (mean) "
+        "| train retrieval_hit (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
-        c, n = r["curves"], r["eval_questions"]
-        fv = c.get("rc_format_valid", [float("nan")])
+        c, n, e0, e1 = r["curves"], r["eval_questions"], r["eval_first"], r["eval_last"]
+
+        def both(key: str, e0: dict = e0, e1: dict = e1) -> str:
+            nan = float("nan")
+            return f"{e0.get(key, nan):.3f} → {e1.get(key, nan):.3f}"
+
         lines.append(
             f"| `{r['reward']}` | {r['steps']} | {r['em_before']:.3f} → **{r['em_after']:.3f}** "
-            f"({round(r['em_after'] * n)}/{n}) | {r['eval_last'].get('eval_reward', float('nan')):.3f} "
-            f"| {c['reward'][0]:.3f} → {c['reward'][-1]:.3f} | {_mean(c['em']):.3f} "
-            f"| {_mean(c['searches']):.2f} | {fv[0]:.3f} → {fv[-1]:.3f} "
+            f"({round(r['em_after'] * n)}/{n}) | {both('eval_reward')} | {both('eval_searches')} "
+            f"| {both('eval_rc_format_valid')} | {c['reward'][0]:.3f} → {c['reward'][-1]:.3f} "
+            f"| {_mean(c['em']):.3f} | {_mean(c['searches']):.2f} "
             f"| {_mean(c.get('rc_retrieval_hit', [])):.3f} |"
         )
     lines += ["", "Per-step training curves (mean over the step's episodes):", ""]
