@@ -42,7 +42,11 @@ class Trajectory:
             :class:`~agents.policy.base.Generation`), 0 at environment tokens.
         prompt_length: tokens of the initial prompt.
         reward: the env's reward for the episode.
-        scores: every metric of the final answer (``em``, ``f1``, ``cover_em``).
+        scores: every metric of the final answer (``em``, ``f1``, ``cover_em``): the
+            answer's own scores, whatever reward the env pays.
+        reward_components: the env's ``info["reward_components"]`` at the episode's end
+            (:data:`search_env.reward_config.COMPONENTS`: ``em``, ``format_valid``,
+            ``retrieval_hit``, ...); empty for an env that reports none.
         searches: searches executed.
         turns: agent turns played.
         answer: the answer the agent gave, or None.
@@ -57,6 +61,7 @@ class Trajectory:
     prompt_length: int
     reward: float
     scores: dict[str, float] = field(default_factory=dict)
+    reward_components: dict[str, float] = field(default_factory=dict)
     searches: int = 0
     turns: int = 0
     answer: str | None = None
@@ -246,6 +251,7 @@ def collect(
                     "scores": {
                         k: float(v[i]) for k, v in info["scores"].items() if not k.startswith("_")
                     },
+                    "reward_components": _components(info, int(i)),
                     "searches": int(info["searches"][i]),
                     "turns": int(info["turn"][i]),
                     "answer": info["answer"][i],
@@ -269,13 +275,35 @@ def collect(
     return trajectories
 
 
+def _components(info: dict[str, Any], i: int) -> dict[str, float]:
+    """Sub-env ``i``'s reward components from a vector env's merged ``info``."""
+    merged = info.get("reward_components")
+    if not merged:
+        return {}
+    return {
+        k: float(v[i])
+        for k, v in merged.items()
+        if not k.startswith("_") and merged.get(f"_{k}", np.ones(i + 1, bool))[i]
+    }
+
+
 def rollout_stats(trajectories: Sequence[Trajectory], prefix: str = "") -> dict[str, float]:
-    """Mean reward, EM, searches, turns and agent tokens per episode."""
+    """Mean reward, EM, searches, turns and agent tokens per episode, and the mean of each
+    reward component as ``rc_<name>`` (over the episodes that report it).
+
+    ``reward`` is what the env paid (its reward config); ``em`` is always the answer's
+    exact match (:attr:`Trajectory.scores`), so the two differ under a shaped reward.
+    """
     n = max(len(trajectories), 1)
 
     def mean(values: Sequence[float]) -> float:
         return float(sum(values) / n)
 
+    names = sorted({k for t in trajectories for k in t.reward_components})
+    components = {}
+    for name in names:
+        values = [t.reward_components[name] for t in trajectories if name in t.reward_components]
+        components[f"{prefix}rc_{name}"] = float(sum(values) / len(values))
     return {
         f"{prefix}reward": mean([t.reward for t in trajectories]),
         f"{prefix}em": mean([t.scores.get("em", 0.0) for t in trajectories]),
@@ -283,6 +311,7 @@ def rollout_stats(trajectories: Sequence[Trajectory], prefix: str = "") -> dict[
         f"{prefix}turns": mean([t.turns for t in trajectories]),
         f"{prefix}response_length": mean([t.agent_tokens for t in trajectories]),
         f"{prefix}answered": mean([float(t.answer is not None) for t in trajectories]),
+        **components,
     }
 
 
