@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -140,7 +140,7 @@ class SearchQAEnv(TurnLogic, gym.Env[dict[str, np.ndarray], Any]):
         protocol: ProtocolConfig | str | None = None,
         reward_metric: str = "em",
         format_score: float = 0.0,
-        reward: RewardConfig | str | None = None,
+        reward: RewardConfig | Mapping[str, Any] | str | None = None,
         reward_fn: EpisodeRewardFn | None = None,
         eos_token_ids: Sequence[int] | None = None,
         vocab_size: int | None = None,

@@ -34,7 +34,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from search_env.protocol import ProtocolConfig
 from search_env.rewards import ANSWER_METRICS, RewardFn, cover_exact_match, make_reward, normalize
@@ -293,7 +293,7 @@ def _search_r1_format(config: RewardConfig, c: Mapping[str, float]) -> float:
 def resolve_reward(
     reward_metric: str,
     format_score: float,
-    reward: RewardConfig | str | None,
+    reward: RewardConfig | Mapping[str, Any] | str | None,
     reward_fn: EpisodeRewardFn | None,
 ) -> tuple[RewardFn, EpisodeRewardFn | None, RewardConfig]:
     """The env's rewards from its arguments; raise for a bad or conflicting choice.
@@ -313,9 +313,17 @@ def resolve_reward(
         reward = RewardConfig(kind=reward)  # type: ignore[arg-type]  # checked there
     elif reward is None:
         reward = RewardConfig(kind=reward_metric, format_score=format_score)  # type: ignore[arg-type]
+    elif isinstance(reward, Mapping):  # a RewardConfig as a JSON config stores it
+        known = set(RewardConfig.__dataclass_fields__)
+        if unknown := sorted(set(reward) - known):
+            raise TypeError(
+                f"unknown reward config key(s) {unknown}; known: {', '.join(sorted(known))}"
+            )
+        reward = RewardConfig(**reward)
     elif not isinstance(reward, RewardConfig):
         raise TypeError(
-            f"reward must be a RewardConfig or a reward kind name, got {type(reward).__name__}"
+            f"reward must be a RewardConfig, its fields as a dict or a reward kind name, got "
+            f"{type(reward).__name__}"
         )
     if reward.kind in ANSWER_METRICS:
         answer_fn = make_reward(reward.kind, reward.format_score)

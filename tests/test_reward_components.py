@@ -268,3 +268,15 @@ def test_bad_reward_arguments(make_env, kwargs, error, match):
 def test_bad_reward_configs(fields, match):
     with pytest.raises(ValueError, match=match):
         RewardConfig(**fields)
+
+
+def test_a_reward_config_as_a_dict_is_the_same_reward(chunk_env, tokenizer):
+    # what a saved JSON training config holds for rollout.env_kwargs.reward
+    as_dict = {"kind": "weighted", "weights": {"em": 1.0, "retrieval_hit": 0.5}}
+    env = chunk_env(reward=as_dict)
+    assert env.reward_config == RewardConfig(kind="weighted", weights=as_dict["weights"])
+    obs, reward, term, trunc, info = run(env, tokenizer, GOOD_WRONG)
+    comps = info["reward_components"]
+    assert reward == pytest.approx(comps["em"] + 0.5 * comps["retrieval_hit"])
+    with pytest.raises(TypeError, match=r"unknown reward config key\(s\) \['wieghts'\]"):
+        chunk_env(reward={"kind": "weighted", "wieghts": {}})
