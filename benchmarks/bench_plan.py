@@ -48,6 +48,8 @@ CASES: dict[str, dict[str, Any]] = {
     },
 }
 CASES["qwen2-100m-ckpt"] = {**CASES["qwen2-100m"], "model.gradient_checkpointing": True}
+for _budget in (1024, 512):  # step time and peak memory against micro_batch_tokens
+    CASES[f"qwen2-100m-mb{_budget}"] = {**CASES["qwen2-100m"], "grpo.micro_batch_tokens": _budget}
 """Overrides of ``tiny_cpu()`` per case."""
 
 ALLOCATORS = {
@@ -79,8 +81,9 @@ def measure(name: str) -> dict[str, Any]:
     import torch
     from transformers import Qwen2ForCausalLM
 
-    from agents.grpo import grpo_loss
-    from agents.model import forward_tokens, frozen_copy
+    from agents.grpo import grpo_backward
+    from agents.microbatch import forward_in_micro_batches
+    from agents.model import frozen_copy
     from agents.plan import model_shape
     from agents.plan.memory import workload
     from agents.rollout import Trajectory, to_batch
@@ -112,7 +115,7 @@ def measure(name: str) -> dict[str, Any]:
 
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     base = _status_kib("VmRSS") * 1024
-    marks: dict[str, int] = {}
+    marks: dict[str, float] = {}
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -125,16 +128,20 @@ def measure(name: str) -> dict[str, Any]:
     marks["models_built"] = _status_kib("VmHWM") * 1024 - base
 
     def update() -> None:
-        """One GRPO update over the whole batch, as agents/grpo.py runs it."""
+        """One GRPO update over the whole batch, as agents/grpo.py runs it (micro-batched
+        under ``grpo.micro_batch_tokens``)."""
+        budget = g.micro_batch_tokens
         with torch.no_grad():
-            old = forward_tokens(model, batch.input_ids, batch.attention_mask, only=mask).logprobs
-            ref_lp = forward_tokens(ref, batch.input_ids, batch.attention_mask, only=mask).logprobs
+            ids, attn = batch.input_ids, batch.attention_mask
+            old = forward_in_micro_batches(model, ids, attn, budget, only=mask).logprobs
+            ref_lp = forward_in_micro_batches(ref, ids, attn, budget, only=mask).logprobs
         marks["logprob_passes"] = _status_kib("VmHWM") * 1024 - base
         model.train()
-        loss, _ = grpo_loss(model, batch, old, ref_lp, adv, mask, g, r.temperature)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        started = time.perf_counter()
+        grpo_backward(model, batch, old, ref_lp, adv, mask, g, r.temperature)
         marks["backward"] = _status_kib("VmHWM") * 1024 - base
+        marks["backward_seconds"] = time.perf_counter() - started
         torch.nn.utils.clip_grad_norm_(model.parameters(), g.grad_clip)
         optimizer.step()
         marks["optimizer_step"] = _status_kib("VmHWM") * 1024 - base
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:16s} {allocator:18s} {plan['parameters'] / 1e6:6.1f}M params  planned "
                 f"{plan['planned_bytes'] / GIB:5.2f} GiB  measured "
                 f"{measured['measured_bytes'] / GIB:5.2f} GiB  planned/measured {ratio:.2f}  "
+                f"forward+backward {measured['peak_after']['backward_seconds']:.1f} s "
                 f"({measured['seconds']:.0f} s)",
                 flush=True,
             )
