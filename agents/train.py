@@ -87,18 +87,38 @@ def run_train(args: argparse.Namespace) -> int:
         print("error: pass --resume or --overwrite, not both", file=sys.stderr)
         return 2
     from agents.checkpoint import CorruptCheckpointError
+    from agents.distributed import DistributedInitError, MainProcessFilter, init_distributed
+    from agents.run import check_distributed
 
-    if cfg.algo == "grpo":
-        from agents.grpo import train_grpo as train
-    else:
-        from agents.ppo import train_ppo as train
     try:
-        summary = train(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite))
-    except (FileExistsError, CorruptCheckpointError) as exc:  # raised before any training
+        # torchrun: join the job (a plain run gets the no-op single-process context)
+        ctx = init_distributed()
+    except DistributedInitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
-    return 0
+    try:
+        for handler in logging.getLogger().handlers:  # W ranks must not log every line W times
+            handler.addFilter(MainProcessFilter(ctx))
+        try:
+            check_distributed(cfg, ctx)  # e.g. a GRPO group across ranks: before any work
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if cfg.algo == "grpo":
+            from agents.grpo import train_grpo as train
+        else:
+            from agents.ppo import train_ppo as train
+        kwargs = {"ctx": ctx} if ctx.is_distributed else {}
+        try:
+            summary = train(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite), **kwargs)
+        except (FileExistsError, CorruptCheckpointError) as exc:  # raised before any training
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if ctx.is_main:
+            print(json.dumps(summary, indent=2))
+        return 0
+    finally:
+        ctx.destroy()
 
 
 def main(argv: list[str] | None = None) -> int:
