@@ -198,7 +198,8 @@ class Run:
         """Evaluate when due, log the step's record and checkpoint when due."""
         if self.should_evaluate(step):
             record.update(self.evaluate())
-        record["step_time"] = time.perf_counter() - started
+        # the slowest rank's (reduce_metrics takes the max of *_time)
+        record.update(reduce_metrics({"step_time": time.perf_counter() - started}, self.ctx))
         self.log(record)
         self.maybe_checkpoint(step, modules)
 

@@ -66,6 +66,11 @@ def tiny_config(out_dir: Path, **overrides) -> TrainConfig:
 
 
 # ------------------------------------------------------------ on the ranks
+def scored(t):
+    """``t`` with a reward set by its tokens (deterministic, and varied in a group)."""
+    return dataclasses.replace(t, reward=float(int(t.tokens.sum()) % 5))
+
+
 def _train(ctx, cfg: TrainConfig, resume: bool = False, played: list | None = None):
     """Run train_grpo on this rank; return its records and the final full weights."""
     import agents.grpo as grpo
@@ -79,7 +84,9 @@ def _train(ctx, cfg: TrainConfig, resume: bool = False, played: list | None = No
         return runs[-1]
 
     def collect(*args, **kwargs):
-        out = real_collect(*args, **kwargs)
+        # A reward that varies within a group (the random tiny model never answers
+        # right), so that advantages and the policy gradient are not all zero.
+        out = [scored(t) for t in real_collect(*args, **kwargs)]
         if played is not None:
             played.append(out)
         return out
@@ -185,7 +192,7 @@ def test_two_ranks_equal_one_rank_on_the_same_global_batch(two_ranks, monkeypatc
         torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5, msg=key)
         torch.testing.assert_close(results[1]["state"][key], state[key], rtol=0, atol=0)
     # The run moved: the comparison is not of two untouched inits.
-    assert any(r["grad_norm"] > 0 for r in one_records[1:])
+    assert all(r["grad_norm"] > 0 and r["adv_nonzero"] > 0 for r in one_records[1:])
 
 
 def test_rank_zero_alone_writes_the_run_files(two_ranks):
