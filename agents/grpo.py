@@ -22,14 +22,15 @@ from agents.advantages import grpo_advantages
 from agents.config import GRPOConfig, TrainConfig
 from agents.distributed import (
     DistContext,
-    all_reduce_sum,
     gathered,
     max_over_ranks,
     rank_minibatches,
     rank_questions,
     rank_seed,
+    reduce_loss_stats,
     reduce_metrics,
 )
+from agents.distributed.loop import global_normaliser, scalar
 from agents.losses import (
     aggregate,
     kl_loss,
@@ -201,34 +202,8 @@ def _standin_backward(model: nn.Module, batch: Batch, cfg: GRPOConfig, temperatu
     (out.logprobs.sum() * 0.0).backward()
 
 
-def global_normaliser(mask: torch.Tensor, live: bool, ctx: DistContext) -> Normaliser:
-    """The counts of one global mini-batch (every rank's rows; a stand-in has none)."""
-    local = Normaliser.of(mask) if live else Normaliser(0, 0, 0)
-    total = all_reduce_sum(torch.tensor([local.tokens, local.seqs, local.seqs_with_tokens]), ctx)
-    return Normaliser(*(int(v) for v in total.tolist()))
-
-
-def _float(x: torch.Tensor) -> float:
-    """A (possibly distributed, e.g. a sharded model's grad norm) 0-d tensor as a float."""
-    full = getattr(x, "full_tensor", None)
-    return float(full() if callable(full) else x)
-
-
 SUMMED = ("loss", "pg_loss", "kl_loss", "entropy")
 """Loss terms: under ``torchrun`` each rank's value is its share of the global one."""
-
-
-def _reduce_stats(stats: dict[str, float], tokens: int, ctx: DistContext) -> dict[str, float]:
-    """One mini-batch's stats over ranks: loss terms (each rank's share) summed, the
-    rest averaged by the rank's mask-1 tokens (token fractions: the global ones)."""
-    if not ctx.is_distributed:
-        return stats
-    shares = {k: v for k, v in stats.items() if k in SUMMED}
-    rest = {k: v for k, v in stats.items() if k not in SUMMED}
-    out = reduce_metrics(shares, ctx, ops=dict.fromkeys(shares, "sum"))
-    # a tiny weight keeps an all-stand-in (no tokens anywhere) mini-batch defined
-    out.update(reduce_metrics(rest, ctx, weight=tokens + 1e-9))
-    return {k: out[k] for k in stats}
 
 
 def train_grpo(
@@ -330,10 +305,10 @@ def train_grpo(
                 )
                 if ctx.is_distributed:
                     tokens = int((mb_mask != 0).sum())
-                    mb_stats = _reduce_stats(mb_stats, tokens, ctx)
+                    mb_stats = reduce_loss_stats(mb_stats, ctx, SUMMED, tokens)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.grad_clip)
                 optimizer.step()
-                for k, v in {**mb_stats, "grad_norm": _float(grad_norm)}.items():
+                for k, v in {**mb_stats, "grad_norm": scalar(grad_norm)}.items():
                     stats[k].append(v)
         scheduler.step()
         model.eval()

@@ -319,15 +319,13 @@ def check_distributed(cfg: TrainConfig, ctx: DistContext) -> int:
 
     Raises:
         ValueError: a rank's share of ``rollout.num_envs`` is not a whole number of
-            groups (a GRPO group would span two ranks), PPO or the vLLM back end (not
-            wired under ``torchrun`` yet), or fewer evaluation questions than ranks.
+            groups (a GRPO group would span two ranks), the vLLM back end (not wired
+            under ``torchrun`` yet), or fewer evaluation questions than ranks.
     """
     r = cfg.rollout
     if not ctx.is_distributed:
         return r.num_envs
     share = local_num_envs(r.num_envs, r.group_size, ctx.world_size)
-    if cfg.algo != "grpo":
-        raise ValueError(f"algo={cfg.algo!r} under torchrun is not supported yet: use algo=grpo")
     if r.backend != "hf":
         raise ValueError(
             f"rollout.backend={r.backend!r} under torchrun is not supported yet: use "

@@ -72,12 +72,15 @@ def scored(t):
 
 
 def _train(ctx, cfg: TrainConfig, resume: bool = False, played: list | None = None):
-    """Run train_grpo on this rank; return its records and the final full weights."""
-    import agents.grpo as grpo
+    """Run the loop of ``cfg.algo`` on this rank; return its records and the final full
+    weights (PPO: the value head's too, as ``value_head.*``)."""
+    import agents.grpo
+    import agents.ppo
     from agents.distributed import iter_full_state
 
-    runs = []
-    real_setup, real_collect = grpo.setup_run, grpo.collect
+    loop = agents.grpo if cfg.algo == "grpo" else agents.ppo
+    runs, heads = [], []
+    real_setup, real_collect, real_head = loop.setup_run, loop.collect, agents.ppo.ValueHead
 
     def setup(*args, **kwargs):
         runs.append(real_setup(*args, **kwargs))
@@ -91,14 +94,21 @@ def _train(ctx, cfg: TrainConfig, resume: bool = False, played: list | None = No
             played.append(out)
         return out
 
-    grpo.setup_run, grpo.collect = setup, collect
+    class Head(real_head):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            heads.append(self)
+
+    loop.setup_run, loop.collect, agents.ppo.ValueHead = setup, collect, Head
     try:
-        grpo.train_grpo(cfg, resume=resume, ctx=ctx)
+        train = agents.grpo.train_grpo if cfg.algo == "grpo" else agents.ppo.train_ppo
+        train(cfg, resume=resume, ctx=ctx)
     finally:
-        grpo.setup_run, grpo.collect = real_setup, real_collect
-    run = runs[-1]
-    state = {k: v.clone() for k, v in iter_full_state(run.model)}
-    return run.metrics.records, state
+        loop.setup_run, loop.collect, agents.ppo.ValueHead = real_setup, real_collect, real_head
+    state = {k: v.clone() for k, v in iter_full_state(runs[-1].model)}
+    for head in heads:
+        state.update({f"value_head.{k}": v.clone() for k, v in iter_full_state(head)})
+    return runs[-1].metrics.records, state
 
 
 def _two_rank_runs(ctx, root: str):
@@ -120,6 +130,17 @@ def _two_rank_runs(ctx, root: str):
     }
 
 
+def _two_rank_ppo(ctx, root: str):
+    """On each rank: a 2-step PPO run, its episodes recorded."""
+    played: list = []
+    records, state = _train(ctx, ppo_config(Path(root) / "ppo"), played=played)
+    return {"records": records, "state": state, "played": played}
+
+
+def ppo_config(out_dir: Path) -> TrainConfig:
+    return tiny_config(out_dir, algo="ppo", **{"ppo.minibatch_size": 4, "ppo.lr": 1e-2})
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist_train")
@@ -134,11 +155,18 @@ def two_ranks(tmp_path_factory):
 # ---------------------------------------------------------------- 1 rank
 def _replay(cfg: TrainConfig, played: list[list], monkeypatch):
     """A 1-rank run whose step ``s`` plays rank 0's then rank 1's episodes of step ``s``."""
-    import agents.grpo as grpo
+    import agents.grpo
+    import agents.ppo
 
+    loop = agents.grpo if cfg.algo == "grpo" else agents.ppo
     steps = iter(range(len(played[0])))
-    runs = []
-    real_setup = grpo.setup_run
+    runs, heads = [], []
+    real_setup, real_head = loop.setup_run, agents.ppo.ValueHead
+
+    class Head(real_head):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            heads.append(self)
 
     def setup(*args, **kwargs):
         runs.append(real_setup(*args, **kwargs))
@@ -150,10 +178,14 @@ def _replay(cfg: TrainConfig, played: list[list], monkeypatch):
         shift = max(t.group for t in first) + 1  # rank 1's groups follow rank 0's
         return first + [dataclasses.replace(t, group=t.group + shift) for t in second]
 
-    monkeypatch.setattr(grpo, "setup_run", setup)
-    monkeypatch.setattr(grpo, "collect", collect)
-    grpo.train_grpo(cfg)
-    return runs[-1]
+    monkeypatch.setattr(loop, "setup_run", setup)
+    monkeypatch.setattr(loop, "collect", collect)
+    monkeypatch.setattr(agents.ppo, "ValueHead", Head)
+    (agents.grpo.train_grpo if cfg.algo == "grpo" else agents.ppo.train_ppo)(cfg)
+    state = dict(runs[-1].model.state_dict())
+    for head in heads:
+        state.update({f"value_head.{k}": v for k, v in head.state_dict().items()})
+    return runs[-1], state
 
 
 UPDATE_KEYS = ("loss", "pg_loss", "kl_loss", "entropy", "pg_clip_frac", "grad_norm", "kl")
@@ -171,7 +203,7 @@ def test_two_ranks_equal_one_rank_on_the_same_global_batch(two_ranks, monkeypatc
     # Rank 0 and rank 1 played different questions of the same step's draw.
     assert played[0][0][0].index != played[1][0][0].index
 
-    one = _replay(tiny_config(root / "one"), played, monkeypatch)
+    one, final = _replay(tiny_config(root / "one"), played, monkeypatch)
     ranks_records = results[0]["records"]
     assert results[1]["records"] == ranks_records  # every rank holds the same records
     one_records = one.metrics.records
@@ -185,7 +217,6 @@ def test_two_ranks_equal_one_rank_on_the_same_global_batch(two_ranks, monkeypatc
         for key in ("eval_em", "eval_reward", "eval_searches", "eval_response_length"):
             if key in ref:
                 assert mine[key] == pytest.approx(ref[key], rel=1e-12), key
-    final = one.model.state_dict()
     state = results[0]["state"]
     assert set(state) == set(final)
     for key, value in final.items():
@@ -193,6 +224,31 @@ def test_two_ranks_equal_one_rank_on_the_same_global_batch(two_ranks, monkeypatc
         torch.testing.assert_close(results[1]["state"][key], state[key], rtol=0, atol=0)
     # The run moved: the comparison is not of two untouched inits.
     assert all(r["grad_norm"] > 0 and r["adv_nonzero"] > 0 for r in one_records[1:])
+
+
+PPO_UPDATE_KEYS = ("loss", "pg_loss", "vf_loss", "entropy", "value_mean", "grad_norm", "kl")
+
+
+def test_two_rank_ppo_equals_one_rank_on_the_same_global_batch(tmp_path, monkeypatch):
+    from agents.rollout import make_env
+
+    make_env(ppo_config(tmp_path / "warm").rollout, "train", 8)  # caches built once, here
+    results = run_ranks(_two_rank_ppo, 2, tmp_path / "ranks", str(tmp_path), timeout=200)
+    played = [results[0]["played"], results[1]["played"]]
+    one, final = _replay(ppo_config(tmp_path / "one"), played, monkeypatch)
+    ranks_records, one_records = results[0]["records"], one.metrics.records
+    assert results[1]["records"] == ranks_records
+    assert [r["step"] for r in ranks_records] == [r["step"] for r in one_records] == [0, 1, 2]
+    for mine, ref in zip(ranks_records[1:], one_records[1:], strict=True):
+        for key in ROLLOUT_KEYS[:-1]:
+            assert mine[key] == pytest.approx(ref[key], rel=1e-12), key
+        for key in PPO_UPDATE_KEYS:
+            assert mine[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
+    state = results[0]["state"]
+    assert set(state) == set(final) and any(k.startswith("value_head.") for k in state)
+    for key, value in final.items():
+        torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert all(r["grad_norm"] > 0 for r in one_records[1:])
 
 
 def test_rank_zero_alone_writes_the_run_files(two_ranks):
@@ -248,7 +304,6 @@ def test_a_group_split_over_ranks_is_refused_before_any_work(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"algo": "ppo", "ppo.minibatch_size": 4}, "algo='ppo' under torchrun"),
         ({"rollout.backend": "vllm"}, "rollout.backend='vllm' under torchrun"),
         ({"rollout.eval_questions": 1}, r"eval_questions \(1\) must be at least"),
     ],
