@@ -23,6 +23,7 @@ from torch import nn
 from agents.checkpoint import (
     CHECKPOINT_DIR,
     atomic_torch_save,
+    latest_checkpoint,
     load_checkpoint,
     resume_checkpoint,
     save_checkpoint,
@@ -152,7 +153,7 @@ class Run:
         """
         path = self.resume_from if self.resume else None
         step = 0
-        if path is not None and self.ctx.is_distributed:
+        if path is not None and (self.ctx.is_distributed or is_dist_checkpoint(path)):
             nets, optimizer, scheduler = _split_state(modules)
             step, _ = load_dist_checkpoint(
                 path, self.ctx, nets, optimizer, scheduler=scheduler, verify=False
@@ -306,6 +307,13 @@ class Run:
         return summary
 
 
+def is_dist_checkpoint(path: Path) -> bool:
+    """Whether a checkpoint directory is a sharded (``torchrun``) one."""
+    from agents.distributed.checkpoint import DCP_DIR
+
+    return (Path(path) / DCP_DIR).is_dir()
+
+
 def _split_state(modules: dict[str, Any]) -> tuple[dict[str, nn.Module], Any, Any]:
     """A loop's checkpoint dict as the sharded checkpoint takes it: the networks, the
     optimizer and the scheduler."""
@@ -373,10 +381,17 @@ def setup_run(
     if ctx.is_distributed:
         on_main(ctx, lambda: prepare_run_dir(run_dir, resume, overwrite))
         last = resume_dist_checkpoint(run_dir, ctx) if resume else None
+        if resume and last is None and latest_checkpoint(run_dir) is not None:
+            raise ValueError(
+                f"{run_dir} holds checkpoints of a single-process run only: resume it "
+                "without torchrun (a sharded checkpoint is not made from them)"
+            )
     else:
         prepare_run_dir(run_dir, resume, overwrite)
         # Chosen (and its sha256 checked) before hours of set-up, so a damaged one fails fast.
         last = resume_checkpoint(run_dir) if resume else None
+        if resume and last is None:  # a torchrun run's sharded checkpoints load here too
+            last = resume_dist_checkpoint(run_dir, ctx)
     seed_everything(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
 

@@ -119,7 +119,10 @@ def _two_rank_runs(ctx, root: str):
     full = tiny_config(root_dir / "full", checkpoint_every=1)
     records, state = _train(ctx, full, played=played)
     part = tiny_config(root_dir / "part", steps=1, checkpoint_every=1)
-    _train(ctx, part)
+    _, part_state = _train(ctx, part)
+    if ctx.is_main:  # a copy for a 1-process resume, before the ranks resume this one
+        shutil.copytree(root_dir / "part", root_dir / "part_copy")
+    ctx.barrier()
     resumed_records, resumed_state = _train(ctx, apply_overrides(part, {"steps": 2}), resume=True)
     return {
         "records": records,
@@ -127,6 +130,7 @@ def _two_rank_runs(ctx, root: str):
         "played": played,
         "resumed_records": resumed_records,
         "resumed_state": resumed_state,
+        "part_state": part_state,
     }
 
 
@@ -280,6 +284,40 @@ def test_resume_of_a_two_rank_run_is_exact(two_ranks):
     assert [r["step"] for r in b] == [0, 1, 2]
     assert b[-1]["reward"] == a[-1]["reward"]
     assert b[-1]["loss"] == a[-1]["loss"]
+
+
+def test_a_two_rank_checkpoint_resumes_in_one_process(two_ranks):
+    import agents.grpo as grpo
+    from agents.optim import warmup_schedule
+    from agents.run import setup_run
+
+    root, results = two_ranks
+    cfg = tiny_config(root / "part_copy", steps=2, checkpoint_every=1)
+    run = setup_run(cfg, resume=True)
+    assert run.resume_from is not None and run.resume_from.name == "step_00000001"
+    optimizer = torch.optim.AdamW(run.model.parameters(), lr=cfg.grpo.lr)
+    scheduler = warmup_schedule(optimizer, cfg.grpo.warmup_ratio, cfg.steps)
+    modules = {"model": run.model, "optimizer": optimizer, "scheduler": scheduler}
+    assert run.begin(modules) == 1
+    for key, value in run.model.state_dict().items():
+        torch.testing.assert_close(value, results[0]["part_state"][key], rtol=0, atol=0)
+    assert optimizer.state  # the moments came back too
+    grpo.train_grpo(cfg, resume=True)  # and the run goes on, in one process
+    rows = (root / "part_copy" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [0, 1, 2]
+
+
+def test_torchrun_refuses_to_resume_single_process_checkpoints(tmp_path, monkeypatch):
+    import agents.run
+    from agents.checkpoint import save_checkpoint
+
+    cfg = tiny_config(tmp_path / "plain", checkpoint_every=1)
+    save_checkpoint(cfg.out_dir, 1, cfg, {"model": torch.nn.Linear(2, 2)})
+    # Rank 0 of 2 without a process group: its two collectives run as on one rank.
+    monkeypatch.setattr(agents.run, "on_main", lambda ctx, fn: fn())
+    monkeypatch.setattr(agents.run, "resume_dist_checkpoint", lambda run_dir, ctx: None)
+    with pytest.raises(ValueError, match="single-process run only: resume it without torchrun"):
+        agents.run.setup_run(cfg, resume=True, ctx=TWO)
 
 
 # --------------------------------------------------------------- refusals
