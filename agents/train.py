@@ -8,6 +8,10 @@ Examples::
     python -m agents.train --preset tiny-cpu --out runs/grpo --overwrite   # replace that run
     python -m agents.train --preset tiny-cpu --set grpo.lr=1e-3 --set rollout.eval_questions=50
     python -m agents.train --preset tiny-cpu --set rollout.num_envs=16 --set grpo.minibatch_size=16
+    torchrun --standalone --nproc-per-node 2 -m agents.train --preset tiny-cpu --out runs/dist
+
+Under ``torchrun`` every rank runs this command: data-parallel with FSDP2 (see
+``docs/distributed.md``); rank 0 alone prints the summary and writes the run's files.
 
 Precedence: preset (or ``--config``), then ``--set`` overrides, then the dedicated flags.
 Every value is checked against its field's type, and the config as a whole, before any
