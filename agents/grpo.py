@@ -172,11 +172,11 @@ def grpo_backward(
         )
         return loss * scale if scale != 1.0 else loss, out
 
+    # Agreed before any pass: the passes are collectives and must pair up in order.
+    pad = 0 if ctx is None or scale == 1.0 else max_over_ranks(len(plan), ctx) - len(plan)
     full = accumulate(plan, step, batch.input_ids.shape)
-    if scale != 1.0:
-        assert ctx is not None
-        for _ in range(max_over_ranks(len(plan), ctx) - len(plan)):
-            _standin_backward(model, batch, cfg, temperature)
+    for _ in range(pad):
+        _standin_backward(model, batch, cfg, temperature)
     with torch.no_grad():
         # Under torchrun, the loss terms with the global counts: this rank's share.
         _, stats = grpo_objective(
@@ -202,8 +202,9 @@ def _standin_backward(model: nn.Module, batch: Batch, cfg: GRPOConfig, temperatu
     (out.logprobs.sum() * 0.0).backward()
 
 
-SUMMED = ("loss", "pg_loss", "kl_loss", "entropy")
-"""Loss terms: under ``torchrun`` each rank's value is its share of the global one."""
+SUMMED = ("loss", "pg_loss", "kl_loss", "entropy", "micro_batches", "oversize_rows")
+"""Under ``torchrun``: loss terms (each rank's value is its share of the global one)
+and micro-batch counts (a stand-in counts none)."""
 
 
 def train_grpo(
@@ -304,6 +305,10 @@ def train_grpo(
                     ctx=ctx,
                 )
                 if ctx.is_distributed:
+                    if not part.live:  # the stand-in row's micro-batch is not one
+                        mb_stats.update(
+                            {k: 0.0 for k in ("micro_batches", "oversize_rows") if k in mb_stats}
+                        )
                     tokens = int((mb_mask != 0).sum())
                     mb_stats = reduce_loss_stats(mb_stats, ctx, SUMMED, tokens)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.grad_clip)

@@ -211,10 +211,11 @@ def ppo_backward(
         loss, _ = ppo_objective(out, *parts, cfg, norms, weights)
         return loss * scale if scale != 1.0 else loss, out
 
+    # Agreed before any pass: the passes are collectives and must pair up in order.
+    pad = 0 if ctx is None or scale == 1.0 else max_over_ranks(len(plan), ctx) - len(plan)
     full = accumulate(plan, step, batch.input_ids.shape)
-    if scale != 1.0:
-        assert ctx is not None
-        for _ in range(max_over_ranks(len(plan), ctx) - len(plan)):
+    if pad:
+        for _ in range(pad):
             # zero loss: no gradient, but this rank joins the FSDP collectives
             ids, attn = batch.input_ids[:1], batch.attention_mask[:1]
             out = _actor_critic_forward(
@@ -231,8 +232,9 @@ def ppo_backward(
     return stats
 
 
-SUMMED = ("loss", "pg_loss", "kl_loss", "entropy", "vf_loss")
-"""Loss terms: under ``torchrun`` each rank's value is its share of the global one."""
+SUMMED = ("loss", "pg_loss", "kl_loss", "entropy", "vf_loss", "micro_batches", "oversize_rows")
+"""Under ``torchrun``: loss terms (each rank's value is its share of the global one)
+and micro-batch counts (a stand-in counts none)."""
 
 CRITIC_STATS = ("vf_clip_frac", "value_mean", "explained_variance")
 """Stats over the critic's tokens (weighted by them across ranks)."""
@@ -377,6 +379,10 @@ def train_ppo(
                     ctx=ctx,
                 )
                 if ctx.is_distributed:
+                    if not part.live:  # the stand-in row's micro-batch is not one
+                        mb_stats.update(
+                            {k: 0.0 for k in ("micro_batches", "oversize_rows") if k in mb_stats}
+                        )
                     mb_stats = reduce_loss_stats(
                         mb_stats,
                         ctx,

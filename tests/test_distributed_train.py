@@ -142,7 +142,13 @@ def _two_rank_ppo(ctx, root: str):
 
 
 def ppo_config(out_dir: Path) -> TrainConfig:
-    return tiny_config(out_dir, algo="ppo", **{"ppo.minibatch_size": 4, "ppo.lr": 1e-2})
+    """PPO with stand-ins and uneven micro-batch counts (see :func:`micro_config`)."""
+    return tiny_config(
+        out_dir,
+        algo="ppo",
+        seed=STANDIN_SEED,
+        **{"ppo.minibatch_size": 4, "ppo.lr": 1e-2, "ppo.micro_batch_tokens": 1},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +236,45 @@ def test_two_ranks_equal_one_rank_on_the_same_global_batch(two_ranks, monkeypatc
     assert all(r["grad_norm"] > 0 and r["adv_nonzero"] > 0 for r in one_records[1:])
 
 
+STANDIN_SEED = 5
+"""A run seed whose step-2 shuffle puts one mini-batch wholly on rank 0 and the other
+wholly on rank 1 (each rank runs a stand-in once)."""
+
+
+def _two_rank_micro(ctx, root: str):
+    played: list = []
+    records, state = _train(ctx, micro_config(Path(root) / "micro"), played=played)
+    return {"records": records, "state": state, "played": played}
+
+
+def micro_config(out_dir: Path) -> TrainConfig:
+    """One row per micro-batch (a 1-token budget): the ranks' micro-batch counts differ."""
+    return tiny_config(out_dir, seed=STANDIN_SEED, **{"grpo.micro_batch_tokens": 1})
+
+
+def test_two_ranks_with_stand_ins_and_uneven_micro_batches_equal_one_rank(tmp_path, monkeypatch):
+    from agents.distributed import rank_minibatches
+    from agents.rollout import make_env
+    from agents.seeding import step_seed
+
+    gens = [torch.Generator().manual_seed(step_seed(STANDIN_SEED, 2, 1)) for _ in range(2)]
+    parts = [rank_minibatches(4, 4, gens[r], DistContext(r, 2, backend="gloo")) for r in (0, 1)]
+    assert [[p.live for p in ps] for ps in parts] == [[True, False], [False, True]]
+    make_env(micro_config(tmp_path / "warm").rollout, "train", 8)  # caches built once, here
+    results = run_ranks(_two_rank_micro, 2, tmp_path / "ranks", str(tmp_path), timeout=200)
+    played = [results[0]["played"], results[1]["played"]]
+    one, final = _replay(micro_config(tmp_path / "one"), played, monkeypatch)
+    ranks_records, one_records = results[0]["records"], one.metrics.records
+    assert results[1]["records"] == ranks_records
+    for mine, ref in zip(ranks_records[1:], one_records[1:], strict=True):
+        assert mine["micro_batches"] == ref["micro_batches"] == 4  # one row each
+        for key in UPDATE_KEYS:
+            assert mine[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
+    for key, value in final.items():
+        torch.testing.assert_close(results[0]["state"][key], value, rtol=1e-4, atol=1e-5)
+    assert all(r["grad_norm"] > 0 for r in one_records[1:])
+
+
 PPO_UPDATE_KEYS = ("loss", "pg_loss", "vf_loss", "entropy", "value_mean", "grad_norm", "kl")
 
 
@@ -248,6 +293,7 @@ def test_two_rank_ppo_equals_one_rank_on_the_same_global_batch(tmp_path, monkeyp
             assert mine[key] == pytest.approx(ref[key], rel=1e-12), key
         for key in PPO_UPDATE_KEYS:
             assert mine[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
+        assert mine["micro_batches"] == ref["micro_batches"] == 4
     state = results[0]["state"]
     assert set(state) == set(final) and any(k.startswith("value_head.") for k in state)
     for key, value in final.items():
