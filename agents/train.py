@@ -101,8 +101,9 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        for handler in logging.getLogger().handlers:  # W ranks must not log every line W times
-            handler.addFilter(MainProcessFilter(ctx))
+        if ctx.is_distributed:  # W ranks must not log every line W times
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(MainProcessFilter(ctx))
         try:
             check_distributed(cfg, ctx)  # e.g. a GRPO group across ranks: before any work
         except ValueError as exc:
