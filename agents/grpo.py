@@ -20,6 +20,17 @@ from torch import nn
 
 from agents.advantages import grpo_advantages
 from agents.config import GRPOConfig, TrainConfig
+from agents.distributed import (
+    DistContext,
+    gathered,
+    max_over_ranks,
+    rank_minibatches,
+    rank_questions,
+    rank_seed,
+    reduce_loss_stats,
+    reduce_metrics,
+)
+from agents.distributed.loop import global_normaliser, scalar
 from agents.losses import (
     aggregate,
     kl_loss,
@@ -36,11 +47,10 @@ from agents.microbatch import (
     plan_stats,
 )
 from agents.model import TokenOutputs, forward_tokens
-from agents.optim import minibatches, warmup_schedule
+from agents.optim import warmup_schedule
 from agents.policy.base import sync_weights
 from agents.rollout import Batch, collect, response_mask, rollout_stats, to_batch
 from agents.run import setup_run
-from agents.seeding import question_indices
 
 
 def grpo_objective(
@@ -130,6 +140,7 @@ def grpo_backward(
     temperature: float = 1.0,
     is_weights: torch.Tensor | None = None,
     norm: Normaliser | None = None,
+    ctx: DistContext | None = None,
 ) -> dict[str, float]:
     """Accumulate one mini-batch's GRPO gradient in ``.grad``, micro-batch by micro-batch.
 
@@ -141,10 +152,16 @@ def grpo_backward(
     ``norm``: the counts to divide by when ``batch`` is one rank's part of a larger
     mini-batch (the global counts, reduced over ranks); default: ``batch``'s own. The
     stats are then this part's.
+
+    ``ctx`` (under ``torchrun``, with ``norm`` the global counts): each loss is scaled
+    by the world size, since FSDP2 averages the ranks' gradients, so the result is the
+    gradient of the whole global mini-batch; a rank with fewer micro-batches than
+    another runs zero-loss stand-ins, so that every rank joins as many collectives.
     """
     plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens)
     if norm is None and plan[0].rows is not None:
         norm = Normaliser.of(mask)
+    scale = 1.0 if ctx is None or not ctx.is_distributed else float(ctx.world_size)
 
     def step(mb: MicroBatch) -> tuple[torch.Tensor, TokenOutputs]:
         ids, attn, m = mb.take(batch.input_ids), mb.take(batch.attention_mask), mb.take(mask)
@@ -153,42 +170,81 @@ def grpo_backward(
         loss, _ = grpo_objective(
             out, mb.take(old_logp), mb.take(ref_logp), mb.take(advantages), m, cfg, norm, weights
         )
-        return loss, out
+        return loss * scale if scale != 1.0 else loss, out
 
+    # Agreed before any pass: the passes are collectives and must pair up in order.
+    pad = 0 if ctx is None or scale == 1.0 else max_over_ranks(len(plan), ctx) - len(plan)
     full = accumulate(plan, step, batch.input_ids.shape)
+    for _ in range(pad):
+        _standin_backward(model, batch, cfg, temperature)
     with torch.no_grad():
+        # Under torchrun, the loss terms with the global counts: this rank's share.
         _, stats = grpo_objective(
-            full, old_logp, ref_logp, advantages, mask, cfg, is_weights=is_weights
+            full,
+            old_logp,
+            ref_logp,
+            advantages,
+            mask,
+            cfg,
+            norm if scale != 1.0 else None,
+            is_weights=is_weights,
         )
     if cfg.micro_batch_tokens is not None:
         stats.update(plan_stats(plan))
     return stats
 
 
-def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train with GRPO; returns the run summary (also in ``{out_dir}/summary.json``)."""
+def _standin_backward(model: nn.Module, batch: Batch, cfg: GRPOConfig, temperature: float) -> None:
+    """A forward and backward of one row with a zero loss: no gradient, but the rank
+    joins the FSDP collectives of a micro-batch that another rank runs."""
+    ids, attn = batch.input_ids[:1], batch.attention_mask[:1]
+    out = _policy_forward(model, ids, attn, torch.ones_like(attn), cfg, temperature)
+    (out.logprobs.sum() * 0.0).backward()
+
+
+SUMMED = ("loss", "pg_loss", "kl_loss", "entropy", "micro_batches", "oversize_rows")
+"""Under ``torchrun``: loss terms (each rank's value is its share of the global one)
+and micro-batch counts (a stand-in counts none)."""
+
+
+def train_grpo(
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    ctx: DistContext | None = None,
+) -> dict[str, Any]:
+    """Train with GRPO; returns the run summary (also in ``{out_dir}/summary.json``).
+
+    ``ctx``: this rank under ``torchrun``: it plays its block of each step's questions
+    (whole groups), the update averages the ranks' gradients of the global mini-batch
+    (FSDP2), metrics are reduced over ranks, and rank 0 writes the files.
+    """
     g, r = cfg.grpo, cfg.rollout
-    run = setup_run(cfg, resume, overwrite)
+    run = setup_run(cfg, resume, overwrite, ctx)
+    ctx = run.ctx
     model, ref_model, policy = run.model, run.ref_model, run.policy
     optimizer = torch.optim.AdamW(model.parameters(), lr=g.lr, weight_decay=g.weight_decay)
     scheduler = warmup_schedule(optimizer, g.warmup_ratio, cfg.steps)
     state = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     start = run.begin(state)
-    prompts = r.num_envs // r.group_size
 
     for step in run.steps(start):
         t0 = time.perf_counter()
         # 1. Rollout: group_size episodes of each of `prompts` train questions.
-        indices = question_indices(len(run.train_env.dataset), prompts, cfg.seed, step)
-        policy.seed(run.step_seed(step, 0))
-        trajectories = collect(
-            run.train_env,
-            policy,
-            indices=indices,
-            group_size=r.group_size,
-            temperature=r.temperature,
-            max_new_tokens=r.max_new_tokens,
+        # Under torchrun: this rank's block of them, its own sampler stream.
+        indices = rank_questions(
+            len(run.train_env.dataset), r.num_envs, r.group_size, cfg.seed, step, ctx
         )
+        policy.seed(rank_seed(run.step_seed(step, 0), ctx))
+        with gathered(model):  # ranks generate different lengths: no collectives inside
+            trajectories = collect(
+                run.train_env,
+                policy,
+                indices=indices,
+                group_size=r.group_size,
+                temperature=r.temperature,
+                max_new_tokens=r.max_new_tokens,
+            )
         batch = to_batch(trajectories, run.pad_id)
         t1 = time.perf_counter()
 
@@ -196,7 +252,9 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
         adv = grpo_advantages(batch.rewards, batch.group_ids, normalize_std=g.normalize_std)
         mask = batch.loss_mask if g.mask_env_tokens else response_mask(batch)  # (B, T)
         advantages = adv[:, None] * mask  # (B, T)
-        with torch.no_grad():
+        # (Sharded: each model gathered for its no-grad pass, as ranks' micro-batch
+        # counts may differ.)
+        with gathered(model):
             # Recomputed rather than the sampler's: env tokens have none (the no-mask
             # ablation needs them), and a trainer may differ numerically from a sampler.
             old_logp = forward_in_micro_batches(
@@ -207,6 +265,7 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
                 temperature=r.temperature,
                 only=mask,
             ).logprobs
+        with gathered(ref_model):
             ref_logp = forward_in_micro_batches(
                 ref_model,
                 batch.input_ids,
@@ -226,7 +285,11 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
         stats: dict[str, list[float]] = defaultdict(list)
         shuffle = torch.Generator().manual_seed(run.step_seed(step, 1))
         for _ in range(g.epochs):
-            for rows in minibatches(len(batch), g.minibatch_size, shuffle):
+            # The 1-rank mini-batches of the global batch; each rank keeps its rows.
+            for part in rank_minibatches(len(batch), g.minibatch_size, shuffle, ctx):
+                rows = part.rows
+                mb_mask = mask[rows] if part.live else torch.zeros_like(mask[rows])
+                norm = global_normaliser(mb_mask, part.live, ctx) if ctx.is_distributed else None
                 optimizer.zero_grad(set_to_none=True)
                 mb_stats = grpo_backward(
                     model,
@@ -234,30 +297,48 @@ def train_grpo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) 
                     old_logp[rows],
                     ref_logp[rows],
                     advantages[rows],
-                    mask[rows],
+                    mb_mask,
                     g,
                     r.temperature,
                     None if is_weights is None else is_weights[rows],
+                    norm=norm,
+                    ctx=ctx,
                 )
+                if ctx.is_distributed:
+                    if not part.live:  # the stand-in row's micro-batch is not one
+                        mb_stats.update(
+                            {k: 0.0 for k in ("micro_batches", "oversize_rows") if k in mb_stats}
+                        )
+                    tokens = int((mb_mask != 0).sum())
+                    mb_stats = reduce_loss_stats(mb_stats, ctx, SUMMED, tokens)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.grad_clip)
                 optimizer.step()
-                for k, v in {**mb_stats, "grad_norm": float(grad_norm)}.items():
+                for k, v in {**mb_stats, "grad_norm": scalar(grad_norm)}.items():
                     stats[k].append(v)
         scheduler.step()
         model.eval()
         sync_weights(policy, model)  # vLLM samples from a copy (LoRA: merged)
 
         # 4. Log, evaluate, checkpoint.
+        played = {
+            **rollout_stats(trajectories),
+            "adv_nonzero": float((adv != 0).float().mean()),
+            "rollout_time": t1 - t0,
+            "update_time": time.perf_counter() - t1,
+        }
+        if ctx.is_distributed:  # ranks play equal numbers of episodes; tokens weigh sampler
+            played = reduce_metrics(played, ctx)
+            sampler = reduce_metrics(sampler, ctx, weight=float(batch.loss_mask.sum()) + 1e-9)
         record: dict[str, Any] = {
             "step": step,
-            **rollout_stats(trajectories),
+            **{k: played[k] for k in rollout_stats(trajectories)},
             **{k: float(np.mean(v)) for k, v in stats.items()},
             **sampler,
             "kl": float(np.mean(stats["kl_loss"])),
-            "adv_nonzero": float((adv != 0).float().mean()),
+            "adv_nonzero": played["adv_nonzero"],
             "lr": scheduler.get_last_lr()[0],
-            "rollout_time": t1 - t0,
-            "update_time": time.perf_counter() - t1,
+            "rollout_time": played["rollout_time"],
+            "update_time": played["update_time"],
         }
         run.end_step(step, record, state, t0)
     return run.finish()

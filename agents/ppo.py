@@ -25,6 +25,19 @@ from torch import nn
 
 from agents.advantages import gae, kl_penalty, masked_whiten, terminal_rewards
 from agents.config import PPOConfig, TrainConfig
+from agents.distributed import (
+    DistContext,
+    gathered,
+    global_masked_whiten,
+    max_over_ranks,
+    rank_minibatches,
+    rank_questions,
+    rank_seed,
+    reduce_loss_stats,
+    reduce_metrics,
+    shard_module,
+)
+from agents.distributed.loop import global_normaliser, scalar
 from agents.losses import (
     aggregate,
     kl_loss,
@@ -42,11 +55,10 @@ from agents.microbatch import (
     plan_stats,
 )
 from agents.model import TokenOutputs, ValueHead, forward_tokens
-from agents.optim import minibatches, warmup_schedule
+from agents.optim import warmup_schedule
 from agents.policy.base import sync_weights
 from agents.rollout import Batch, collect, response_mask, rollout_stats, to_batch
 from agents.run import setup_run
-from agents.seeding import question_indices
 
 
 def ppo_objective(
@@ -173,17 +185,22 @@ def ppo_backward(
     temperature: float = 1.0,
     is_weights: torch.Tensor | None = None,
     norms: tuple[Normaliser, Normaliser] | None = None,
+    ctx: DistContext | None = None,
 ) -> dict[str, float]:
     """Accumulate one mini-batch's PPO gradient (actor and critic) in ``.grad``.
 
     As :func:`agents.grpo.grpo_backward`: micro-batches of at most
     ``cfg.micro_batch_tokens`` padded tokens, each normalised by the whole mini-batch's
     actor and critic counts, stats over the stitched whole. ``norms``: the (actor,
-    critic) counts when ``batch`` is one rank's part of a larger mini-batch.
+    critic) counts when ``batch`` is one rank's part of a larger mini-batch; with
+    ``ctx`` (under ``torchrun``) losses are scaled by the world size and micro-batch
+    counts padded, as in :func:`agents.grpo.grpo_backward`, and the stats' loss terms
+    are this rank's shares.
     """
     plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens)
     if norms is None and plan[0].rows is not None:
         norms = (Normaliser.of(actor_mask), Normaliser.of(critic_mask))
+    scale = 1.0 if ctx is None or not ctx.is_distributed else float(ctx.world_size)
     per_token = (old_logp, ref_logp, old_values, advantages, returns, actor_mask, critic_mask)
 
     def step(mb: MicroBatch) -> tuple[torch.Tensor, TokenOutputs]:
@@ -192,23 +209,62 @@ def ppo_backward(
         out = _actor_critic_forward(model, value_head, ids, attn, parts[5], cfg, temperature)
         weights = None if is_weights is None else mb.take(is_weights)
         loss, _ = ppo_objective(out, *parts, cfg, norms, weights)
-        return loss, out
+        return loss * scale if scale != 1.0 else loss, out
 
+    # Agreed before any pass: the passes are collectives and must pair up in order.
+    pad = 0 if ctx is None or scale == 1.0 else max_over_ranks(len(plan), ctx) - len(plan)
     full = accumulate(plan, step, batch.input_ids.shape)
+    if pad:
+        for _ in range(pad):
+            # zero loss: no gradient, but this rank joins the FSDP collectives
+            ids, attn = batch.input_ids[:1], batch.attention_mask[:1]
+            out = _actor_critic_forward(
+                model, value_head, ids, attn, torch.ones_like(attn), cfg, temperature
+            )
+            assert out.values is not None
+            ((out.logprobs.sum() + out.values.sum()) * 0.0).backward()
     with torch.no_grad():
-        _, stats = ppo_objective(full, *per_token, cfg, is_weights=is_weights)
+        _, stats = ppo_objective(
+            full, *per_token, cfg, norms if scale != 1.0 else None, is_weights=is_weights
+        )
     if cfg.micro_batch_tokens is not None:
         stats.update(plan_stats(plan))
     return stats
 
 
-def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train with PPO; returns the run summary (also in ``{out_dir}/summary.json``)."""
+SUMMED = ("loss", "pg_loss", "kl_loss", "entropy", "vf_loss", "micro_batches", "oversize_rows")
+"""Under ``torchrun``: loss terms (each rank's value is its share of the global one)
+and micro-batch counts (a stand-in counts none)."""
+
+CRITIC_STATS = ("vf_clip_frac", "value_mean", "explained_variance")
+"""Stats over the critic's tokens (weighted by them across ranks)."""
+
+
+def train_ppo(
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    ctx: DistContext | None = None,
+) -> dict[str, Any]:
+    """Train with PPO; returns the run summary (also in ``{out_dir}/summary.json``).
+
+    ``ctx``: this rank under ``torchrun`` (see :func:`agents.grpo.train_grpo`); the
+    value head is its own FSDP2 unit, advantages are whitened with all ranks' tokens.
+    """
     p, r = cfg.ppo, cfg.rollout
-    run = setup_run(cfg, resume, overwrite)
+    run = setup_run(cfg, resume, overwrite, ctx)
+    ctx = run.ctx
     model, ref_model, policy = run.model, run.ref_model, run.policy
     hidden = model.get_output_embeddings().weight.shape[1]
     value_head = ValueHead(hidden).to(next(model.parameters()).device)
+    if ctx.is_distributed:
+        import torch.distributed as dist
+
+        # Rank 0's initial head on every rank (only rank 0 ran the warm start, so the
+        # ranks' generators differ here), then sharded like the policy.
+        for t in value_head.state_dict().values():
+            dist.broadcast(t, src=0)
+        shard_module(value_head, ctx, cfg.fsdp)
     optimizer = torch.optim.AdamW(
         [
             {"params": model.parameters(), "lr": p.lr},
@@ -224,22 +280,25 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         "scheduler": scheduler,
     }
     start = run.begin(state)
-    prompts = r.num_envs // r.group_size
     params = list(model.parameters()) + list(value_head.parameters())
 
     for step in run.steps(start):
         t0 = time.perf_counter()
         # 1. Rollout: one episode per sub-env (group_size > 1 repeats each question).
-        indices = question_indices(len(run.train_env.dataset), prompts, cfg.seed, step)
-        policy.seed(run.step_seed(step, 0))
-        trajectories = collect(
-            run.train_env,
-            policy,
-            indices=indices,
-            group_size=r.group_size,
-            temperature=r.temperature,
-            max_new_tokens=r.max_new_tokens,
+        # Under torchrun: this rank's block of them, its own sampler stream.
+        indices = rank_questions(
+            len(run.train_env.dataset), r.num_envs, r.group_size, cfg.seed, step, ctx
         )
+        policy.seed(rank_seed(run.step_seed(step, 0), ctx))
+        with gathered(model):  # ranks generate different lengths: no collectives inside
+            trajectories = collect(
+                run.train_env,
+                policy,
+                indices=indices,
+                group_size=r.group_size,
+                temperature=r.temperature,
+                max_new_tokens=r.max_new_tokens,
+            )
         batch = to_batch(trajectories, run.pad_id)
         t1 = time.perf_counter()
 
@@ -247,7 +306,9 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         actor_mask = batch.loss_mask if p.mask_env_tokens else response_mask(batch)  # (B, T)
         critic_mask = batch.loss_mask if p.critic_masked else response_mask(batch)  # (B, T)
         scored = torch.maximum(actor_mask, critic_mask)  # tokens whose log-probs are used
-        with torch.no_grad():
+        # (Sharded: the models gathered for the no-grad passes, whose micro-batch counts
+        # may differ between ranks.)
+        with gathered(model), gathered(value_head):
             out = forward_in_micro_batches(
                 model,
                 batch.input_ids,
@@ -259,6 +320,7 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
             )
             old_logp, old_values = out.logprobs, out.values
             assert old_values is not None
+        with gathered(ref_model):
             ref_logp = forward_in_micro_batches(
                 ref_model,
                 batch.input_ids,
@@ -277,14 +339,27 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         if p.kl_in_reward:
             rewards = rewards - p.kl_coef * kl
         advantages, returns = gae(rewards, old_values, critic_mask, p.gamma, p.lam)
-        advantages = masked_whiten(advantages, critic_mask)
+        if ctx.is_distributed:  # the statistics of every rank's tokens
+            advantages = global_masked_whiten(advantages, critic_mask, ctx)
+        else:
+            advantages = masked_whiten(advantages, critic_mask)
 
         # 3. Clipped actor and critic updates over mini-batches.
         model.train()
         stats: dict[str, list[float]] = defaultdict(list)
         shuffle = torch.Generator().manual_seed(run.step_seed(step, 1))
         for _ in range(p.epochs):
-            for rows in minibatches(len(batch), p.minibatch_size, shuffle):
+            # The 1-rank mini-batches of the global batch; each rank keeps its rows.
+            for part in rank_minibatches(len(batch), p.minibatch_size, shuffle, ctx):
+                rows = part.rows
+                mb_actor = actor_mask[rows] if part.live else torch.zeros_like(actor_mask[rows])
+                mb_critic = critic_mask[rows] if part.live else torch.zeros_like(critic_mask[rows])
+                norms = None
+                if ctx.is_distributed:
+                    norms = (
+                        global_normaliser(mb_actor, part.live, ctx),
+                        global_normaliser(mb_critic, part.live, ctx),
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 mb_stats = ppo_backward(
                     model,
@@ -295,15 +370,30 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
                     old_values[rows],
                     advantages[rows],
                     returns[rows],
-                    actor_mask[rows],
-                    critic_mask[rows],
+                    mb_actor,
+                    mb_critic,
                     p,
                     r.temperature,
                     None if is_weights is None else is_weights[rows],
+                    norms=norms,
+                    ctx=ctx,
                 )
+                if ctx.is_distributed:
+                    if not part.live:  # the stand-in row's micro-batch is not one
+                        mb_stats.update(
+                            {k: 0.0 for k in ("micro_batches", "oversize_rows") if k in mb_stats}
+                        )
+                    mb_stats = reduce_loss_stats(
+                        mb_stats,
+                        ctx,
+                        SUMMED,
+                        float((mb_actor != 0).sum()),
+                        CRITIC_STATS,
+                        float((mb_critic != 0).sum()),
+                    )
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
                 optimizer.step()
-                for k, v in {**mb_stats, "grad_norm": float(grad_norm)}.items():
+                for k, v in {**mb_stats, "grad_norm": scalar(grad_norm)}.items():
                     stats[k].append(v)
         scheduler.step()
         model.eval()
@@ -311,15 +401,27 @@ def train_ppo(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
 
         # 4. Log, evaluate, checkpoint.
         mask_bool = critic_mask != 0
-        record: dict[str, Any] = {
-            "step": step,
+        played = {
             **rollout_stats(trajectories),
-            **{k: float(np.mean(v)) for k, v in stats.items()},
-            **sampler,
             "kl": float(kl[mask_bool].mean()) if bool(mask_bool.any()) else 0.0,
-            "lr": scheduler.get_last_lr()[0],
             "rollout_time": t1 - t0,
             "update_time": time.perf_counter() - t1,
+        }
+        if ctx.is_distributed:  # ranks play equal numbers of episodes; tokens weigh the KL
+            kl_mean = reduce_metrics(
+                {"kl": played.pop("kl")}, ctx, weight=float(mask_bool.sum()) + 1e-9
+            )
+            played = {**reduce_metrics(played, ctx), **kl_mean}
+            sampler = reduce_metrics(sampler, ctx, weight=float(batch.loss_mask.sum()) + 1e-9)
+        record: dict[str, Any] = {
+            "step": step,
+            **{k: played[k] for k in rollout_stats(trajectories)},
+            **{k: float(np.mean(v)) for k, v in stats.items()},
+            **sampler,
+            "kl": played["kl"],
+            "lr": scheduler.get_last_lr()[0],
+            "rollout_time": played["rollout_time"],
+            "update_time": played["update_time"],
         }
         run.end_step(step, record, state, t0)
     return run.finish()

@@ -23,12 +23,26 @@ from torch import nn
 from agents.checkpoint import (
     CHECKPOINT_DIR,
     atomic_torch_save,
+    latest_checkpoint,
     load_checkpoint,
     resume_checkpoint,
     save_checkpoint,
     step_of,
 )
 from agents.config import TrainConfig, to_dict
+from agents.distributed import (
+    DistContext,
+    gathered,
+    load_dist_checkpoint,
+    local_num_envs,
+    on_main,
+    reduce_metrics,
+    resume_dist_checkpoint,
+    save_dist_checkpoint,
+    shard_model,
+    shard_range,
+    shard_reference,
+)
 from agents.evaluation.greedy import evaluate_greedy
 from agents.metrics import MetricsLogger
 from agents.model import frozen_copy, load_model, model_eos_ids
@@ -43,6 +57,9 @@ logger = logging.getLogger(__name__)
 INIT_WEIGHTS = "init_model.pt"
 """The model after the SFT warm start (the KL reference), kept in the run directory."""
 
+EXPORT_DIR = "final_model"
+"""A ``torchrun`` run's final policy, written with ``save_pretrained`` by rank 0."""
+
 RUN_FILES = (
     "config.json",
     "metrics.jsonl",
@@ -52,6 +69,7 @@ RUN_FILES = (
     INIT_WEIGHTS,
     "sft_metrics.jsonl",
     CHECKPOINT_DIR,
+    EXPORT_DIR,
 )
 """What a run writes into its directory (and ``overwrite`` removes)."""
 
@@ -115,6 +133,8 @@ class Run:
     """The verified checkpoint :meth:`begin` loads (None: a fresh start)."""
     sft_summary: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    ctx: DistContext = field(default_factory=DistContext)
+    """This rank (the single-process context outside ``torchrun``)."""
 
     # ----------------------------------------------------------------- seeding
     def step_seed(self, step: int, stream: int) -> int:
@@ -133,22 +153,44 @@ class Run:
         """
         path = self.resume_from if self.resume else None
         step = 0
-        if path is not None:
+        if path is not None and (self.ctx.is_distributed or is_dist_checkpoint(path)):
+            nets, optimizer, scheduler = _split_state(modules)
+            step, _ = load_dist_checkpoint(
+                path, self.ctx, nets, optimizer, scheduler=scheduler, verify=False
+            )
+            logger.info("resumed from %s (step %d)", path, step)
+        elif path is not None:
             step, _ = load_checkpoint(path, modules, verify=False)  # setup_run verified it
             logger.info("resumed from %s (step %d)", path, step)
-        atomic_write_text(
-            self.run_dir / "config.json",
-            json.dumps(to_dict(self.cfg), indent=2, sort_keys=True) + "\n",
-        )
-        self.policy.update_weights(self.model.state_dict())
+        if self.ctx.is_main:
+            atomic_write_text(
+                self.run_dir / "config.json",
+                json.dumps(to_dict(self.cfg), indent=2, sort_keys=True) + "\n",
+            )
+        if not self.ctx.is_distributed:  # ranks sample from their gathered model (HF)
+            self.policy.update_weights(self.model.state_dict())
         if step == 0:
-            self.metrics.log({"step": 0, **self.evaluate()})
+            self.log({"step": 0, **self.evaluate()})
         return step
 
     def maybe_checkpoint(self, step: int, modules: dict[str, Any]) -> None:
         """Checkpoint every ``checkpoint_every`` steps and after the last one."""
         every = self.cfg.checkpoint_every
-        if every and (step % every == 0 or step == self.cfg.steps):
+        if not every or (step % every and step != self.cfg.steps):
+            return
+        if self.ctx.is_distributed:  # sharded: every rank writes its part
+            nets, optimizer, scheduler = _split_state(modules)
+            save_dist_checkpoint(
+                self.run_dir,
+                step,
+                self.ctx,
+                nets,
+                optimizer,
+                scheduler=scheduler,
+                config=self.cfg,
+                keep=self.cfg.keep_checkpoints,
+            )
+        else:
             save_checkpoint(self.run_dir, step, self.cfg, modules, keep=self.cfg.keep_checkpoints)
 
     def end_step(
@@ -157,19 +199,36 @@ class Run:
         """Evaluate when due, log the step's record and checkpoint when due."""
         if self.should_evaluate(step):
             record.update(self.evaluate())
-        record["step_time"] = time.perf_counter() - started
-        self.metrics.log(record)
+        # the slowest rank's (reduce_metrics takes the max of *_time)
+        record.update(reduce_metrics({"step_time": time.perf_counter() - started}, self.ctx))
+        self.log(record)
         self.maybe_checkpoint(step, modules)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Keep a step's record (the same on every rank); rank 0 alone writes the files."""
+        if self.ctx.is_main:
+            self.metrics.log(record)
+        else:
+            self.metrics.records.append(record)
 
     # -------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
-        """Greedy decoding on the held-out questions."""
+        """Greedy decoding on the held-out questions (under ``torchrun``: each rank its
+        :func:`~agents.distributed.shard_range` of them, means weighted by count)."""
         start = time.perf_counter()
-        stats = evaluate_greedy(
-            self.policy, self.eval_env, self.eval_indices, self.cfg.rollout.max_new_tokens
-        )
+        if not self.ctx.is_distributed:
+            stats = evaluate_greedy(
+                self.policy, self.eval_env, self.eval_indices, self.cfg.rollout.max_new_tokens
+            )
+            stats["eval_time"] = time.perf_counter() - start
+            return stats
+        mine = [self.eval_indices[i] for i in shard_range(len(self.eval_indices), self.ctx)]
+        with gathered(self.model):  # ranks decode different lengths: no collectives inside
+            stats = evaluate_greedy(
+                self.policy, self.eval_env, mine, self.cfg.rollout.max_new_tokens
+            )
         stats["eval_time"] = time.perf_counter() - start
-        return stats
+        return reduce_metrics(stats, self.ctx, weight=float(len(mine)))
 
     def should_evaluate(self, step: int) -> bool:
         every = self.cfg.eval_every
@@ -187,6 +246,7 @@ class Run:
                 desc=self.label,
                 dynamic_ncols=True,
                 mininterval=progress_interval(),
+                disable=not self.ctx.is_main,
             )
         )
 
@@ -197,7 +257,20 @@ class Run:
 
     # ----------------------------------------------------------------- the end
     def finish(self) -> dict[str, Any]:
-        """Write ``summary.json`` and the curve PNG; return the summary."""
+        """Write ``summary.json`` and the curve PNG; return the summary.
+
+        Under ``torchrun`` every rank calls it: the final policy is gathered and written
+        to ``final_model/`` with ``save_pretrained``; rank 0 alone writes the files.
+        """
+        if self.ctx.is_distributed:
+            from agents.distributed import export_pretrained
+
+            saver = self.tokenizer if hasattr(self.tokenizer, "save_pretrained") else None
+            export_pretrained(self.model, self.ctx, self.run_dir / EXPORT_DIR, saver)
+            return on_main(self.ctx, self._summarise)
+        return self._summarise()
+
+    def _summarise(self) -> dict[str, Any]:
         records = self.metrics.records
         evals = [r for r in records if "eval_em" in r]
         summary: dict[str, Any] = {
@@ -234,7 +307,52 @@ class Run:
         return summary
 
 
-def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Run:
+def is_dist_checkpoint(path: Path) -> bool:
+    """Whether a checkpoint directory is a sharded (``torchrun``) one."""
+    from agents.distributed.checkpoint import DCP_DIR
+
+    return (Path(path) / DCP_DIR).is_dir()
+
+
+def _split_state(modules: dict[str, Any]) -> tuple[dict[str, nn.Module], Any, Any]:
+    """A loop's checkpoint dict as the sharded checkpoint takes it: the networks, the
+    optimizer and the scheduler."""
+    nets = {k: v for k, v in modules.items() if k not in ("optimizer", "scheduler")}
+    return nets, modules.get("optimizer"), modules.get("scheduler")
+
+
+def check_distributed(cfg: TrainConfig, ctx: DistContext) -> int:
+    """Refuse, before any work, a config that cannot run on ``ctx.world_size`` ranks;
+    returns the sub-envs of each rank's train env.
+
+    Raises:
+        ValueError: a rank's share of ``rollout.num_envs`` is not a whole number of
+            groups (a GRPO group would span two ranks), the vLLM back end (not wired
+            under ``torchrun`` yet), or fewer evaluation questions than ranks.
+    """
+    r = cfg.rollout
+    if not ctx.is_distributed:
+        return r.num_envs
+    share = local_num_envs(r.num_envs, r.group_size, ctx.world_size)
+    if r.backend != "hf":
+        raise ValueError(
+            f"rollout.backend={r.backend!r} under torchrun is not supported yet: use "
+            "rollout.backend=hf (each rank samples from its gathered model)"
+        )
+    if r.eval_questions is not None and 0 < r.eval_questions < ctx.world_size:
+        raise ValueError(
+            f"rollout.eval_questions ({r.eval_questions}) must be at least the number of "
+            f"ranks ({ctx.world_size}): every rank evaluates a share"
+        )
+    return share
+
+
+def setup_run(
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    ctx: DistContext | None = None,
+) -> Run:
     """Build envs, model, warm start, reference policy and run directory.
 
     Args:
@@ -243,21 +361,37 @@ def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         resume: continue from the newest intact checkpoint in ``cfg.out_dir`` (the SFT
             warm start is then not rerun: its result is loaded from ``init_model.pt``).
         overwrite: replace the run in a non-empty ``cfg.out_dir``.
+        ctx: this rank under ``torchrun`` (default: one process). Each rank then builds
+            a train env of ``num_envs / world_size`` sub-envs, and the policy and the
+            reference are sharded with FSDP2 (``cfg.fsdp``) after the warm start.
 
     Raises:
         FileExistsError: ``cfg.out_dir`` is not empty and neither flag is given.
         CorruptCheckpointError: resuming, and every checkpoint is damaged.
+        ValueError: the config cannot be split over the ranks (:func:`check_distributed`).
     """
     from agents.policy import HFPolicy
-    from agents.sft import train_sft, warm_start_data
 
     started = time.perf_counter()
+    ctx = DistContext() if ctx is None else ctx
+    local_envs = check_distributed(cfg, ctx)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out_dir)
-    prepare_run_dir(run_dir, resume, overwrite)
-    # Chosen (and its sha256 checked) before hours of set-up, so a damaged one fails fast.
-    last = resume_checkpoint(run_dir) if resume else None
+    if ctx.is_distributed:
+        on_main(ctx, lambda: prepare_run_dir(run_dir, resume, overwrite))
+        last = resume_dist_checkpoint(run_dir, ctx) if resume else None
+        if resume and last is None and latest_checkpoint(run_dir) is not None:
+            raise ValueError(
+                f"{run_dir} holds checkpoints of a single-process run only: resume it "
+                "without torchrun (a sharded checkpoint is not made from them)"
+            )
+    else:
+        prepare_run_dir(run_dir, resume, overwrite)
+        # Chosen (and its sha256 checked) before hours of set-up, so a damaged one fails fast.
+        last = resume_checkpoint(run_dir) if resume else None
+        if resume and last is None:  # a torchrun run's sharded checkpoints load here too
+            last = resume_dist_checkpoint(run_dir, ctx)
     seed_everything(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -272,7 +406,7 @@ def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         vocab_size = AutoConfig.from_pretrained(cfg.model.path).get_text_config().vocab_size
         eos_ids = model_eos_ids(cfg.model.path)  # instruct models list several
     r = cfg.rollout
-    train_env = make_env(r, "train", r.num_envs, env_tokenizer, vocab_size, eos_ids)
+    train_env = make_env(r, "train", local_envs, env_tokenizer, vocab_size, eos_ids)
     eval_env = make_env(r, r.eval_split, r.eval_num_envs, env_tokenizer, vocab_size, eos_ids)
     tok = train_env.envs[0].tokenizer
     model, tokenizer = load_model(cfg.model, tok)
@@ -292,24 +426,20 @@ def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
     if cfg.sft.steps > 0:
         if can_resume and init_path.exists():
             model.load_state_dict(torch.load(init_path, map_location="cpu"))
+        elif ctx.is_distributed:
+            # Rank 0 warm-starts and writes init_model.pt; the others load it, so every
+            # rank starts from the same weights (FSDP shards one model, not W of them).
+            sft_summary = on_main(
+                ctx, lambda: _warm_start(cfg, model, tokenizer, train_env, pad_id, run_dir)
+            )
+            if not ctx.is_main:
+                model.load_state_dict(torch.load(init_path, map_location="cpu"))
         else:
-            start = time.perf_counter()
-            data, classes = warm_start_data(train_env, cfg.sft, tokenizer, cfg.seed)
-            records = train_sft(
-                model, data, cfg.sft, pad_id, seed=cfg.seed, progress=True, name_classes=classes
-            )
-            atomic_torch_save(model.state_dict(), init_path)  # never a cut init_model.pt
-            sft_summary = {
-                "sft_steps": cfg.sft.steps,
-                "sft_trajectories": len(data),
-                "sft_demo_em": float(np.mean([t.reward for t in data])),
-                "sft_final_loss": records[-1]["sft_loss"],
-                "sft_seconds": time.perf_counter() - start,
-            }
-            atomic_write_text(
-                run_dir / "sft_metrics.jsonl", "".join(json.dumps(rec) + "\n" for rec in records)
-            )
+            sft_summary = _warm_start(cfg, model, tokenizer, train_env, pad_id, run_dir)
     ref_model = frozen_copy(model)
+    if ctx.is_distributed:  # after the warm start and the copy; optimizers come after this
+        shard_model(model, ctx, cfg.fsdp)
+        shard_reference(ref_model, ctx, cfg.fsdp)
     if r.backend == "vllm":
         from agents.policy import VLLMPolicy
 
@@ -344,4 +474,30 @@ def setup_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
         resume_from=last,
         sft_summary=sft_summary,
         started=started,
+        ctx=ctx,
     )
+
+
+def _warm_start(
+    cfg: TrainConfig, model: nn.Module, tokenizer: Any, train_env: Any, pad_id: int, run_dir: Path
+) -> dict[str, float]:
+    """The SFT warm start: train ``model`` in place, write ``init_model.pt`` and the SFT
+    metrics; returns the summary lines."""
+    from agents.sft import train_sft, warm_start_data
+
+    start = time.perf_counter()
+    data, classes = warm_start_data(train_env, cfg.sft, tokenizer, cfg.seed)
+    records = train_sft(
+        model, data, cfg.sft, pad_id, seed=cfg.seed, progress=True, name_classes=classes
+    )
+    atomic_torch_save(model.state_dict(), run_dir / INIT_WEIGHTS)  # never a cut init_model.pt
+    atomic_write_text(
+        run_dir / "sft_metrics.jsonl", "".join(json.dumps(rec) + "\n" for rec in records)
+    )
+    return {
+        "sft_steps": cfg.sft.steps,
+        "sft_trajectories": len(data),
+        "sft_demo_em": float(np.mean([t.reward for t in data])),
+        "sft_final_loss": records[-1]["sft_loss"],
+        "sft_seconds": time.perf_counter() - start,
+    }

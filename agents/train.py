@@ -8,6 +8,10 @@ Examples::
     python -m agents.train --preset tiny-cpu --out runs/grpo --overwrite   # replace that run
     python -m agents.train --preset tiny-cpu --set grpo.lr=1e-3 --set rollout.eval_questions=50
     python -m agents.train --preset tiny-cpu --set rollout.num_envs=16 --set grpo.minibatch_size=16
+    torchrun --standalone --nproc-per-node 2 -m agents.train --preset tiny-cpu --out runs/dist
+
+Under ``torchrun`` every rank runs this command: data-parallel with FSDP2 (see
+``docs/distributed.md``); rank 0 alone prints the summary and writes the run's files.
 
 Precedence: preset (or ``--config``), then ``--set`` overrides, then the dedicated flags.
 Every value is checked against its field's type, and the config as a whole, before any
@@ -100,18 +104,39 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     from agents.checkpoint import CorruptCheckpointError
+    from agents.distributed import DistributedInitError, MainProcessFilter, init_distributed
+    from agents.run import check_distributed
 
-    if cfg.algo == "grpo":
-        from agents.grpo import train_grpo as train
-    else:
-        from agents.ppo import train_ppo as train
     try:
-        summary = train(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite))
-    except (FileExistsError, CorruptCheckpointError) as exc:  # raised before any training
+        # torchrun: join the job (a plain run gets the no-op single-process context)
+        ctx = init_distributed()
+    except DistributedInitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
-    return 0
+    try:
+        if ctx.is_distributed:  # W ranks must not log every line W times
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(MainProcessFilter(ctx))
+        try:
+            check_distributed(cfg, ctx)  # e.g. a GRPO group across ranks: before any work
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if cfg.algo == "grpo":
+            from agents.grpo import train_grpo as train
+        else:
+            from agents.ppo import train_ppo as train
+        kwargs = {"ctx": ctx} if ctx.is_distributed else {}
+        try:
+            summary = train(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite), **kwargs)
+        except (FileExistsError, CorruptCheckpointError) as exc:  # raised before any training
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if ctx.is_main:
+            print(json.dumps(summary, indent=2))
+        return 0
+    finally:
+        ctx.destroy()
 
 
 def main(argv: list[str] | None = None) -> int:

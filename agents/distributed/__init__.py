@@ -23,6 +23,7 @@ from agents.distributed.collectives import (
     main_only,
     max_over_ranks,
     on_main,
+    reduce_loss_stats,
     reduce_metrics,
 )
 from agents.distributed.context import (
@@ -69,6 +70,7 @@ __all__ = [
     "rank_minibatches",
     "rank_questions",
     "rank_seed",
+    "reduce_loss_stats",
     "reduce_metrics",
     "reshard",
     "resume_dist_checkpoint",

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -312,3 +312,31 @@ class MainProcessFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.ctx.is_main
+
+
+def reduce_loss_stats(
+    stats: Mapping[str, float],
+    ctx: DistContext,
+    summed: Sequence[str],
+    weight: float,
+    other_keys: Sequence[str] = (),
+    other_weight: float = 0.0,
+) -> dict[str, float]:
+    """One mini-batch's update stats over ranks (the same dict on every rank).
+
+    Keys in ``summed`` are each rank's *share* of a global loss term (its sum divided by
+    the global count) and are added up; the others are averaged with this rank's
+    ``weight`` (its mask-1 tokens, so token fractions come out global), or with
+    ``other_weight`` for ``other_keys`` (stats over other tokens, e.g. the critic's);
+    ``*_max``/``*_min`` keys are max/min-ed (:func:`default_op`). A tiny weight is added
+    so that a mini-batch without tokens on any rank stays defined.
+    """
+    if not ctx.is_distributed:
+        return dict(stats)
+    shares = {k: v for k, v in stats.items() if k in summed}
+    out = reduce_metrics(shares, ctx, ops=dict.fromkeys(shares, "sum"))
+    main = {k: v for k, v in stats.items() if k not in summed and k not in other_keys}
+    other = {k: v for k, v in stats.items() if k not in summed and k in other_keys}
+    out.update(reduce_metrics(main, ctx, weight=weight + 1e-9))
+    out.update(reduce_metrics(other, ctx, weight=other_weight + 1e-9))
+    return {k: out[k] for k in stats}
