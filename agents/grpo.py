@@ -25,8 +25,6 @@ from agents.distributed import (
     gathered,
     max_over_ranks,
     rank_minibatches,
-    rank_questions,
-    rank_seed,
     reduce_loss_stats,
     reduce_metrics,
 )
@@ -34,9 +32,7 @@ from agents.distributed.loop import global_normaliser, scalar
 from agents.losses import (
     aggregate,
     kl_loss,
-    logp_diff_stats,
     policy_loss_clipped,
-    tis_weights,
 )
 from agents.microbatch import (
     MicroBatch,
@@ -49,8 +45,9 @@ from agents.microbatch import (
 from agents.model import TokenOutputs, forward_tokens
 from agents.optim import warmup_schedule
 from agents.policy.base import sync_weights
-from agents.rollout import Batch, collect, response_mask, rollout_stats, to_batch
+from agents.rollout import Batch, response_mask, rollout_stats
 from agents.run import setup_run
+from agents.steps import play_step, reference_logprobs, sampler_check
 
 
 def grpo_objective(
@@ -232,20 +229,7 @@ def train_grpo(
         t0 = time.perf_counter()
         # 1. Rollout: group_size episodes of each of `prompts` train questions.
         # Under torchrun: this rank's block of them, its own sampler stream.
-        indices = rank_questions(
-            len(run.train_env.dataset), r.num_envs, r.group_size, cfg.seed, step, ctx
-        )
-        policy.seed(rank_seed(run.step_seed(step, 0), ctx))
-        with gathered(model):  # ranks generate different lengths: no collectives inside
-            trajectories = collect(
-                run.train_env,
-                policy,
-                indices=indices,
-                group_size=r.group_size,
-                temperature=r.temperature,
-                max_new_tokens=r.max_new_tokens,
-            )
-        batch = to_batch(trajectories, run.pad_id)
+        trajectories, batch = play_step(run, cfg, step, model)
         t1 = time.perf_counter()
 
         # 2. Advantages: one number per episode, the same on each of its loss tokens.
@@ -265,20 +249,10 @@ def train_grpo(
                 temperature=r.temperature,
                 only=mask,
             ).logprobs
-        with gathered(ref_model):
-            ref_logp = forward_in_micro_batches(
-                ref_model,
-                batch.input_ids,
-                batch.attention_mask,
-                g.micro_batch_tokens,
-                temperature=r.temperature,
-                only=mask,
-            ).logprobs
-        # The sampler's log-probs (batch.old_logprobs) against the trainer's, agent tokens.
-        sampler = logp_diff_stats(old_logp, batch.old_logprobs, batch.loss_mask)
-        is_weights = None
-        if r.tis_cap is not None:
-            is_weights = tis_weights(old_logp, batch.old_logprobs, batch.loss_mask, r.tis_cap)
+        ref_logp = reference_logprobs(
+            ref_model, batch, g.micro_batch_tokens, r.temperature, only=mask
+        )
+        sampler, is_weights = sampler_check(old_logp, batch, r.tis_cap)
 
         # 3. Clipped policy-gradient updates over mini-batches.
         model.train()

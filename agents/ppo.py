@@ -31,8 +31,6 @@ from agents.distributed import (
     global_masked_whiten,
     max_over_ranks,
     rank_minibatches,
-    rank_questions,
-    rank_seed,
     reduce_loss_stats,
     reduce_metrics,
     shard_module,
@@ -41,9 +39,7 @@ from agents.distributed.loop import global_normaliser, scalar
 from agents.losses import (
     aggregate,
     kl_loss,
-    logp_diff_stats,
     policy_loss_clipped,
-    tis_weights,
     value_loss_clipped,
 )
 from agents.microbatch import (
@@ -57,8 +53,9 @@ from agents.microbatch import (
 from agents.model import TokenOutputs, ValueHead, forward_tokens
 from agents.optim import warmup_schedule
 from agents.policy.base import sync_weights
-from agents.rollout import Batch, collect, response_mask, rollout_stats, to_batch
+from agents.rollout import Batch, response_mask, rollout_stats
 from agents.run import setup_run
+from agents.steps import play_step, reference_logprobs, sampler_check
 
 
 def ppo_objective(
@@ -286,20 +283,7 @@ def train_ppo(
         t0 = time.perf_counter()
         # 1. Rollout: one episode per sub-env (group_size > 1 repeats each question).
         # Under torchrun: this rank's block of them, its own sampler stream.
-        indices = rank_questions(
-            len(run.train_env.dataset), r.num_envs, r.group_size, cfg.seed, step, ctx
-        )
-        policy.seed(rank_seed(run.step_seed(step, 0), ctx))
-        with gathered(model):  # ranks generate different lengths: no collectives inside
-            trajectories = collect(
-                run.train_env,
-                policy,
-                indices=indices,
-                group_size=r.group_size,
-                temperature=r.temperature,
-                max_new_tokens=r.max_new_tokens,
-            )
-        batch = to_batch(trajectories, run.pad_id)
+        trajectories, batch = play_step(run, cfg, step, model)
         t1 = time.perf_counter()
 
         # 2. Rewards, values and GAE advantages.
@@ -320,20 +304,10 @@ def train_ppo(
             )
             old_logp, old_values = out.logprobs, out.values
             assert old_values is not None
-        with gathered(ref_model):
-            ref_logp = forward_in_micro_batches(
-                ref_model,
-                batch.input_ids,
-                batch.attention_mask,
-                p.micro_batch_tokens,
-                temperature=r.temperature,
-                only=scored,
-            ).logprobs
-        # The sampler's log-probs (batch.old_logprobs) against the trainer's, agent tokens.
-        sampler = logp_diff_stats(old_logp, batch.old_logprobs, batch.loss_mask)
-        is_weights = None
-        if r.tis_cap is not None:
-            is_weights = tis_weights(old_logp, batch.old_logprobs, batch.loss_mask, r.tis_cap)
+        ref_logp = reference_logprobs(
+            ref_model, batch, p.micro_batch_tokens, r.temperature, only=scored
+        )
+        sampler, is_weights = sampler_check(old_logp, batch, r.tis_cap)
         kl = kl_penalty(old_logp, ref_logp, p.kl_kind) * critic_mask  # (B, T)
         rewards = terminal_rewards(batch.rewards, critic_mask)  # (B, T)
         if p.kl_in_reward:

@@ -142,13 +142,11 @@ def test_training_logs_reward_components(tmp_path, algo, monkeypatch):
     """A 2-step run with reward="search_r1_format" in env_kwargs: rc_* per step in
     metrics.jsonl and metrics.csv, each the mean over the step's episodes, whose
     rewards are the format reward of their components."""
-    import agents.grpo
-    import agents.ppo
+    import agents.steps
     from agents.grpo import train_grpo
     from agents.ppo import train_ppo
     from tests.test_agents_train import small_config
 
-    module = agents.grpo if algo == "grpo" else agents.ppo
     seen: list[list[Trajectory]] = []
 
     def spy(*args, **kwargs):
@@ -156,7 +154,7 @@ def test_training_logs_reward_components(tmp_path, algo, monkeypatch):
         seen.append(trajectories)
         return trajectories
 
-    monkeypatch.setattr(module, "collect", spy)
+    monkeypatch.setattr(agents.steps, "collect", spy)  # the loops' rollouts go through it
     cfg = small_config(tmp_path, algo, **{"rollout.env_kwargs.reward": "search_r1_format"})
     (train_grpo if algo == "grpo" else train_ppo)(cfg)
 

@@ -76,11 +76,12 @@ def _train(ctx, cfg: TrainConfig, resume: bool = False, played: list | None = No
     weights (PPO: the value head's too, as ``value_head.*``)."""
     import agents.grpo
     import agents.ppo
+    import agents.steps
     from agents.distributed import iter_full_state
 
     loop = agents.grpo if cfg.algo == "grpo" else agents.ppo
     runs, heads = [], []
-    real_setup, real_collect, real_head = loop.setup_run, loop.collect, agents.ppo.ValueHead
+    real_setup, real_collect, real_head = loop.setup_run, agents.steps.collect, agents.ppo.ValueHead
 
     def setup(*args, **kwargs):
         runs.append(real_setup(*args, **kwargs))
@@ -99,12 +100,16 @@ def _train(ctx, cfg: TrainConfig, resume: bool = False, played: list | None = No
             super().__init__(*args, **kwargs)
             heads.append(self)
 
-    loop.setup_run, loop.collect, agents.ppo.ValueHead = setup, collect, Head
+    loop.setup_run, agents.steps.collect, agents.ppo.ValueHead = setup, collect, Head
     try:
         train = agents.grpo.train_grpo if cfg.algo == "grpo" else agents.ppo.train_ppo
         train(cfg, resume=resume, ctx=ctx)
     finally:
-        loop.setup_run, loop.collect, agents.ppo.ValueHead = real_setup, real_collect, real_head
+        loop.setup_run, agents.steps.collect, agents.ppo.ValueHead = (
+            real_setup,
+            real_collect,
+            real_head,
+        )
     state = {k: v.clone() for k, v in iter_full_state(runs[-1].model)}
     for head in heads:
         state.update({f"value_head.{k}": v.clone() for k, v in iter_full_state(head)})
@@ -167,6 +172,7 @@ def _replay(cfg: TrainConfig, played: list[list], monkeypatch):
     """A 1-rank run whose step ``s`` plays rank 0's then rank 1's episodes of step ``s``."""
     import agents.grpo
     import agents.ppo
+    import agents.steps
 
     loop = agents.grpo if cfg.algo == "grpo" else agents.ppo
     steps = iter(range(len(played[0])))
@@ -189,7 +195,7 @@ def _replay(cfg: TrainConfig, played: list[list], monkeypatch):
         return first + [dataclasses.replace(t, group=t.group + shift) for t in second]
 
     monkeypatch.setattr(loop, "setup_run", setup)
-    monkeypatch.setattr(loop, "collect", collect)
+    monkeypatch.setattr(agents.steps, "collect", collect)
     monkeypatch.setattr(agents.ppo, "ValueHead", Head)
     (agents.grpo.train_grpo if cfg.algo == "grpo" else agents.ppo.train_ppo)(cfg)
     state = dict(runs[-1].model.state_dict())

@@ -1,0 +1,76 @@
+"""The parts of one RL step that GRPO and PPO share: playing the step's episodes, the
+frozen reference's log-probs and the sampler-vs-trainer check.
+
+Under ``torchrun`` each rank plays its block of the step's questions with its own
+sampler stream, and every pass runs on the gathered (unsharded) model, since ranks
+generate different lengths and may run different numbers of micro-batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from agents.config import TrainConfig
+from agents.distributed import gathered, rank_questions, rank_seed
+from agents.losses import logp_diff_stats, tis_weights
+from agents.microbatch import forward_in_micro_batches
+from agents.rollout import Batch, Trajectory, collect, to_batch
+from agents.run import Run
+
+
+def play_step(
+    run: Run, cfg: TrainConfig, step: int, model: nn.Module
+) -> tuple[Sequence[Trajectory], Batch]:
+    """This rank's episodes of ``step`` (``group_size`` of each of its questions) and
+    their padded batch."""
+    r, ctx = cfg.rollout, run.ctx
+    indices = rank_questions(
+        len(run.train_env.dataset), r.num_envs, r.group_size, cfg.seed, step, ctx
+    )
+    run.policy.seed(rank_seed(run.step_seed(step, 0), ctx))
+    with gathered(model):  # ranks generate different lengths: no collectives inside
+        trajectories = collect(
+            run.train_env,
+            run.policy,
+            indices=indices,
+            group_size=r.group_size,
+            temperature=r.temperature,
+            max_new_tokens=r.max_new_tokens,
+        )
+    return trajectories, to_batch(trajectories, run.pad_id)
+
+
+def reference_logprobs(
+    ref_model: nn.Module,
+    batch: Batch,
+    budget: int | None,
+    temperature: float,
+    only: torch.Tensor,
+) -> torch.Tensor:
+    """The frozen reference's log-probs ``# (B, T)`` at ``only``'s tokens, micro-batch by
+    micro-batch under ``budget`` tokens."""
+    with gathered(ref_model):
+        return forward_in_micro_batches(
+            ref_model,
+            batch.input_ids,
+            batch.attention_mask,
+            budget,
+            temperature=temperature,
+            only=only,
+        ).logprobs
+
+
+def sampler_check(
+    old_logp: torch.Tensor, batch: Batch, tis_cap: float | None
+) -> tuple[dict[str, float], torch.Tensor | None]:
+    """The trainer's log-probs against the sampler's (``batch.old_logprobs``) at agent
+    tokens: the logged difference, and the truncated importance weights when
+    ``tis_cap`` is set (else None)."""
+    stats = logp_diff_stats(old_logp, batch.old_logprobs, batch.loss_mask)
+    weights = None
+    if tis_cap is not None:
+        weights = tis_weights(old_logp, batch.old_logprobs, batch.loss_mask, tis_cap)
+    return stats, weights
