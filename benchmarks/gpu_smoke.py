@@ -117,7 +117,7 @@ class SamplerClock:
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         import agents.grpo
-        import agents.ppo
+        import agents.steps
         from agents.policy.hf import HFPolicy
 
         targets: list[tuple[Any, str, Callable[..., Any]]] = []
@@ -129,8 +129,7 @@ class SamplerClock:
             pass
         targets += [
             (HFPolicy, "generate", self._timed_generate),
-            (agents.grpo, "collect", self._timed_collect),
-            (agents.ppo, "collect", self._timed_collect),
+            (agents.steps, "collect", self._timed_collect),  # both loops' rollouts
         ]
         saved = [(obj, name, getattr(obj, name)) for obj, name, _ in targets]
         try:
