@@ -134,6 +134,9 @@ def run_train(args: argparse.Namespace) -> int:
             return 2
         if ctx.is_main:
             print(json.dumps(summary, indent=2))
+        # Every rank done with its collectives (rank 0 exports last) before any rank tears
+        # the group down: a rank that exits first can abort the other's gloo threads.
+        ctx.barrier()
         return 0
     finally:
         ctx.destroy()
