@@ -167,14 +167,7 @@ def save_checkpoint(
         manifest = {"format": FORMAT_NAME, "step": step, "files": {STATE_NAME: record}}
         atomic_write_text(tmp / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
         fsync(tmp)
-        if final.exists():  # the same step again (a resumed run): move the old one aside
-            trash = make_staging_dir(root, TRASH_PREFIX)
-            os.replace(final, trash / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync(root)
+        publish_dir(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno == errno.ENOSPC:
@@ -190,6 +183,21 @@ def save_checkpoint(
         raise
     _prune(root, step, keep)
     return final
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Rename the finished staging directory ``tmp`` to ``final`` (same parent), then
+    fsync the parent. An existing ``final`` (the same step again, in a resumed run) is
+    moved aside first and removed once the new one is in place."""
+    root = final.parent
+    if final.exists():
+        trash = make_staging_dir(root, TRASH_PREFIX)
+        os.replace(final, trash / final.name)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync(root)
 
 
 def _prune(root: Path, step: int, keep: int) -> None:

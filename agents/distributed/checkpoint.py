@@ -40,9 +40,9 @@ from agents.checkpoint import (
     CHECKPOINT_DIR,
     MANIFEST_NAME,
     STAGING_PREFIX,
-    TRASH_PREFIX,
     CorruptCheckpointError,
     _prune,
+    publish_dir,
     rng_state,
     set_rng_state,
     step_of,
@@ -213,14 +213,7 @@ def _publish(
     atomic_write_text(tmp / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     for sub in [tmp / DCP_DIR, tmp]:
         fsync(sub)
-    if final.exists():  # the same step again (a resumed run): move the old one aside
-        trash = make_staging_dir(root, TRASH_PREFIX)
-        os.replace(final, trash / final.name)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    fsync(root)
+    publish_dir(tmp, final)
     _prune(root, step, keep)
 
 
