@@ -150,6 +150,20 @@ def test_seeded_sampling_repeats(policy, prompts):
 
 
 @pytest.mark.slow
+def test_policy_on_an_engine_built_elsewhere(policy, prompts):
+    """``from_llm`` wraps another owner's engine (TRL's colocated one): same samples for
+    the same seed, and closing the wrapper leaves the engine running."""
+    policy.seed(11)
+    ref = policy.generate(prompts, 8, stop_strings=(), stop_token_ids=[])
+    other = VLLMPolicy.from_llm(policy.llm, policy.tokenizer, seed=11)
+    got = other.generate(prompts, 8, stop_strings=(), stop_token_ids=[])
+    for a, b in zip(ref, got):
+        np.testing.assert_array_equal(a.token_ids, b.token_ids)
+    other.close()
+    assert len(policy.generate(prompts[:1], 2)[0]) >= 1  # the owner's engine still runs
+
+
+@pytest.mark.slow
 def test_stop_string_across_tokens_and_stop_token(policy, hf, tok, prompts):
     free = policy.generate(prompts[:1], 40, stop_strings=(), stop_token_ids=[], greedy=True)[0]
     ids = free.token_ids.tolist()

@@ -225,6 +225,10 @@ class VLLMPolicy:
                 generation_config="vllm",
                 **engine_kwargs,
             )
+        self._attach(seed)
+
+    def _attach(self, seed: int | None) -> None:
+        """Read the engine's facts and set up the sampler and stop scanners."""
         config = self.llm.llm_engine.model_config
         self.vocab_size = int(config.get_vocab_size())
         self.max_model_len = int(config.max_model_len)
@@ -236,6 +240,23 @@ class VLLMPolicy:
         self._stops = StopCheckers(self.tokenizer, self.vocab_size)
         self._tmpdir: str | None = None
         self._finalizer: weakref.finalize | None = None
+        self._owns_engine = True
+
+    @classmethod
+    def from_llm(cls, llm: Any, tokenizer: Any, *, seed: int | None = None) -> VLLMPolicy:
+        """A policy on an engine built elsewhere (e.g. TRL's colocated ``trainer.llm``).
+
+        The engine is not shut down by :meth:`close`: its owner does that. It should run
+        with ``logprobs_mode="processed_logprobs"`` so that the returned log-probs are
+        those of the sampling distribution (see the module docstring).
+        """
+        policy = cls.__new__(cls)
+        policy.llm = llm
+        policy.tokenizer = tokenizer
+        policy.model_path = None
+        policy._attach(seed)
+        policy._owns_engine = False
+        return policy
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, **kwargs: Any) -> VLLMPolicy:
@@ -380,7 +401,7 @@ class VLLMPolicy:
     def close(self) -> None:
         """Shut the engine down and remove the temporary model directory, if any."""
         llm = self.__dict__.pop("llm", None)
-        if llm is not None:
+        if llm is not None and self._owns_engine:
             llm.llm_engine.engine_core.shutdown()
             del llm
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
