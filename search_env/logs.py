@@ -7,6 +7,8 @@ import sys
 from typing import TextIO
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
+TIMED_FORMAT = "%(asctime)s " + FORMAT
+"""For long-running servers, whose lines are read against the clock."""
 _HANDLER_NAME = "search_env.logs"
 
 
@@ -29,10 +31,10 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(
-    level: int = logging.WARNING, stream: TextIO | None = None
+    level: int = logging.WARNING, stream: TextIO | None = None, fmt: str = FORMAT
 ) -> logging.Handler:
-    """Send log records of ``level`` and above to ``stream`` (default: stderr); returns
-    the handler.
+    """Send log records of ``level`` and above to ``stream`` (default: stderr) in format
+    ``fmt``; returns the handler.
 
     The level is set on the handler as well as on the root logger: a library that sets
     its own logger to DEBUG (bm25s does so when imported) would otherwise still print its
@@ -44,7 +46,7 @@ def configure_logging(
     handler = _StderrHandler(stream)
     handler.name = _HANDLER_NAME
     handler.setLevel(level)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(logging.Formatter(fmt))
     root.addHandler(handler)
     root.setLevel(level)
     return handler

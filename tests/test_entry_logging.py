@@ -46,6 +46,21 @@ def test_training_entry_points_log_through_configure_logging(module, root_logger
     assert root_logger.handlers == [handler]
 
 
+def test_server_entry_point_logs_with_timestamps(root_logger, monkeypatch, tmp_path):
+    import search_env.server.__main__ as server_main
+
+    monkeypatch.setattr(server_main, "run_serve", lambda args: 0)  # no server started
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    root_logger.handlers[:] = []
+    assert server_main.main(["--index", str(tmp_path), "--log-level", "info"]) == 0
+    logging.getLogger("test_entry_logging.server").info("ready")
+    line = stderr.getvalue()
+    assert line.endswith(" INFO test_entry_logging.server: ready\n")
+    assert line[:4].isdigit()  # the asctime prefix
+    assert [h.name for h in root_logger.handlers] == ["search_env.logs"]
+
+
 def _load_records(caplog) -> list[tuple[int, str]]:
     return [
         (r.levelno, r.getMessage())

@@ -46,6 +46,7 @@ except ImportError as exc:  # the [openenv] extra is not installed
 import search_env
 from search_env.env import EpisodeOverError, SearchQAEnv
 from search_env.integrations import make_text_env
+from search_env.logs import TIMED_FORMAT, configure_logging
 from search_env.types import QAExample
 
 __all__ = [
@@ -332,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn  # an openenv-core dependency
 
     args = _parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper())
+    configure_logging(getattr(logging, args.log_level.upper()), fmt=TIMED_FORMAT)
     if not _is_loopback(args.host):
         logger.warning("binding to %s: the env server has no authentication", args.host)
     try:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from search_env.logs import TIMED_FORMAT, configure_logging
 from search_env.server.launch import add_serve_arguments, run_serve
 
 
@@ -13,10 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parses the serve arguments and serves until interrupted."""
     parser = argparse.ArgumentParser(prog="python -m search_env.server", description=__doc__)
     args = add_serve_arguments(parser).parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(getattr(logging, args.log_level.upper()), fmt=TIMED_FORMAT)
     return run_serve(args)
 
 
