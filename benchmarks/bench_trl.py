@@ -18,6 +18,8 @@ per-step loss normalisation (``dapo``) vs the native token mean.
     nice -n 10 python benchmarks/bench_trl.py                      # SFT 600 steps, RL 30
     python benchmarks/bench_trl.py --sft-steps 2000 --steps 40     # the full recipe's sizes
     python benchmarks/bench_trl.py --quick                         # a smoke test
+    python benchmarks/bench_trl.py --warm-start runs/tiny-cpu-recipe/sft_model --steps 40
+                                        # reuse the recipe's SFT model (2,000 steps)
 
 Writes ``benchmarks/results/trl_vs_native.json`` and ``.md`` (``--name`` changes it).
 """
@@ -50,6 +52,19 @@ def native_numbers(run_dir: Path, num_envs: int) -> dict[str, Any]:
         "agent_tokens": sum(tokens),
         "losses": [r["loss"] for r in steps],
     }
+
+
+def reused_warm_start(model_dir: Path) -> dict[str, Any]:
+    """An earlier SFT warm start: its directory, and its steps and held-out EM when a
+    recipe's ``recipe.json`` sits beside it (else the EM is the native run's step 0)."""
+    if not (model_dir / "config.json").is_file():
+        raise SystemExit(f"--warm-start {model_dir} is not a model directory (no config.json)")
+    recipe = model_dir.parent / "recipe.json"
+    info: dict[str, Any] = {"model_dir": str(model_dir), "test_em": None}
+    if recipe.is_file():
+        sft = json.loads(recipe.read_text())["sft"]
+        info.update(steps=sft["steps"], test_em=sft["test_em"])
+    return info
 
 
 def row(
@@ -117,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft-steps", type=int, default=600)
     parser.add_argument("--steps", type=int, default=30, help="RL steps of each trainer")
     parser.add_argument("--quick", action="store_true", help="the recipe's --quick sizes")
+    parser.add_argument(
+        "--warm-start",
+        type=Path,
+        default=None,
+        help="an SFT model directory to start both trainers from (e.g. the recipe's "
+        "runs/tiny-cpu-recipe/sft_model) instead of running the SFT here",
+    )
     parser.add_argument("--name", default="trl_vs_native", help="results file name")
     parser.add_argument(
         "--note", default="", help="a sentence for the table (e.g. how busy the machine was)"
@@ -147,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(base.threads)
 
     started = time.perf_counter()
-    sft = warm_start(base, out)  # once; both trainers start from sft["model_dir"]
+    if args.warm_start is not None:
+        sft = reused_warm_start(args.warm_start)
+    else:
+        sft = warm_start(base, out)  # once; both trainers start from sft["model_dir"]
     sft_seconds = time.perf_counter() - started
     r = base.rollout
 
@@ -193,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "rows": rows,
         "settings": {
-            "sft_steps": base.sft.steps,
-            "sft_em": sft["test_em"],
+            "sft_steps": sft.get("steps", base.sft.steps),
+            "sft_em": native["eval_em_start"] if sft["test_em"] is None else sft["test_em"],
+            "sft_model": str(sft["model_dir"]),
             "sft_seconds": sft_seconds,
             "num_envs": r.num_envs,
             "group_size": r.group_size,
