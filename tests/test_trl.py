@@ -247,9 +247,9 @@ def test_rollout_refuses_sampling_settings_its_logprobs_would_not_match(args, er
         check_sampling_args(fake_trainer(**args).args)
 
 
-def test_rollout_refuses_trl_vllm_and_unknown_prompts(rollout):
-    with pytest.raises(NotImplementedError, match="use_vllm"):
-        check_sampling_args(types.SimpleNamespace(use_vllm=True))
+def test_rollout_refuses_trl_vllm_server_and_unknown_prompts(rollout):
+    with pytest.raises(NotImplementedError, match="vllm_mode='colocate'"):
+        check_sampling_args(types.SimpleNamespace(use_vllm=True, vllm_mode="server"))
     with pytest.raises(KeyError, match="none of the env's questions"):
         rollout.indices(["Question: who is nobody?\n"])
     with pytest.raises(TypeError, match="prompt texts"):

@@ -17,13 +17,15 @@ through :class:`~agents.policy.hf.HFPolicy`), and returns per episode:
   ``env_turns``, ``env_answered``, ``env_index``: the episode's outcome, which TRL hands
   to the reward functions; :func:`env_reward` returns the env's reward (EM by default).
 
-Generation is the trainer's model on its device (HF). TRL's vLLM back end
-(``use_vllm=True``) is refused: its generate call is single-turn (no stop strings per
-turn, no env between turns); see ``docs/integrations/trl.md``.
+Generation is the trainer's model on its device (HF), or with ``use_vllm=True,
+vllm_mode="colocate"`` TRL's colocated vLLM engine, which TRL has synced to the current
+weights before the call (:mod:`agents.trl.vllm`); the server mode is refused. See
+``docs/integrations/trl.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -105,14 +107,13 @@ def check_sampling_args(args: Any) -> float:
 
     Raises:
         ValueError: any of them is set, or the temperature is not > 0.
-        NotImplementedError: ``use_vllm=True``.
+        NotImplementedError: ``use_vllm=True`` with ``vllm_mode="server"``
+            (:func:`agents.trl.vllm.check_vllm_mode`).
     """
     if getattr(args, "use_vllm", False):
-        raise NotImplementedError(
-            "agents.trl.rollout plays multi-turn episodes with the trainer's own model; "
-            "TRL's vLLM generation is single-turn: set use_vllm=False (see "
-            "docs/integrations/trl.md)"
-        )
+        from agents.trl.vllm import check_vllm_mode
+
+        check_vllm_mode(args)
     if getattr(args, "mask_truncated_completions", False):
         raise ValueError(
             "mask_truncated_completions=True would drop every episode whose last token is "
@@ -157,6 +158,7 @@ class SearchR1Rollout:
     outputs: list[dict[str, list[Any]]] = field(default_factory=list)
     _lookup: dict[str, int] | None = field(default=None, init=False, repr=False)
     _hf_policy: Any = field(default=None, init=False, repr=False)
+    _vllm_policy: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.vec_env.action_mode != "chunk" or self.vec_env.autoreset_mode.name != "DISABLED":
@@ -189,9 +191,18 @@ class SearchR1Rollout:
         return out
 
     def _policy(self, trainer: Any) -> Any:
-        """The sampling policy: :attr:`policy`, else an HFPolicy on the trainer's model."""
+        """The sampling policy: :attr:`policy`, else a VLLMPolicy on TRL's colocated engine
+        (``use_vllm=True``), else an HFPolicy on the trainer's model."""
         if self.policy is not None:
             return self.policy
+        if getattr(trainer.args, "use_vllm", False):
+            llm = getattr(getattr(trainer, "vllm_generation", None), "llm", None)
+            if self._vllm_policy is None or self._vllm_policy.llm is not llm:
+                from agents.trl.vllm import colocated_policy
+
+                tokenizer = base_env(self.vec_env).tokenizer
+                self._vllm_policy = colocated_policy(trainer, tokenizer, seed=self.seed)
+            return self._vllm_policy
         from agents.policy.hf import HFPolicy
 
         accelerator = getattr(trainer, "accelerator", None)
@@ -201,6 +212,14 @@ class SearchR1Rollout:
             device = next(model.parameters()).device
             self._hf_policy = HFPolicy(model, tokenizer, device=device, seed=self.seed)
         return self._hf_policy
+
+    def _engine_awake(self, trainer: Any) -> Any:
+        """TRL's engine kept awake for the rollout (sleep mode), else a no-op block."""
+        if self.policy is None and getattr(trainer.args, "use_vllm", False):
+            from agents.trl.vllm import engine_awake
+
+            return engine_awake(trainer.vllm_generation)
+        return contextlib.nullcontext()
 
     def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, list[Any]]:
         """Play one episode per prompt; TRL's rollout output (see the module docstring)."""
@@ -212,14 +231,15 @@ class SearchR1Rollout:
         policy.seed(step_seed(self.seed, step, 0))
         trajectories: list[Trajectory] = []
         n = self.vec_env.num_envs
-        for lo in range(0, len(indices), n):
-            trajectories += collect(
-                self.vec_env,
-                policy,
-                indices=indices[lo : lo + n],
-                temperature=temperature,
-                max_new_tokens=self.max_new_tokens,
-            )
+        with self._engine_awake(trainer):
+            for lo in range(0, len(indices), n):
+                trajectories += collect(
+                    self.vec_env,
+                    policy,
+                    indices=indices[lo : lo + n],
+                    temperature=temperature,
+                    max_new_tokens=self.max_new_tokens,
+                )
         played = [t.index for t in trajectories]
         if played != indices:  # collect keeps sub-env order; a mismatch is a broken invariant
             raise RuntimeError(f"played questions {played} for prompts of questions {indices}")

@@ -22,6 +22,7 @@ step time and the rollout's token counts), ``summary.json`` and ``final_model/``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -103,8 +104,29 @@ def grpo_args(cfg: TrainConfig, **extra: Any) -> Any:
         "bf16": cfg.model.dtype == "bfloat16",
         "dataloader_num_workers": 0,
     }
+    kwargs.update(vllm_args(cfg))
     kwargs.update(extra)
     return GRPOConfig(**kwargs)
+
+
+def vllm_args(cfg: TrainConfig) -> dict[str, Any]:
+    """The ``GRPOConfig`` fields of ``rollout.backend`` (``vllm``: TRL's colocated engine).
+
+    ``rollout.tis_cap`` maps onto TRL's token-level truncated importance sampling
+    (``vllm_importance_sampling_mode="token_truncate"``, ``clip_max=tis_cap``), as the
+    native trainer's; ``None`` turns TRL's correction off.
+    """
+    r = cfg.rollout
+    if r.backend != "vllm":
+        return {"use_vllm": False}
+    return {
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": r.vllm_gpu_memory_utilization,
+        "vllm_importance_sampling_correction": r.tis_cap is not None,
+        "vllm_importance_sampling_mode": "token_truncate",
+        "vllm_importance_sampling_clip_max": r.tis_cap,
+    }
 
 
 @dataclass
@@ -218,7 +240,7 @@ def train_trl(
     from search_env.registration import load_tokenizer
 
     started = time.perf_counter()
-    args = grpo_args(cfg)  # a bad config fails before any work
+    args = check_config(cfg, init_model)  # a bad config fails before any work
     out = Path(cfg.out_dir)
     prepare_run_dir(out, resume=False, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +253,10 @@ def train_trl(
         model_dir = Path(init_model)
     # As the native trainer does for a model directory: its tokenizer and logits count.
     tokenizer = load_tokenizer(str(model_dir))
-    vocab_size = AutoConfig.from_pretrained(model_dir).get_text_config().vocab_size
+    model_config = AutoConfig.from_pretrained(model_dir).get_text_config()
+    vocab_size = model_config.vocab_size
+    if args.use_vllm:
+        _check_vllm(model_config.to_dict())
     r = cfg.rollout
     train_env = make_env(r, "train", r.num_envs, tokenizer, vocab_size)
     eval_env = make_env(r, r.eval_split, r.eval_num_envs, tokenizer, vocab_size)
@@ -257,15 +282,16 @@ def train_trl(
         keep_outputs=keep_outputs,
     )
     times = StepTimes()
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=[env_reward],
-        args=args,
-        train_dataset=questions_dataset(train_env),
-        processing_class=tokenizer,
-        rollout_func=rollout,
-        callbacks=[times.callback()],
-    )
+    with _engine_setup(args, cfg):
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[env_reward],
+            args=args,
+            train_dataset=questions_dataset(train_env),
+            processing_class=tokenizer,
+            rollout_func=rollout,
+            callbacks=[times.callback()],
+        )
     atomic_write_text(
         out / "config.json", json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n"
     )
@@ -288,6 +314,7 @@ def train_trl(
     agent_tokens = sum(rec.agent_tokens for rec in rollout.history)
     summary: dict[str, Any] = {
         "backend": "trl",
+        "generation": "vllm-colocate" if args.use_vllm else "hf",
         "trl_version": _version("trl"),
         "steps": cfg.steps,
         "optimizer_steps": int(trainer.state.global_step),
@@ -308,9 +335,49 @@ def train_trl(
         **{f"sft_{k}": v for k, v in sft.items() if isinstance(v, (int, float))},
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if args.use_vllm:
+        from agents.trl.vllm import shutdown_engine
+
+        shutdown_engine(trainer)
     train_env.close()
     eval_env.close()
     return TRLRun(summary=summary, trainer=trainer, rollout=rollout, init_model=model_dir)
+
+
+def check_config(cfg: TrainConfig, init_model: str | Path | None = None) -> Any:
+    """The run's ``GRPOConfig`` (:func:`grpo_args`), after checking what can be checked
+    before any work: with ``rollout.backend=vllm``, that vllm is installed and runs the
+    tiny model's head size here.
+
+    Raises:
+        ValueError: see :func:`grpo_args`; a head size vLLM's CPU attention lacks.
+        ImportError: ``rollout.backend=vllm`` without vllm.
+    """
+    args = grpo_args(cfg)
+    if args.use_vllm and cfg.model.path == "tiny" and init_model is None:
+        m = cfg.model
+        _check_vllm({"hidden_size": m.hidden_size, "num_attention_heads": m.heads})
+    return args
+
+
+def _check_vllm(model_config: dict[str, Any]) -> None:
+    """vllm is installed and runs this model here (vLLM's CPU attention lacks some head sizes)."""
+    from agents.policy.vllm import check_vllm_can_run
+
+    check_vllm_can_run(model_config)
+
+
+def _engine_setup(args: Any, cfg: TrainConfig) -> Any:
+    """The block ``GRPOTrainer`` is built in: TRL's colocated vLLM engine set up as this
+    package's (:func:`agents.trl.vllm.colocated_engine`), or a no-op block."""
+    if not args.use_vllm:
+        return contextlib.nullcontext()
+    from agents.trl.vllm import colocated_engine, engine_kwargs
+
+    r = cfg.rollout
+    return colocated_engine(
+        **engine_kwargs(cfg.model.dtype, r.vllm_kv_cache_gb, r.vllm_enforce_eager)
+    )
 
 
 def _version(name: str) -> str | None:
@@ -369,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
-        grpo_args(cfg)  # a config TRL cannot reproduce fails here, before any work
+        check_config(cfg, args.init_model)  # a config TRL cannot reproduce fails here
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
