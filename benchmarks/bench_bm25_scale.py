@@ -12,7 +12,8 @@ this process (``q_per_cpu_s_1t``, tantivy's worker threads included). Top-k agre
 exhaustive path (bm25s' own scorer):
 
 * ``exact``: same scores, and the same passages apart from ties at the k-th score;
-* ``same_ids``: same passage set.
+* ``same_ids``: same passage set;
+* ``same_ids_near_ties``: same set apart from passages within 0.1% of the k-th score.
 
 Engines run when installed: ``tantivy`` (pip install 'search-env[bm25-bench]'; its BM25
 has k1=1.2, b=0.75 fixed, analyzer configured like ours: same token pattern, lower-case,
@@ -22,9 +23,11 @@ b=0.4, indexing text pre-analyzed with our analyzer (``benchmarks/bm25_lucene.py
 why and how); when it cannot run, ``lucene_skipped`` in the JSON says why. Lucene's build
 is timed apart from the pre-analysis (``preanalyze_s``, Python), its peak RSS is the
 indexing JVM's, and it is timed both as ``batch_search`` (Anserini's thread pool) and as
-a loop of ``search`` calls. PISA (pyterrier-pisa) is not run.
+a loop of ``search`` calls, and as Lucene's own top-k ``IndexSearcher.search``. PISA
+(pyterrier-pisa) is not run. The corpus generator is ``bm25_corpus.py``; the engines
+beside search-env's are ``bm25_tantivy.py`` and ``bm25_lucene.py``.
 
-A venv for every engine (Python 3.11; pyserini 2.x needs 3.12, pip then takes 1.6.0)::
+A venv for every engine (on Python 3.11 pip takes pyserini 1.6.0: 2.x needs a newer one)::
 
     python3 -m venv /work/venv-lucene && . /work/venv-lucene/bin/activate
     pip install -e '.[bm25-bench]' orjson
@@ -51,8 +54,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,54 +64,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from benchmarks import bm25_lucene  # noqa: E402
-from benchmarks.common import _vocabulary, save_results  # noqa: E402
+from benchmarks.bm25_corpus import make_queries, passage_texts, write_corpus  # noqa: E402
+from benchmarks.bm25_tantivy import Tantivy, build_tantivy  # noqa: E402
+from benchmarks.common import save_results  # noqa: E402
 
-VOCAB = 100_000
-QUESTION_WORDS = ("what", "who", "when", "where", "which", "how")
 WIKI18_PASSAGES = 21_015_324
-
-
-# ---------------------------------------------------------------------- data
-def write_corpus(path: Path, n_docs: int, seed: int = 0, chunk: int = 20_000) -> None:
-    """Streams ``n_docs`` synthetic passages to a JSONL file, ``chunk`` at a time."""
-    import orjson
-
-    words, probs = _vocabulary(VOCAB)
-    cdf = np.cumsum(probs)
-    rng = np.random.default_rng(seed)
-    with open(path, "wb") as f:
-        for start in range(0, n_docs, chunk):
-            m = min(chunk, n_docs - start)
-            lengths = rng.integers(75, 126, m)
-            flat = words[
-                np.minimum(np.searchsorted(cdf, rng.random(int(lengths.sum()))), VOCAB - 1)
-            ]
-            ends = np.cumsum(lengths)
-            for i in range(m):
-                text = " ".join(flat[ends[i] - lengths[i] : ends[i]])
-                f.write(orjson.dumps({"id": str(start + i), "contents": text}) + b"\n")
-
-
-def make_queries(n: int, seed: int = 1) -> list[str]:
-    """Question-like queries: a question word, then 3-9 words of the corpus' distribution."""
-    words, probs = _vocabulary(VOCAB)
-    cdf = np.cumsum(probs)
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        body = words[
-            np.minimum(np.searchsorted(cdf, rng.random(int(rng.integers(3, 10)))), VOCAB - 1)
-        ]
-        out.append(" ".join([str(rng.choice(QUESTION_WORDS)), *body]))
-    return out
-
-
-def _passage_texts(path: Path) -> Iterator[str]:
-    import orjson
-
-    with open(path, "rb") as f:
-        for line in f:
-            yield orjson.loads(line)["contents"]
 
 
 # ---------------------------------------------------------------------- builds
@@ -143,7 +103,7 @@ def build_raw_bm25s(corpus: str, out: str) -> dict[str, Any]:
 
     base = _peak_rss_mb()
     start = time.perf_counter()
-    texts = list(_passage_texts(Path(corpus)))
+    texts = list(passage_texts(Path(corpus)))
     tokens = bm25s.tokenize(
         texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False
     )
@@ -151,48 +111,8 @@ def build_raw_bm25s(corpus: str, out: str) -> dict[str, Any]:
     model.index(tokens, show_progress=False)
     built = time.perf_counter()
     model.save(out)
-    return {"build_s": built - start, "rss_before_mb": base, "peak_rss_mb": _peak_rss_mb()}
-
-
-def _tantivy_analyzer() -> Any:
-    import tantivy
-    from bm25s.stopwords import STOPWORDS_EN
-
-    from search_env.retrievers.bm25.params import TOKEN_PATTERN
-
-    return (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(TOKEN_PATTERN.replace("(?u)", "")))
-        .filter(tantivy.Filter.lowercase())
-        .filter(tantivy.Filter.custom_stopword(list(STOPWORDS_EN)))
-        .filter(tantivy.Filter.stemmer("english"))
-        .build()
-    )
-
-
-def _tantivy_schema() -> Any:
-    import tantivy
-
-    sb = tantivy.SchemaBuilder()
-    sb.add_text_field("body", stored=False, tokenizer_name="se")
-    sb.add_unsigned_field("row", stored=True)
-    return sb.build()
-
-
-def build_tantivy(corpus: str, out: str) -> dict[str, Any]:
-    import tantivy
-
-    base = _peak_rss_mb()
-    start = time.perf_counter()
-    os.makedirs(out, exist_ok=True)
-    index = tantivy.Index(_tantivy_schema(), path=out)
-    index.register_tokenizer("se", _tantivy_analyzer())
-    writer = index.writer(heap_size=256_000_000, num_threads=2)
-    for row, text in enumerate(_passage_texts(Path(corpus))):
-        writer.add_document(tantivy.Document(body=text, row=row))
-    writer.commit()
-    writer.wait_merging_threads()
     return {
-        "build_s": time.perf_counter() - start,
+        "build_s": built - start,
         "rss_before_mb": base,
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -247,49 +167,30 @@ class RawBM25s:
         out: Hits = []
         for i in range(0, len(queries), batch):
             ids = self.tok.tokenize(
-                queries[i : i + batch], update_vocab=False, allow_empty=True, show_progress=False
+                queries[i : i + batch],
+                update_vocab=False,
+                allow_empty=True,
+                show_progress=False,
             )
             live = [q for q in ids if q]  # bm25s rejects a query without known tokens
             hits: list[list[tuple[int, float]]] = []
             if live:
                 docs, scores = self.model.retrieve(
-                    live, k=k, show_progress=False, n_threads=threads if threads > 1 else 0
+                    live,
+                    k=k,
+                    show_progress=False,
+                    n_threads=threads if threads > 1 else 0,
                 )
                 hits = [
-                    sorted(((r, v) for r, v in zip(d, s) if v > 0), key=lambda h: (-h[1], h[0]))
+                    sorted(
+                        ((r, v) for r, v in zip(d, s) if v > 0),
+                        key=lambda h: (-h[1], h[0]),
+                    )
                     for d, s in zip(docs.tolist(), scores.tolist())
                 ]
             it = iter(hits)
             out += [next(it) if q else [] for q in ids]
         return out
-
-
-class Tantivy:
-    name = "tantivy"
-
-    def __init__(self, index_dir: Path) -> None:
-        import tantivy
-
-        start = time.perf_counter()
-        self.index = tantivy.Index.open(str(index_dir))
-        self.index.register_tokenizer("se", _tantivy_analyzer())
-        self.index.reload()
-        self.searcher = self.index.searcher()
-        self.load_s = time.perf_counter() - start
-
-    def _one(self, query: str, k: int) -> list[tuple[int, float]]:
-        try:
-            q = self.index.parse_query(query, ["body"])
-        except ValueError:
-            return []
-        hits = self.searcher.search(q, k).hits
-        return [(int(self.searcher.doc(addr)["row"][0]), float(s)) for s, addr in hits]
-
-    def run(self, queries: list[str], k: int, threads: int, batch: int) -> Hits:
-        if threads == 1:
-            return [self._one(q, k) for q in queries]
-        with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(lambda q: self._one(q, k), queries, chunksize=64))
 
 
 # ---------------------------------------------------------------------- comparison
@@ -428,7 +329,11 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
             row["jvm_start_s"] = e.jvm_start_s
         rows.append(row)
         print(f"[{n_docs}] {row}", flush=True)
-    partial = {"rows": rows, "builds": builds, "loadavg_1min_during_timing": timing["loadavg_1min"]}
+    partial = {
+        "rows": rows,
+        "builds": builds,
+        "loadavg_1min_during_timing": timing["loadavg_1min"],
+    }
     save_results(f"{args.name}_partial_{n_docs}", partial)
     single = queries[: args.single_queries]
     per_call = {
@@ -483,7 +388,11 @@ def extrapolate(rows: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, 
     for engine in dict.fromkeys(r["engine"] for r in rows):
         a = next(r for r in rows if r["engine"] == engine and r["docs"] == n1)
         b = next(r for r in rows if r["engine"] == engine and r["docs"] == n2)
-        row: dict[str, Any] = {"engine": engine, "docs": WIKI18_PASSAGES, "from": f"{n1}->{n2}"}
+        row: dict[str, Any] = {
+            "engine": engine,
+            "docs": WIKI18_PASSAGES,
+            "from": f"{n1}->{n2}",
+        }
         for key in ("qps_1t", "qps_2t"):
             alpha = math.log(a[key] / b[key]) / math.log(n2 / n1)
             row[f"{key}_alpha"] = alpha
@@ -502,7 +411,9 @@ def main() -> None:
     )
     parser.add_argument("--docs", type=int, nargs="+", default=[200_000])
     parser.add_argument(
-        "--corpus", default=None, help="a wiki-18 style JSONL corpus instead of the generator"
+        "--corpus",
+        default=None,
+        help="a wiki-18 style JSONL corpus instead of the generator",
     )
     parser.add_argument("--queries", type=int, default=4096)
     parser.add_argument("--k", type=int, default=3)
@@ -522,7 +433,9 @@ def main() -> None:
     parser.add_argument("--no-tantivy", action="store_true", help="skip tantivy even if installed")
     parser.add_argument("--no-lucene", action="store_true", help="skip Lucene even if installed")
     parser.add_argument(
-        "--lucene-heap", default=None, help="the indexing JVM's -Xmx (default: the JVM's own)"
+        "--lucene-heap",
+        default=None,
+        help="the indexing JVM's -Xmx (default: the JVM's own)",
     )
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep corpora and indexes")
@@ -534,7 +447,9 @@ def main() -> None:
     )
     parser.add_argument("--name", default="bm25_scale")
     parser.add_argument(
-        "--note", default="", help="free text stored with the results (e.g. machine load)"
+        "--note",
+        default="",
+        help="free text stored with the results (e.g. machine load)",
     )
     args = parser.parse_args()
     args.lucene_skipped = "--no-lucene" if args.no_lucene else bm25_lucene.unavailable()
@@ -543,7 +458,12 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
     else:
         work = Path(tempfile.mkdtemp(prefix="bench_bm25_scale_", dir=args.workdir))
-    results: dict[str, Any] = {"args": vars(args), "note": args.note, "rows": [], "per_size": {}}
+    results: dict[str, Any] = {
+        "args": vars(args),
+        "note": args.note,
+        "rows": [],
+        "per_size": {},
+    }
     results["lucene_skipped"] = args.lucene_skipped
     if args.lucene_skipped is None:
         results["lucene"] = bm25_lucene.describe()

