@@ -34,12 +34,27 @@ How the :class:`~agents.policy.base.Policy` contract maps onto vLLM:
 * Weights: the engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), and
   :meth:`VLLMPolicy.update_weights` hands the trainer's tensors to vLLM's in-place
   ``reload_weights`` (no copy through disk or a socket), then drops the prefix cache,
-  whose KV blocks were computed with the old weights.
+  whose KV blocks were computed with the old weights. It takes a state dict or a stream
+  of ``(name, tensor)`` pairs (an FSDP-sharded model's full tensors, one at a time:
+  :func:`agents.distributed.iter_full_state`).
+* Sleep mode (``sleep_mode=True``, CUDA only): :meth:`VLLMPolicy.sleep` frees the
+  engine's GPU memory during the trainer's update (level 1: weights to CPU memory, KV
+  cache dropped); the next :meth:`~VLLMPolicy.update_weights` wakes the weights, pushes
+  the new ones, then wakes the KV cache. vLLM has no sleep mode on a CPU: there the
+  engine is built without it (logged) and :meth:`~VLLMPolicy.sleep` does nothing.
+* Under ``torchrun`` (``rank`` given; :meth:`VLLMPolicy.from_model` of a sharded
+  model): every rank runs its own engine on its own device, tensor parallel 1, joined
+  to the job's process group through vLLM's ``external_launcher``; ranks generate
+  independently (no collective inside ``generate``).
 
 Building an in-process engine touches process-wide state; :func:`_quiet_engine_start`
 puts back what it can (torch ``set_num_threads``, the global RNGs, the garbage
 collector, the multiprocessing switch). What stays: a ``torch.distributed`` group of one
-process, and on a CPU vLLM's memory binding to the first NUMA node.
+process (under ``torchrun``: vLLM's groups on the job's), and on a CPU vLLM's memory
+binding to the first NUMA node. Under ``torchrun``, vLLM's shutdown destroys the job's
+default process group too: :meth:`VLLMPolicy.close` must come after the last
+collective (``agents.run`` registers it with :meth:`DistContext.on_destroy
+<agents.distributed.DistContext.on_destroy>`).
 """
 
 from __future__ import annotations
@@ -53,7 +68,7 @@ import shutil
 import sys
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -127,6 +142,31 @@ def _quiet_engine_start() -> Iterator[None]:
             os.environ[key] = env_before
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _sharded_engine_kwargs(model: Any, tmpdir: str) -> dict[str, Any]:
+    """Write a sharded model's config (not its weights) to ``tmpdir``; the engine's
+    arguments for it (dummy weights, this rank, the dtype)."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+    from vllm.platforms import current_platform
+
+    if not dist.is_initialized():
+        raise RuntimeError("a sharded model's engine needs the job's process group (torchrun)")
+    config = copy.deepcopy(model.config)
+    # FSDP2 renames the class (FSDPQwen2ForCausalLM): vLLM needs the model's own.
+    own = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    config.architectures = [own.__name__]
+    config.save_pretrained(tmpdir)
+    param = next(model.parameters())
+    dtype = param.dtype if current_platform.is_cpu() else torch.bfloat16
+    return {"load_format": "dummy", "rank": dist.get_rank(), "dtype": _dtype_name(dtype)}
+
+
 def _check_cpu_head_size(model_dir: Path) -> None:
     check_vllm_can_run(json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
 
@@ -173,6 +213,12 @@ class VLLMPolicy:
             compile takes minutes and gains little for small models).
         enable_prefix_caching: reuse KV blocks of shared prefixes (a group's prompt, the
             earlier turns of an episode); reset after every weight update.
+        sleep_mode: build the engine with vLLM's sleep mode, so that :meth:`sleep` frees
+            its GPU memory for the trainer's update. Where vLLM has none (a CPU) the
+            engine is built without it, and that is logged.
+        rank: under ``torchrun``, this process's rank: the engine joins the job's process
+            group (vLLM's ``external_launcher``, tensor parallel 1, its engine seed the
+            rank) on this rank's device. None: a single process.
         **engine_kwargs: any other ``vllm.LLM`` argument.
     """
 
@@ -188,6 +234,8 @@ class VLLMPolicy:
         kv_cache_bytes: int | None = None,
         enforce_eager: bool = True,
         enable_prefix_caching: bool = True,
+        sleep_mode: bool = False,
+        rank: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
         vllm = _import_vllm()
@@ -210,12 +258,26 @@ class VLLMPolicy:
             # splits the prefill of a seeded request over two engine steps; whole
             # prefills avoid that (chunking only helps latency anyway).
             engine_kwargs.setdefault("enable_chunked_prefill", False)
+        if sleep_mode and not current_platform.is_sleep_mode_available():
+            logger.info(
+                "vLLM has no sleep mode on this platform (%s): the engine keeps its memory "
+                "during the updates",
+                current_platform.device_type,
+            )
+            sleep_mode = False
+        if rank is not None:  # one engine per rank, in the job's process group
+            engine_kwargs.update(
+                distributed_executor_backend="external_launcher", tensor_parallel_size=1
+            )
         with _quiet_engine_start():
             self.llm = vllm.LLM(
                 model=str(path),
                 tokenizer=str(path),
                 dtype=dtype,
-                seed=0,  # per-request seeds drive sampling, see generate()
+                # per-request seeds drive sampling (see generate()); under torchrun the
+                # engine's own seed differs between ranks all the same
+                seed=0 if rank is None else rank,
+                enable_sleep_mode=sleep_mode,
                 max_model_len=max_model_len,
                 gpu_memory_utilization=gpu_memory_utilization,
                 kv_cache_memory_bytes=kv_cache_bytes,
@@ -241,6 +303,14 @@ class VLLMPolicy:
         self._tmpdir: str | None = None
         self._finalizer: weakref.finalize | None = None
         self._owns_engine = True
+        self.sleep_mode = bool(getattr(config, "enable_sleep_mode", False))
+        """Whether the engine was built with vLLM's sleep mode (:meth:`sleep` frees memory)."""
+        self.weight_dtype: torch.dtype | None = getattr(config, "dtype", None)
+        """The engine's weights dtype (a streamed push is cast to it before gathering)."""
+        self._asleep: list[str] = []
+        """The memory tags still asleep (``"weights"``, ``"kv_cache"``); empty: awake."""
+        self.sleeps = 0
+        """How many times :meth:`sleep` put the engine to sleep."""
 
     @classmethod
     def from_llm(cls, llm: Any, tokenizer: Any, *, seed: int | None = None) -> VLLMPolicy:
@@ -260,22 +330,45 @@ class VLLMPolicy:
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, **kwargs: Any) -> VLLMPolicy:
-        """A policy on a live ``transformers`` model: saved to a temporary directory first.
+        """A policy on a live ``transformers`` model, through a temporary directory.
+
+        A model in one process is saved there whole (a LoRA model: its merged weights).
+        An FSDP-sharded one (under ``torchrun``; call on every rank) is not: each rank
+        writes only its config and tokenizer to a directory of its own, builds its
+        engine on dummy weights (``load_format="dummy"``, its ``rank`` from the process
+        group) and streams the model's full tensors into it one at a time
+        (:func:`agents.distributed.iter_full_state`, a collective), so no rank ever holds
+        a full copy outside its engine.
 
         The directory is removed by :meth:`close` (or when the policy is collected).
-        ``dtype`` defaults to the model's parameter dtype.
+        ``dtype`` defaults to the model's parameter dtype; for a sharded model on a GPU,
+        to bfloat16, FSDP's compute dtype there (:func:`agents.distributed.fsdp.mixed_precision`).
         """
+        from agents.distributed.fsdp import is_sharded
+
+        sharded = is_sharded(model)
         tmpdir = tempfile.mkdtemp(prefix="search-env-vllm-")
         try:
-            save_merged(model, tmpdir)  # a LoRA model: its merged weights
+            if sharded:
+                kwargs = {**_sharded_engine_kwargs(model, tmpdir), **kwargs}
+            else:
+                save_merged(model, tmpdir)  # a LoRA model: its merged weights
+                kwargs = {"dtype": _dtype_name(next(model.parameters()).dtype), **kwargs}
             tokenizer.save_pretrained(tmpdir)
-            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-            policy = cls(tmpdir, tokenizer=tokenizer, **{"dtype": dtype, **kwargs})
+            policy = cls(tmpdir, tokenizer=tokenizer, **kwargs)
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
         policy._tmpdir = tmpdir
         policy._finalizer = weakref.finalize(policy, shutil.rmtree, tmpdir, True)
+        if sharded:
+            from agents.distributed.gather import iter_full_state
+
+            try:
+                policy.update_weights(iter_full_state(model, dtype=policy.weight_dtype))
+            except BaseException:
+                policy.close()
+                raise
         return policy
 
     # -------------------------------------------------------------- sampling
@@ -326,6 +419,7 @@ class VLLMPolicy:
                 f"{self.max_model_len}"
             )
         checker = self._stops.get(stop_strings, stop_token_ids)
+        self.wake_up()  # a sleeping engine must not serve requests
         # Greedy draws no seed, so that (as with HFPolicy) it leaves the sampling stream be.
         seeds = (
             [None] * n
@@ -383,19 +477,63 @@ class VLLMPolicy:
 
     # --------------------------------------------------------------- weights
     @torch.no_grad()
-    def update_weights(self, state_dict: dict | None = None) -> None:
-        """Load ``state_dict`` (the trained model's, Hugging Face names) into the engine.
+    def update_weights(
+        self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | None = None
+    ) -> None:
+        """Load the trained model's weights (Hugging Face names) into the engine.
 
-        The tensors are copied into vLLM's parameters in place (vLLM fuses and reshapes
-        them as when loading a checkpoint); the prefix cache is then dropped.
+        ``weights``: a state dict, or a stream of ``(name, tensor)`` pairs that is read
+        once, each tensor copied into place before the next is asked for (and read to
+        its end even when loading fails: each item of a sharded model's stream is a
+        collective that every rank must join). The tensors are copied into vLLM's
+        parameters in place (vLLM fuses and reshapes them as when loading a
+        checkpoint). A sleeping engine's weights are woken first and its KV cache only
+        after the copy; the prefix cache is then dropped.
         """
-        if not state_dict:
+        if weights is None or (isinstance(weights, Mapping) and not weights):
             return
-        weights = [(name, t.detach()) for name, t in state_dict.items()]
-        self.llm.collective_rpc(
-            "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
-        )
+        pairs = iter(weights.items() if isinstance(weights, Mapping) else weights)
+        try:
+            self.wake_up(["weights"])
+            self.llm.collective_rpc(
+                "reload_weights",
+                kwargs={
+                    "weights_iterator": ((name, t.detach()) for name, t in pairs),
+                    "is_checkpoint_format": True,
+                },
+            )
+        finally:
+            for _ in pairs:  # whatever the engine left unread (it raised)
+                pass
+        self.wake_up()
         self.llm.reset_prefix_cache()
+
+    # ----------------------------------------------------------------- sleep
+    def sleep(self) -> bool:
+        """Free the engine's GPU memory until the next :meth:`update_weights` (or
+        :meth:`generate`): vLLM's level-1 sleep (weights to CPU memory, the KV cache
+        dropped). Returns whether it slept: False without sleep mode (on a CPU vLLM has
+        none) or when already asleep."""
+        if not self.sleep_mode or self._asleep:
+            return False
+        self.llm.sleep(level=1)
+        self._asleep = ["weights", "kv_cache"]
+        self.sleeps += 1
+        return True
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Wake what :meth:`sleep` freed: ``tags`` of ``"weights"``, ``"kv_cache"`` (None:
+        both); a no-op for what is awake."""
+        todo = [t for t in self._asleep if tags is None or t in tags]
+        if not todo:
+            return
+        self.llm.wake_up(tags=todo)
+        self._asleep = [t for t in self._asleep if t not in todo]
+
+    @property
+    def asleep(self) -> bool:
+        """Whether any of the engine's memory is asleep."""
+        return bool(self._asleep)
 
     # ----------------------------------------------------------------- close
     def close(self) -> None:
