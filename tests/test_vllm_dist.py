@@ -200,15 +200,12 @@ def test_destroy_runs_the_registered_teardown_last_first_and_raises_the_first_er
     assert order == ["last", "broken", "first"]
 
 
-def test_vllm_with_lora_is_refused_under_torchrun(tmp_path):
+def test_vllm_is_accepted_under_torchrun(tmp_path):
+    # (LoRA with vLLM is still refused there: tests/test_distributed_train.py)
     from agents.run import check_distributed
 
-    cfg = vllm_config(tmp_path / "x", **{"model.lora_rank": 4})
-    with pytest.raises(ValueError, match="lora_rank > 0 under torchrun"):
-        check_distributed(cfg, DistContext(rank=0, world_size=2, backend="gloo"))
-    check_distributed(
-        vllm_config(tmp_path / "y"), DistContext(rank=0, world_size=2, backend="gloo")
-    )
+    two = DistContext(rank=0, world_size=2, backend="gloo")
+    assert check_distributed(vllm_config(tmp_path / "x"), two) == 4
 
 
 # ------------------------------------------------------- 2 ranks, real engines
@@ -281,8 +278,9 @@ def _train_and_compare(ctx, out_dir: str):
         grpo.setup_run = real_setup_run
     run = runs[0]
     assert isinstance(run.policy, VLLMPolicy)
-    obs, _ = run.eval_env.reset(options={"index": [2 * ctx.rank, 2 * ctx.rank + 1]})
-    prompts = [obs["tokens"][i, : obs["length"][i, 0]] for i in range(2)]
+    obs, _ = run.eval_env.reset(options={"index": list(range(4))})
+    mine = (2 * ctx.rank, 2 * ctx.rank + 1)  # different prompts on the two ranks
+    prompts = [obs["tokens"][i, : obs["length"][i, 0]] for i in mine]
     got = run.policy.generate(prompts, 12, stop_strings=(), stop_token_ids=[], greedy=True)
     diff = {
         name: max(
