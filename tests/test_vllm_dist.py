@@ -181,6 +181,28 @@ def test_a_failed_reload_still_reads_the_stream_to_its_end(synth_tok):
     assert read == ["a", "b", "c"]
 
 
+def test_gpu_smoke_counts_the_sleeps_and_wakes(synth_tok):
+    # benchmarks/gpu_smoke.py records whether sleep/wake ran in its vLLM run (on a GPU).
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
+    spec = importlib.util.spec_from_file_location("gpu_smoke_for_sleep", script)
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    from agents.policy.vllm import VLLMPolicy
+
+    clock = smoke.SamplerClock()
+    with clock.installed():
+        policy = VLLMPolicy.from_llm(StandInEngine(sleep_mode=True), synth_tok)
+        for _ in range(2):
+            policy.sleep()
+            policy.update_weights({"w": torch.zeros(2)})
+        policy.wake_up()  # awake already: not a wake
+        VLLMPolicy.from_llm(StandInEngine(sleep_mode=False), synth_tok).sleep()
+    assert (clock.sleeps, clock.wakes) == (2, 2)
+    assert VLLMPolicy.sleep.__name__ == "sleep"  # put back
+
+
 # ------------------------------------------------------------------- teardown
 def test_destroy_runs_the_registered_teardown_last_first_and_raises_the_first_error():
     ctx = DistContext()
