@@ -340,7 +340,7 @@ def test_two_ranks_each_keep_their_engine_on_the_trained_weights(tmp_path):
         assert res["trained"] < 1e-4, res  # the engine holds the trained weights ...
         assert res["stale"] > 1e-2, res  # ... which are not the initial ones
         # step 2 was sampled after the first push: the sampler agreed with the trainer
-        assert res["logp_diff_max"][2] < 1e-3, res
+        assert res["logp_diff_max"][2] < 1e-4, res
 
 
 @pytest.mark.slow
@@ -383,5 +383,5 @@ def test_torchrun_two_ranks_train_on_vllm_and_exit_cleanly(tmp_path):
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     # step 2 was sampled by both ranks' engines after the first push (max over ranks)
-    assert rows[2]["logp_diff_max"] < 1e-3, rows[2]
+    assert rows[2]["logp_diff_max"] < 1e-4, rows[2]
     assert (tmp_path / "run" / "final_model" / "config.json").is_file()
