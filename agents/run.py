@@ -7,6 +7,7 @@ and plots, so that ``grpo.py`` and ``ppo.py`` hold only the algorithm.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -47,6 +48,7 @@ from agents.evaluation.greedy import evaluate_greedy
 from agents.metrics import MetricsLogger
 from agents.model import frozen_copy, load_model, model_eos_ids
 from agents.plots import plot_run
+from agents.policy.base import samples_from, sync_weights
 from agents.progress import progress_interval
 from agents.rollout import make_env
 from agents.seeding import seed_everything, step_seed
@@ -167,8 +169,7 @@ class Run:
                 self.run_dir / "config.json",
                 json.dumps(to_dict(self.cfg), indent=2, sort_keys=True) + "\n",
             )
-        if not self.ctx.is_distributed:  # ranks sample from their gathered model (HF)
-            self.policy.update_weights(self.model.state_dict())
+        sync_weights(self.policy, self.model)  # a no-op for HF, which samples from it
         if step == 0:
             self.log({"step": 0, **self.evaluate()})
         return step
@@ -223,7 +224,9 @@ class Run:
             stats["eval_time"] = time.perf_counter() - start
             return stats
         mine = [self.eval_indices[i] for i in shard_range(len(self.eval_indices), self.ctx)]
-        with gathered(self.model):  # ranks decode different lengths: no collectives inside
+        # HF: ranks decode different lengths, so no collectives inside (vLLM: its own copy)
+        on_model = samples_from(self.policy, self.model)
+        with gathered(self.model) if on_model else contextlib.nullcontext():
             stats = evaluate_greedy(
                 self.policy, self.eval_env, mine, self.cfg.rollout.max_new_tokens
             )
@@ -327,17 +330,18 @@ def check_distributed(cfg: TrainConfig, ctx: DistContext) -> int:
 
     Raises:
         ValueError: a rank's share of ``rollout.num_envs`` is not a whole number of
-            groups (a GRPO group would span two ranks), the vLLM back end (not wired
-            under ``torchrun`` yet), or fewer evaluation questions than ranks.
+            groups (a GRPO group would span two ranks), the vLLM back end with LoRA
+            (not wired under ``torchrun`` yet), or fewer evaluation questions than ranks.
     """
     r = cfg.rollout
     if not ctx.is_distributed:
         return r.num_envs
     share = local_num_envs(r.num_envs, r.group_size, ctx.world_size)
-    if r.backend != "hf":
+    if r.backend == "vllm" and cfg.model.lora_rank > 0:
         raise ValueError(
-            f"rollout.backend={r.backend!r} under torchrun is not supported yet: use "
-            "rollout.backend=hf (each rank samples from its gathered model)"
+            "rollout.backend=vllm with model.lora_rank > 0 under torchrun is not supported "
+            "yet (the sharded weight push streams the model's tensors; a LoRA model's would "
+            "need merging first): use rollout.backend=hf, or one process"
         )
     if r.eval_questions is not None and 0 < r.eval_questions < ctx.world_size:
         raise ValueError(
@@ -444,15 +448,19 @@ def setup_run(
         from agents.policy import VLLMPolicy
 
         # A copy of the weights in a vLLM engine; the loops push them after every update.
+        # Under torchrun (a sharded model): one engine per rank, on the rank's device.
         policy = VLLMPolicy.from_model(
             model,
             tokenizer,
             seed=cfg.seed,
             max_model_len=train_env.envs[0].protocol.max_prompt_length,
-            gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+            gpu_memory_utilization=r.vllm_gpu_memory_utilization,  # of this rank's GPU
             kv_cache_bytes=None if r.vllm_kv_cache_gb is None else int(r.vllm_kv_cache_gb * 2**30),
             enforce_eager=r.vllm_enforce_eager,
+            sleep_mode=r.vllm_sleep,
         )
+        if ctx.is_distributed:  # its shutdown destroys the job's group: after the last collective
+            ctx.on_destroy(policy.close)
     elif r.backend == "hf":
         policy = HFPolicy(model, tokenizer, device=next(model.parameters()).device, seed=cfg.seed)
     else:

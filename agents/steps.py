@@ -3,12 +3,15 @@ frozen reference's log-probs and the sampler-vs-trainer check.
 
 Under ``torchrun`` each rank plays its block of the step's questions with its own
 sampler stream, and every pass runs on the gathered (unsharded) model, since ranks
-generate different lengths and may run different numbers of micro-batches.
+generate different lengths and may run different numbers of micro-batches. A vLLM
+sampler has its own copy of the weights: nothing is gathered for it, and after the
+rollout it sleeps (where its sleep mode is on) until the update's weight push wakes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -17,6 +20,7 @@ from agents.config import TrainConfig
 from agents.distributed import gathered, rank_questions, rank_seed
 from agents.losses import logp_diff_stats, tis_weights
 from agents.microbatch import forward_in_micro_batches
+from agents.policy.base import samples_from, sleep_sampler
 from agents.rollout import Batch, Trajectory, collect, to_batch
 from agents.run import Run
 
@@ -25,13 +29,15 @@ def play_step(
     run: Run, cfg: TrainConfig, step: int, model: nn.Module
 ) -> tuple[Sequence[Trajectory], Batch]:
     """This rank's episodes of ``step`` (``group_size`` of each of its questions) and
-    their padded batch."""
+    their padded batch; then a sampler with its own weights (vLLM) frees its memory for
+    the update (:func:`~agents.policy.base.sleep_sampler`), until ``sync_weights``."""
     r, ctx = cfg.rollout, run.ctx
     indices = rank_questions(
         len(run.train_env.dataset), r.num_envs, r.group_size, cfg.seed, step, ctx
     )
     run.policy.seed(rank_seed(run.step_seed(step, 0), ctx))
-    with gathered(model):  # ranks generate different lengths: no collectives inside
+    # HF: ranks generate different lengths, so no collectives inside (vLLM: its own copy)
+    with gathered(model) if samples_from(run.policy, model) else nullcontext():
         trajectories = collect(
             run.train_env,
             run.policy,
@@ -40,6 +46,7 @@ def play_step(
             temperature=r.temperature,
             max_new_tokens=r.max_new_tokens,
         )
+    sleep_sampler(run.policy)
     return trajectories, to_batch(trajectories, run.pad_id)
 
 

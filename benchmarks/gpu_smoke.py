@@ -1,7 +1,9 @@
 """The GPU check of issue 13 (section 4), ready for when a GPU is lent; a reduced CPU form.
 
 On one GPU (under 8 minutes, no downloads): the ``gpu``-marked tests; 2 GRPO steps with
-the HF sampler and, when vLLM is installed, 2 with a colocated vLLM engine; 2 PPO steps;
+the HF sampler and, when vLLM is installed, 2 with a colocated vLLM engine in sleep mode
+(asleep from each rollout's end to the weight push; the sleeps, wakes and device memory
+each sleep freed are recorded, and no sleep/wake is a failure); 2 PPO steps;
 dense flat search on the GPU (torch fp16, and faiss-gpu when present); for every training
 run its peak memory (``torch.cuda.max_memory_allocated``) against the memory plan
 (``agents.plan``), agent tokens/s, step time and the env's share of the rollout time. The
@@ -73,6 +75,7 @@ def gpu_overrides(out_dir: str, algo: str, backend: str) -> dict[str, Any]:
         "rollout.eval_num_envs": 8,
         "rollout.backend": backend,
         "rollout.vllm_gpu_memory_utilization": 0.3,
+        "rollout.vllm_sleep": True,  # the engine frees its memory during the update
         "grpo.minibatch_size": 8,
         "ppo.minibatch_size": 8,
         "sft.steps": 0,
@@ -113,6 +116,9 @@ class SamplerClock:
         self.collect_s = self.generate_s = 0.0
         self.tokens = 0
         self._inside = False
+        self.sleeps = self.wakes = 0
+        self.sleep_freed: list[int] = []
+        """Device memory in use before minus after each vLLM sleep (bytes, CUDA only)."""
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -125,6 +131,8 @@ class SamplerClock:
             from agents.policy.vllm import VLLMPolicy
 
             targets.append((VLLMPolicy, "generate", self._timed_generate))
+            targets.append((VLLMPolicy, "sleep", self._counted_sleep))
+            targets.append((VLLMPolicy, "wake_up", self._counted_wake))
         except ImportError:
             pass
         targets += [
@@ -161,6 +169,38 @@ class SamplerClock:
             return out
 
         return run
+
+    def _counted_sleep(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(policy: Any, *args: Any, **kwargs: Any) -> Any:
+            before = _device_used()
+            slept = fn(policy, *args, **kwargs)
+            if slept:
+                self.sleeps += 1
+                if before is not None:
+                    self.sleep_freed.append(before - (_device_used() or 0))
+            return slept
+
+        return run
+
+    def _counted_wake(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(policy: Any, *args: Any, **kwargs: Any) -> Any:
+            was_asleep = policy.asleep
+            out = fn(policy, *args, **kwargs)
+            if was_asleep and not policy.asleep:
+                self.wakes += 1  # fully awake again
+            return out
+
+        return run
+
+
+def _device_used() -> int | None:
+    """Bytes in use on the current CUDA device (all processes), None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return int(total - free)
 
 
 def _peak_rss_bytes() -> int:
@@ -220,6 +260,14 @@ def train_section(cfg: Any, cuda: bool) -> dict[str, Any]:
         "hardware": hw.describe(),
         "eval_em_end": summary.get("eval_em_end"),
     }
+    if cfg.rollout.backend == "vllm":
+        out["sleep_wake"] = {
+            "asked": cfg.rollout.vllm_sleep,
+            "sleeps": clock.sleeps,
+            "wakes": clock.wakes,
+            "ran": clock.sleeps > 0 and clock.wakes == clock.sleeps,
+            "freed_bytes": clock.sleep_freed,
+        }
     if cuda:
         import torch
 
@@ -360,9 +408,9 @@ def run_smoke(cpu_smoke: bool, out_path: Path) -> dict[str, Any]:
         part("grpo_hf", lambda: train_section(config("grpo"), cuda))
         if cuda and has_vllm:
             part("grpo_vllm", lambda: train_section(config("grpo", "vllm"), cuda))
-            sections["grpo_vllm"]["sleep_wake"] = (
-                "not exercised: the trainer has no vLLM sleep mode yet"
-            )
+            sleep = sections["grpo_vllm"].get("sleep_wake")
+            if sleep is not None and not sleep["ran"]:  # CUDA has a sleep mode: it must run
+                sections["grpo_vllm"]["error"] = f"vLLM sleep/wake did not run: {sleep}"
         else:
             sections["grpo_vllm"] = {"skipped": no_gpu if not cuda else "vllm is not installed"}
         part("ppo_hf", lambda: train_section(config("ppo"), cuda))

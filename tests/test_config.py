@@ -132,6 +132,7 @@ ADDED_SINCE_THE_SPLIT = {
     ("model", "lora_rank"): 0,
     ("model", "lora_alpha"): 32,
     ("rollout", "tis_cap"): None,
+    ("rollout", "vllm_sleep"): True,  # HF runs ignore it, vLLM on a CPU has no sleep mode
     ("fsdp",): {"cpu_offload": False, "reshard_after_forward": True, "ref_offload": False},
 }
 """Fields added later (issue 13), at values that leave a one-process run unchanged."""

@@ -394,7 +394,7 @@ def test_a_group_split_over_ranks_is_refused_before_any_work(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"rollout.backend": "vllm"}, "rollout.backend='vllm' under torchrun"),
+        ({"rollout.backend": "vllm", "model.lora_rank": 4}, "lora_rank > 0 under torchrun"),
         ({"rollout.eval_questions": 1}, r"eval_questions \(1\) must be at least"),
     ],
 )

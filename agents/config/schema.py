@@ -86,6 +86,11 @@ class RolloutConfig:
     vllm_enforce_eager: bool = True
     """vLLM only: no CUDA graphs or ``torch.compile`` (quick start-up; False is faster on a
     GPU)."""
+    vllm_sleep: bool = True
+    """vLLM only: build the engine with vLLM's sleep mode and put it to sleep (level 1:
+    weights to CPU memory, KV cache freed) from the end of each rollout until the weight
+    push, so the update has its GPU memory. Takes effect where vLLM has a sleep mode
+    (CUDA); on a CPU it has none, and that is logged."""
     eval_split: str = "test"
     """Held-out split for the periodic greedy evaluation."""
     eval_questions: int | None = None

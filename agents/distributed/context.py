@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,9 @@ class DistContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
     """``"gloo"`` or ``"nccl"``; None when no process group was started."""
+    _on_destroy: list[Callable[[], None]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -82,13 +85,33 @@ class DistContext:
 
         return init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("dp",))
 
+    def on_destroy(self, fn: Callable[[], None]) -> None:
+        """Have :meth:`destroy` call ``fn`` first (the last registered first): for what must
+        go while the process group still exists, e.g. a vLLM engine in the job's group,
+        whose shutdown destroys that group too (after which :meth:`destroy` has nothing
+        left to do)."""
+        self._on_destroy.append(fn)
+
     def destroy(self) -> None:
-        """Stop the process group (call once, at the end of the job)."""
+        """Run the :meth:`on_destroy` calls, then stop the process group unless one of them
+        did (call once, at the end of the job, after the last collective). The others and
+        the group's teardown still run after a call that raises; the first error is then
+        raised again."""
+        error: Exception | None = None
+        while self._on_destroy:
+            fn = self._on_destroy.pop()
+            try:
+                fn()
+            except Exception as e:
+                logger.exception("rank %d: %r failed at teardown", self.rank, fn)
+                error = error or e
         if self.is_distributed:
             import torch.distributed as dist
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+        if error is not None:
+            raise error
 
 
 def _int_var(env: Mapping[str, str], name: str) -> int:

