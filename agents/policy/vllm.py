@@ -48,7 +48,7 @@ How the :class:`~agents.policy.base.Policy` contract maps onto vLLM:
   independently (no collective inside ``generate``).
 
 Building an in-process engine touches process-wide state;
-:func:`~agents.policy.vllm_engine._quiet_engine_start` puts back what it can (torch ``set_num_threads``, the global RNGs, the garbage
+:func:`~agents.policy.vllm_engine.quiet_engine_start` puts back what it can (torch ``set_num_threads``, the global RNGs, the garbage
 collector, the multiprocessing switch). What stays: a ``torch.distributed`` group of one
 process (under ``torchrun``: vLLM's groups on the job's), and on a CPU vLLM's memory
 binding to the first NUMA node. Under ``torchrun``, vLLM's shutdown destroys the job's
@@ -78,9 +78,9 @@ from agents.policy.vllm_engine import (  # noqa: F401  (INSTALL_HINT, check_vllm
     _check_cpu_head_size,
     _dtype_name,
     _import_vllm,
-    _quiet_engine_start,
     _sharded_engine_kwargs,
     check_vllm_can_run,
+    quiet_engine_start,
 )
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class VLLMPolicy:
             engine_kwargs.update(
                 distributed_executor_backend="external_launcher", tensor_parallel_size=1
             )
-        with _quiet_engine_start():
+        with quiet_engine_start():
             self.llm = vllm.LLM(
                 model=str(path),
                 tokenizer=str(path),

@@ -34,7 +34,7 @@ def _import_vllm() -> Any:
 
 
 @contextmanager
-def _quiet_engine_start() -> Iterator[None]:
+def quiet_engine_start() -> Iterator[None]:
     """Build an in-process vLLM engine, keeping the caller's process as it was.
 
     * ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` while the engine starts: the engine core and

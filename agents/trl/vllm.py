@@ -8,7 +8,7 @@ trained weights into it (``VLLMGeneration.sync_weights``) before every call whos
 
 * builds that engine so that it starts in this package's process set-up
   (:func:`colocated_engine`: the engine arguments TRL does not expose, and
-  :func:`agents.policy.vllm._quiet_engine_start` around the start);
+  :func:`agents.policy.vllm_engine.quiet_engine_start` around the start);
 * on a CPU, swaps TRL's weight sync for vLLM's ``reload_weights`` (:func:`reload_weights`:
   TRL's fails on vLLM's CPU back end);
 * wraps it as a :class:`~agents.policy.vllm.VLLMPolicy` (:func:`colocated_policy`), so the
@@ -92,13 +92,13 @@ def colocated_engine(**extra: Any) -> Iterator[None]:
 
     While it is open, TRL's ``vllm.LLM(...)`` call gets ``extra`` (e.g.
     :func:`engine_kwargs`) on top of its own arguments, and starts under
-    :func:`agents.policy.vllm._quiet_engine_start` (in-process engine, the caller's RNG and
+    :func:`agents.policy.vllm_engine.quiet_engine_start` (in-process engine, the caller's RNG and
     thread settings kept, numba's llvmlite hidden from vLLM's CPU kernel scan).
     """
     import trl.generation.vllm_generation as generation
     from vllm.platforms import current_platform
 
-    from agents.policy.vllm import _quiet_engine_start
+    from agents.policy.vllm_engine import quiet_engine_start
 
     original_llm = generation.LLM
     original_init = generation.VLLMGeneration.__init__
@@ -115,7 +115,7 @@ def colocated_engine(**extra: Any) -> Iterator[None]:
     generation.LLM = build
     generation.VLLMGeneration.__init__ = init  # type: ignore[method-assign]
     try:
-        with _quiet_engine_start():
+        with quiet_engine_start():
             yield
     finally:
         generation.LLM = original_llm
