@@ -203,3 +203,28 @@ def test_query_encoder_fast_split_matches_bm25s(params):
     expected = tok.tokenize(queries, update_vocab=False, allow_empty=False, show_progress=False)
     assert [encoder.encode(q) for q in queries] == expected
     assert [encoder.encode(q) for q in queries] == expected  # from the word cache
+
+
+def test_chunks_larger_than_a_pipe_buffer_do_not_deadlock():
+    # Chunks and results of ~0.5 MB each, many more chunks than workers: a pool that
+    # sends a worker its next chunk before reading its result blocks both for ever.
+    import threading
+
+    texts = [" ".join(f"w{i}x{j}" for j in range(60)) for i in range(3000)]
+    chunks = [texts[i : i + 500] for i in range(0, len(texts), 500)]
+    params = BM25Params(stemmer=None, stopwords=None)
+    tok = make_tokenizer(params)
+    merger = VocabMerger((), None)
+    out: list[list[int]] = []
+
+    def run() -> None:
+        for ids, lengths in tokenize_chunks(chunks, merger, 2):
+            ends = np.cumsum(lengths)
+            out.extend(ids[e - n : e].tolist() for e, n in zip(ends, lengths))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "tokenize_chunks deadlocked"
+    ref = list(tok.streaming_tokenize(texts, update_vocab=True, allow_empty=True))
+    assert out == ref

@@ -242,7 +242,7 @@ def tokenize_chunks(
     """Token ids of each chunk of texts, in order (see `VocabMerger.merge`).
 
     With ``n_workers > 1`` the first chunk is split here (a small corpus never starts a
-    process) and the rest by ``n_workers`` processes, up to two chunks each in flight.
+    process) and the rest by ``n_workers`` processes, one chunk each in flight.
 
     Raises:
         ValueError: If ``n_workers < 1``.
@@ -266,11 +266,13 @@ def tokenize_chunks(
         for texts in it:
             if pool is None:
                 pool = _WorkerPool(n_workers)
-            pool.send(sent, texts)
-            sent += 1
-            if sent - done >= 2 * n_workers:
+            if sent - done == n_workers:
+                # One chunk in flight per worker: a worker is sent its next chunk only
+                # once its result is read (both blocking on a full pipe would deadlock).
                 yield merger.merge(done % n_workers, pool.recv(done))
                 done += 1
+            pool.send(sent, texts)
+            sent += 1
         while done < sent:
             assert pool is not None
             yield merger.merge(done % n_workers, pool.recv(done))
