@@ -198,7 +198,7 @@ class _WorkerPool:
     def __init__(self, n: int) -> None:
         # fork: the workers need no imports (spawn would re-import bm25s, seconds each).
         methods = mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        ctx: Any = mp.get_context("fork" if "fork" in methods else "spawn")
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
         try:
@@ -218,9 +218,10 @@ class _WorkerPool:
 
     def recv(self, i: int) -> SplitChunk:
         try:
-            return self._conns[i % len(self._conns)].recv()  # type: ignore[no-any-return]
+            chunk: SplitChunk = self._conns[i % len(self._conns)].recv()
         except EOFError as e:
             raise RuntimeError("a BM25 tokenizer worker process died") from e
+        return chunk
 
     def close(self) -> None:
         for conn in self._conns:
