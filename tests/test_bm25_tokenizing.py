@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("bm25s")
 pytest.importorskip("Stemmer")
+pytest.importorskip("numba")
 
 import bm25s  # noqa: E402
 
