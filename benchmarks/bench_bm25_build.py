@@ -2,7 +2,8 @@
 
 Each build runs in a fresh process (``BM25Retriever.build`` then ``save``) on the Zipf
 corpus of ``bench_bm25_scale.py`` (written once per size under ``--work``). Peak RSS is
-the build process' own ``ru_maxrss`` and, separately, the largest worker's. Also times
+the build process' own ``ru_maxrss`` and, separately, the largest worker's; CPU seconds
+(the process', its workers') tell a shared machine's load from the code's cost. Also times
 query analysis (``QueryEncoder.encode``) per query on that benchmark's queries.
 
 ``--src DIR`` imports ``search_env`` from another checkout (e.g. the old code, for a
@@ -38,8 +39,12 @@ r = BM25Retriever.build(corpus, show_progress=False, tmp_dir=os.path.dirname(out
 t1 = time.perf_counter()
 r.save(out, overwrite=True)
 t2 = time.perf_counter()
+me = resource.getrusage(resource.RUSAGE_SELF)
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({
     "build_s": t1 - t0, "save_s": t2 - t1,
+    "cpu_s_main": me.ru_utime + me.ru_stime,
+    "cpu_s_workers": kids.ru_utime + kids.ru_stime,
     "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     "worker_peak_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
     "vocab": len(r._model.vocab_dict), "workers_used": kw.get("n_workers", 1),
