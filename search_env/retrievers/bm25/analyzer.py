@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from search_env.retrievers.bm25.params import TOKEN_PATTERN, BM25Params
+from search_env.retrievers.bm25.tokenizing import split_words
 
 if TYPE_CHECKING:
     from bm25s.tokenization import Tokenizer
@@ -59,6 +60,10 @@ class QueryEncoder:
         self.vocab: dict[str, int] = tokenizer.get_vocab_dict()
         self._stopwords = frozenset(tokenizer.stopwords or ())
         self._word_ids: dict[str, int | None] = {}
+        pattern = getattr(getattr(tokenizer.splitter, "__self__", None), "pattern", None)
+        # split_words is bm25s' lower-case + regex split, done faster (plus one-letter
+        # words, dropped in _word_id); any other splitter is called as bm25s would.
+        self._fast_split = bool(tokenizer.lower) and pattern == TOKEN_PATTERN
 
     def encode(self, query: str) -> list[int]:
         """Token ids of ``query``.
@@ -68,10 +73,13 @@ class QueryEncoder:
         """
         if not isinstance(query, str):
             raise TypeError(f"each query must be a str, got {type(query).__name__}")
-        text = query.lower() if self._tokenizer.lower else query
+        if self._fast_split:
+            words = split_words(query)
+        else:
+            words = self._tokenizer.splitter(query.lower() if self._tokenizer.lower else query)
         cache = self._word_ids
         ids = []
-        for word in self._tokenizer.splitter(text):
+        for word in words:
             wid = cache.get(word, _UNSEEN)
             if wid is _UNSEEN:
                 wid = self._word_id(word)
@@ -84,7 +92,7 @@ class QueryEncoder:
 
     def _word_id(self, word: str) -> int | None:
         """The vocabulary id of one split word; None for stopwords and unknown words."""
-        if word in self._stopwords:
+        if len(word) < 2 or word in self._stopwords:
             return None
         stemmer = self._tokenizer.stemmer
         return self.vocab.get(stemmer(word) if stemmer is not None else word)

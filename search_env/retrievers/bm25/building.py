@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from array import array
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from search_env.files import make_staging_dir
 from search_env.retrievers._index_files import PASSAGES_NAME, PassageStore, PassageWriter
 from search_env.retrievers.bm25.analyzer import import_bm25s, make_tokenizer
 from search_env.retrievers.bm25.csc import FAST_METHODS, build_scores
-from search_env.retrievers.bm25.params import BM25Params
+from search_env.retrievers.bm25.params import BM25Params, resolve_workers
+from search_env.retrievers.bm25.tokenizing import CHUNK_PASSAGES, VocabMerger, tokenize_chunks
 from search_env.types import Passage
 
 __all__ = ["SPOOL_PREFIX", "BuiltIndex", "TokenIdColumns", "build_index"]
@@ -44,9 +45,11 @@ class TokenIdColumns:
         self._flat = array("i")
         self._ends = array("q")
 
-    def append(self, ids: Sequence[int]) -> None:
-        self._flat.extend(ids)
-        self._ends.append(len(self._flat))
+    def extend(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        """Appends documents given as flat int32 ``ids`` and their int64 ``lengths``."""
+        base = len(self._flat)
+        self._flat.frombytes(np.ascontiguousarray(ids, dtype=np.int32).tobytes())
+        self._ends.frombytes((np.cumsum(lengths, dtype=np.int64) + base).tobytes())
 
     def __len__(self) -> int:
         return len(self._ends)
@@ -84,6 +87,7 @@ def build_index(
     bm25s_backend: str,
     show_progress: bool,
     tmp_dir: str | Path | None,
+    n_workers: int = 1,
 ) -> BuiltIndex:
     """Tokenizes and indexes ``corpus`` in one streaming pass.
 
@@ -93,10 +97,14 @@ def build_index(
         bm25s_backend: ``"numba"`` or ``"numpy"``, bm25s' own scorer.
         show_progress: Show tqdm progress bars.
         tmp_dir: Parent of the spool directory (default: the system temp dir).
+        n_workers: Tokenizer processes (see `tokenizing.tokenize_chunks`); -1 means all
+            usable cores. The index does not depend on it.
 
     Raises:
-        ValueError: If the corpus has no passages.
+        ValueError: If the corpus has no passages, or ``n_workers`` is not >= 1 or -1.
+        RuntimeError: If a tokenizer worker process dies.
     """
+    n_workers = resolve_workers(n_workers)
     bm25s = import_bm25s()
     corpus_info = None
     if isinstance(corpus, (str, Path)):
@@ -109,6 +117,7 @@ def build_index(
         total = len(corpus) if isinstance(corpus, Sized) else None
 
     tokenizer = make_tokenizer(params)
+    merger = VocabMerger(tokenizer.stopwords or (), tokenizer.stemmer)
     # Named after this process: a later build removes the spool of a killed one.
     spool_parent = Path(tmp_dir) if tmp_dir is not None else Path(tempfile.gettempdir())
     spool_dir = make_staging_dir(spool_parent, SPOOL_PREFIX)
@@ -116,16 +125,28 @@ def build_index(
     try:
         columns = TokenIdColumns()
 
-        def contents() -> Iterator[str]:
+        def chunks() -> Iterator[list[str]]:
             bar = tqdm(
                 passages, desc="BM25 tokenize", unit="doc", total=total, disable=not show_progress
             )
+            texts: list[str] = []
             for passage in bar:
                 writer.add(passage)
-                yield passage.contents
+                texts.append(passage.contents)
+                if len(texts) == CHUNK_PASSAGES:
+                    yield texts
+                    texts = []
+            if texts:
+                yield texts
 
-        for ids in tokenizer.streaming_tokenize(contents(), update_vocab=True, allow_empty=True):
-            columns.append(ids)
+        for ids, lengths in tokenize_chunks(chunks(), merger, n_workers):
+            columns.extend(ids, lengths)
+        # The tokenizer's state as after bm25s' streaming_tokenize (its word caches
+        # emptied below, as before).
+        if tokenizer.stemmer is not None:
+            tokenizer.stem_to_sid = merger.vocab
+        else:
+            tokenizer.word_to_id = merger.vocab
         offsets = writer.close()
         if len(columns) == 0:
             raise ValueError("cannot build a BM25 index from an empty corpus")

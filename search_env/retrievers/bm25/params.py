@@ -14,6 +14,7 @@ __all__ = [
     "BM25Params",
     "resolve_backend",
     "resolve_threads",
+    "resolve_workers",
 ]
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # bm25s' default: words of two or more characters
@@ -101,3 +102,19 @@ def resolve_threads(n_threads: int) -> int:
 
         n_threads = min(n_threads, numba.config.NUMBA_NUM_THREADS)
     return n_threads
+
+
+def resolve_workers(n_workers: int) -> int:
+    """Tokenizer processes for an index build: ``-1`` means all usable cores.
+
+    Raises:
+        TypeError: If ``n_workers`` is not an int.
+        ValueError: If it is not >= 1 or -1.
+    """
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int):
+        raise TypeError(f"n_workers must be an int, got {type(n_workers).__name__}")
+    if n_workers == -1:
+        return available_cpus()
+    if n_workers < 1:
+        raise ValueError(f"n_workers must be >= 1 or -1 (all cores), got {n_workers}")
+    return n_workers

@@ -105,6 +105,7 @@ class BM25Retriever:
         backend: str = "auto",
         n_threads: int = -1,
         tmp_dir: str | Path | None = None,
+        n_workers: int = -1,
     ) -> BM25Retriever:
         """Indexes a corpus in one streaming pass (see `building.build_index`).
 
@@ -123,6 +124,9 @@ class BM25Retriever:
             tmp_dir: Where to spool the passages (default: the system temp dir). Pass the
                 index's parent directory to keep the copy on the same file system; spools
                 left there by killed builds are removed.
+            n_workers: Tokenizer processes for the build; -1 means all usable cores (a
+                corpus of one chunk, 2048 passages, is tokenized in this process). The
+                index does not depend on it.
 
         Returns:
             The retriever, ready to search.
@@ -139,6 +143,7 @@ class BM25Retriever:
             bm25s_backend=_bm25s_backend(backend),
             show_progress=show_progress,
             tmp_dir=tmp_dir,
+            n_workers=n_workers,
         )
         try:
             retriever = cls(
