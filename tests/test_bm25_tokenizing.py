@@ -52,6 +52,26 @@ TRICKY = [
 WORDS = "running runs runner alpha beta gamma the of and city cities norway x Café".split()
 
 
+@pytest.fixture(autouse=True)
+def workers_from_the_second_chunk(monkeypatch):
+    """Workers start after one chunk (not LOCAL_CHUNKS), so small corpora exercise them."""
+    monkeypatch.setattr(tokenizing, "LOCAL_CHUNKS", 1)
+
+
+def test_a_corpus_of_few_chunks_starts_no_process(monkeypatch):
+    monkeypatch.setattr(tokenizing, "LOCAL_CHUNKS", 4)
+
+    def no_pool(n: int) -> None:
+        raise AssertionError("a worker pool was started")
+
+    monkeypatch.setattr(tokenizing, "_WorkerPool", no_pool)
+    chunks = [["alpha beta", "gamma"]] * 4
+    ids = [i for i, _ in tokenize_chunks(chunks, VocabMerger((), None), 2)]
+    assert len(ids) == 4
+    with pytest.raises(AssertionError, match="worker pool"):
+        list(tokenize_chunks(chunks + [["delta"]], VocabMerger((), None), 2))
+
+
 def _random_texts(seed: int, n: int) -> list[str]:
     rng = np.random.default_rng(seed)
     out = []

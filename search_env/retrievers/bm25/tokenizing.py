@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 CHUNK_PASSAGES = 2048
+LOCAL_CHUNKS = 16
+"""Chunks split in this process before any worker starts (32k passages): a corpus that
+small, e.g. an env's own synthetic world built inside a training process, never forks."""
 """Passages tokenized together (the unit sent to a worker)."""
 WORD_CACHE_LIMIT = 1 << 21
 """Distinct surface words a splitter or the merger caches before starting afresh
@@ -242,8 +245,9 @@ def tokenize_chunks(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Token ids of each chunk of texts, in order (see `VocabMerger.merge`).
 
-    With ``n_workers > 1`` the first chunk is split here (a small corpus never starts a
-    process) and the rest by ``n_workers`` processes, one chunk each in flight.
+    With ``n_workers > 1`` the first :data:`LOCAL_CHUNKS` chunks are split here (a small
+    corpus never starts a process) and the rest by ``n_workers`` processes, one chunk
+    each in flight.
 
     Raises:
         ValueError: If ``n_workers < 1``.
@@ -253,10 +257,11 @@ def tokenize_chunks(
         raise ValueError(f"n_workers must be >= 1, got {n_workers}")
     it = iter(chunks)
     local = ChunkSplitter()
-    first = next(it, None)
-    if first is None:
-        return
-    yield merger.merge(-1, local.split(first))
+    for _ in range(1 if n_workers == 1 else LOCAL_CHUNKS):
+        first = next(it, None)
+        if first is None:
+            return
+        yield merger.merge(-1, local.split(first))
     if n_workers == 1:
         for texts in it:
             yield merger.merge(-1, local.split(texts))
