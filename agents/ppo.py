@@ -28,6 +28,7 @@ from agents.config import PPOConfig, TrainConfig
 from agents.distributed import (
     DistContext,
     gathered,
+    global_explained_variance,
     global_masked_whiten,
     max_over_ranks,
     rank_minibatches,
@@ -191,8 +192,9 @@ def ppo_backward(
     actor and critic counts, stats over the stitched whole. ``norms``: the (actor,
     critic) counts when ``batch`` is one rank's part of a larger mini-batch; with
     ``ctx`` (under ``torchrun``) losses are scaled by the world size and micro-batch
-    counts padded, as in :func:`agents.grpo.grpo_backward`, and the stats' loss terms
-    are this rank's shares.
+    counts padded, as in :func:`agents.grpo.grpo_backward`, the stats' loss terms
+    are this rank's shares and ``explained_variance`` is the global mini-batch's (a
+    collective: every rank calls this for every mini-batch).
     """
     plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens)
     if norms is None and plan[0].rows is not None:
@@ -224,6 +226,11 @@ def ppo_backward(
         _, stats = ppo_objective(
             full, *per_token, cfg, norms if scale != 1.0 else None, is_weights=is_weights
         )
+    if scale != 1.0:  # a ratio of variances: from every rank's sums, not averaged later
+        assert ctx is not None and full.values is not None
+        stats["explained_variance"] = global_explained_variance(
+            returns, full.values, critic_mask, ctx
+        )
     if cfg.micro_batch_tokens is not None:
         stats.update(plan_stats(plan))
     return stats
@@ -233,8 +240,11 @@ SUMMED = ("loss", "pg_loss", "kl_loss", "entropy", "vf_loss", "micro_batches", "
 """Under ``torchrun``: loss terms (each rank's value is its share of the global one)
 and micro-batch counts (a stand-in counts none)."""
 
-CRITIC_STATS = ("vf_clip_frac", "value_mean", "explained_variance")
-"""Stats over the critic's tokens (weighted by them across ranks)."""
+CRITIC_STATS = ("vf_clip_frac", "value_mean")
+"""Token means over the critic's tokens (weighted by them across ranks)."""
+
+GLOBAL_STATS = ("explained_variance",)
+"""Under ``torchrun``: already global in :func:`ppo_backward` (from every rank's sums)."""
 
 
 def train_ppo(
@@ -364,6 +374,7 @@ def train_ppo(
                         float((mb_actor != 0).sum()),
                         CRITIC_STATS,
                         float((mb_critic != 0).sum()),
+                        GLOBAL_STATS,
                     )
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
                 optimizer.step()

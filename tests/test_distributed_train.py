@@ -281,7 +281,19 @@ def test_two_ranks_with_stand_ins_and_uneven_micro_batches_equal_one_rank(tmp_pa
     assert all(r["grad_norm"] > 0 for r in one_records[1:])
 
 
-PPO_UPDATE_KEYS = ("loss", "pg_loss", "vf_loss", "entropy", "value_mean", "grad_norm", "kl")
+PPO_UPDATE_KEYS = (
+    "loss",
+    "pg_loss",
+    "vf_loss",
+    "entropy",
+    "value_mean",
+    "vf_clip_frac",
+    "explained_variance",
+    "grad_norm",
+    "kl",
+)
+"""``explained_variance`` too: a ratio of variances, reduced from the ranks' sums (the
+mean of the ranks' own values would differ)."""
 
 
 def test_two_rank_ppo_equals_one_rank_on_the_same_global_batch(tmp_path, monkeypatch):
