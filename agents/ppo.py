@@ -48,10 +48,11 @@ from agents.microbatch import (
     Normaliser,
     accumulate,
     forward_in_micro_batches,
+    forward_micro,
     plan_micro_batches,
     plan_stats,
 )
-from agents.model import TokenOutputs, ValueHead, forward_tokens
+from agents.model import TokenOutputs, ValueHead
 from agents.optim import warmup_schedule
 from agents.policy.base import sync_weights
 from agents.rollout import Batch, response_mask, rollout_stats
@@ -124,6 +125,10 @@ def ppo_objective(
     }
 
 
+_PADDED = MicroBatch(rows=None, width=-1)
+"""A whole, padded pass (no micro-batch plan)."""
+
+
 def _actor_critic_forward(
     model: nn.Module,
     value_head: ValueHead,
@@ -132,9 +137,12 @@ def _actor_critic_forward(
     actor_mask: torch.Tensor,
     cfg: PPOConfig,
     temperature: float,
+    mb: MicroBatch | None = None,
 ) -> TokenOutputs:
-    return forward_tokens(
+    """Log-probs, entropy and values on ``mb``'s rows (taken), packed if ``mb.packed``."""
+    return forward_micro(
         model,
+        _PADDED if mb is None else mb,
         input_ids,
         attention_mask,
         temperature=temperature,
@@ -188,7 +196,8 @@ def ppo_backward(
     """Accumulate one mini-batch's PPO gradient (actor and critic) in ``.grad``.
 
     As :func:`agents.grpo.grpo_backward`: micro-batches of at most
-    ``cfg.micro_batch_tokens`` padded tokens, each normalised by the whole mini-batch's
+    ``cfg.micro_batch_tokens`` padded tokens (packed rows of real tokens with
+    ``cfg.packing``), each normalised by the whole mini-batch's
     actor and critic counts, stats over the stitched whole. ``norms``: the (actor,
     critic) counts when ``batch`` is one rank's part of a larger mini-batch; with
     ``ctx`` (under ``torchrun``) losses are scaled by the world size and micro-batch
@@ -196,7 +205,7 @@ def ppo_backward(
     are this rank's shares and ``explained_variance`` is the global mini-batch's (a
     collective: every rank calls this for every mini-batch).
     """
-    plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens)
+    plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens, cfg.packing)
     if norms is None and plan[0].rows is not None:
         norms = (Normaliser.of(actor_mask), Normaliser.of(critic_mask))
     scale = 1.0 if ctx is None or not ctx.is_distributed else float(ctx.world_size)
@@ -205,7 +214,7 @@ def ppo_backward(
     def step(mb: MicroBatch) -> tuple[torch.Tensor, TokenOutputs]:
         parts = [mb.take(x) for x in per_token]
         ids, attn = mb.take(batch.input_ids), mb.take(batch.attention_mask)
-        out = _actor_critic_forward(model, value_head, ids, attn, parts[5], cfg, temperature)
+        out = _actor_critic_forward(model, value_head, ids, attn, parts[5], cfg, temperature, mb)
         weights = None if is_weights is None else mb.take(is_weights)
         loss, _ = ppo_objective(out, *parts, cfg, norms, weights)
         return loss * scale if scale != 1.0 else loss, out
@@ -311,11 +320,12 @@ def train_ppo(
                 temperature=r.temperature,
                 value_head=value_head,
                 only=scored,
+                packing=p.packing,
             )
             old_logp, old_values = out.logprobs, out.values
             assert old_values is not None
         ref_logp = reference_logprobs(
-            ref_model, batch, p.micro_batch_tokens, r.temperature, only=scored
+            ref_model, batch, p.micro_batch_tokens, r.temperature, only=scored, packing=p.packing
         )
         sampler, is_weights = sampler_check(old_logp, batch, r.tis_cap)
         kl = kl_penalty(old_logp, ref_logp, p.kl_kind) * critic_mask  # (B, T)
