@@ -150,8 +150,9 @@ def grpo_backward(
     """Accumulate one mini-batch's GRPO gradient in ``.grad``, micro-batch by micro-batch.
 
     Micro-batches of at most ``cfg.micro_batch_tokens`` padded tokens, or real tokens in
-    one packed row with ``cfg.packing`` (:mod:`agents.microbatch`); each loss is normalised by the whole mini-batch's counts,
-    so the gradient equals the unsplit pass's. The stats are computed once over the whole
+    one packed row with ``cfg.packing`` (:mod:`agents.microbatch`); each loss is
+    normalised by the whole mini-batch's counts, so the gradient equals the unsplit
+    pass's. The stats are computed once over the whole
     mini-batch's stitched outputs, so they are the unsplit pass's too.
 
     ``norm``: the counts to divide by when ``batch`` is one rank's part of a larger
