@@ -35,6 +35,7 @@ from agents.losses import (
     policy_loss_clipped,
 )
 from agents.microbatch import (
+    WHOLE,
     MicroBatch,
     Normaliser,
     accumulate,
@@ -93,10 +94,6 @@ def grpo_objective(
     }
 
 
-_PADDED = MicroBatch(rows=None, width=-1)
-"""A whole, padded pass (no micro-batch plan)."""
-
-
 def _policy_forward(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -109,7 +106,7 @@ def _policy_forward(
     """The policy's outputs on ``mb``'s rows (taken already), packed if ``mb.packed``."""
     return forward_micro(
         model,
-        _PADDED if mb is None else mb,
+        WHOLE if mb is None else mb,
         input_ids,
         attention_mask,
         temperature=temperature,

@@ -62,6 +62,10 @@ class MicroBatch:
             full[self.rows.to(full.device), : self.width] = part
 
 
+WHOLE = MicroBatch(rows=None, width=-1)
+"""The unsplit pass: every row, padded, at full width."""
+
+
 @dataclass(frozen=True)
 class Normaliser:
     """The whole mini-batch's counts that every micro-batch's loss is divided by.
@@ -127,7 +131,7 @@ def plan_micro_batches(
     if budget is None:
         if packing:
             raise ValueError("packing needs micro_batch_tokens (a packed row's length), got None")
-        return [MicroBatch(rows=None, width=-1)]
+        return [WHOLE]
     if budget < 1:
         raise ValueError(f"micro_batch_tokens must be >= 1 or None, got {budget}")
     if packing:

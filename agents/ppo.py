@@ -44,6 +44,7 @@ from agents.losses import (
     value_loss_clipped,
 )
 from agents.microbatch import (
+    WHOLE,
     MicroBatch,
     Normaliser,
     accumulate,
@@ -125,10 +126,6 @@ def ppo_objective(
     }
 
 
-_PADDED = MicroBatch(rows=None, width=-1)
-"""A whole, padded pass (no micro-batch plan)."""
-
-
 def _actor_critic_forward(
     model: nn.Module,
     value_head: ValueHead,
@@ -142,7 +139,7 @@ def _actor_critic_forward(
     """Log-probs, entropy and values on ``mb``'s rows (taken), packed if ``mb.packed``."""
     return forward_micro(
         model,
-        _PADDED if mb is None else mb,
+        WHOLE if mb is None else mb,
         input_ids,
         attention_mask,
         temperature=temperature,
