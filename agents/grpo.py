@@ -35,14 +35,16 @@ from agents.losses import (
     policy_loss_clipped,
 )
 from agents.microbatch import (
+    WHOLE,
     MicroBatch,
     Normaliser,
     accumulate,
     forward_in_micro_batches,
+    forward_micro,
     plan_micro_batches,
     plan_stats,
 )
-from agents.model import TokenOutputs, forward_tokens
+from agents.model import TokenOutputs
 from agents.optim import warmup_schedule
 from agents.policy.base import sync_weights
 from agents.rollout import Batch, response_mask, rollout_stats
@@ -99,9 +101,12 @@ def _policy_forward(
     mask: torch.Tensor,
     cfg: GRPOConfig,
     temperature: float,
+    mb: MicroBatch | None = None,
 ) -> TokenOutputs:
-    return forward_tokens(
+    """The policy's outputs on ``mb``'s rows (taken already), packed if ``mb.packed``."""
+    return forward_micro(
         model,
+        WHOLE if mb is None else mb,
         input_ids,
         attention_mask,
         temperature=temperature,
@@ -141,9 +146,10 @@ def grpo_backward(
 ) -> dict[str, float]:
     """Accumulate one mini-batch's GRPO gradient in ``.grad``, micro-batch by micro-batch.
 
-    Micro-batches of at most ``cfg.micro_batch_tokens`` padded tokens
-    (:mod:`agents.microbatch`); each loss is normalised by the whole mini-batch's counts,
-    so the gradient equals the unsplit pass's. The stats are computed once over the whole
+    Micro-batches of at most ``cfg.micro_batch_tokens`` padded tokens, or real tokens in
+    one packed row with ``cfg.packing`` (:mod:`agents.microbatch`); each loss is
+    normalised by the whole mini-batch's counts, so the gradient equals the unsplit
+    pass's. The stats are computed once over the whole
     mini-batch's stitched outputs, so they are the unsplit pass's too.
 
     ``norm``: the counts to divide by when ``batch`` is one rank's part of a larger
@@ -155,14 +161,14 @@ def grpo_backward(
     gradient of the whole global mini-batch; a rank with fewer micro-batches than
     another runs zero-loss stand-ins, so that every rank joins as many collectives.
     """
-    plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens)
+    plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens, cfg.packing)
     if norm is None and plan[0].rows is not None:
         norm = Normaliser.of(mask)
     scale = 1.0 if ctx is None or not ctx.is_distributed else float(ctx.world_size)
 
     def step(mb: MicroBatch) -> tuple[torch.Tensor, TokenOutputs]:
         ids, attn, m = mb.take(batch.input_ids), mb.take(batch.attention_mask), mb.take(mask)
-        out = _policy_forward(model, ids, attn, m, cfg, temperature)
+        out = _policy_forward(model, ids, attn, m, cfg, temperature, mb)
         weights = None if is_weights is None else mb.take(is_weights)
         loss, _ = grpo_objective(
             out, mb.take(old_logp), mb.take(ref_logp), mb.take(advantages), m, cfg, norm, weights
@@ -248,9 +254,10 @@ def train_grpo(
                 g.micro_batch_tokens,
                 temperature=r.temperature,
                 only=mask,
+                packing=g.packing,
             ).logprobs
         ref_logp = reference_logprobs(
-            ref_model, batch, g.micro_batch_tokens, r.temperature, only=mask
+            ref_model, batch, g.micro_batch_tokens, r.temperature, only=mask, packing=g.packing
         )
         sampler, is_weights = sampler_check(old_logp, batch, r.tis_cap)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from agents.advantages import KLKind, kl_penalty, masked_mean, masked_sum, masked_var
+from agents.advantages import KLKind, kl_penalty, masked_mean, masked_sum
 
 if TYPE_CHECKING:
     from agents.microbatch import Normaliser
@@ -209,8 +209,7 @@ def value_loss_clipped(
     loss2 = (clipped - returns).square()
     loss = 0.5 * aggregate(torch.maximum(loss1, loss2), mask, agg, norm)
     with torch.no_grad():
-        var_returns = masked_var(returns, mask)
-        explained = 1.0 - masked_var(returns - values, mask) / var_returns.clamp(min=1e-8)
+        explained = explained_variance(explained_variance_sums(returns, values, mask))
         stats = {
             "vf_loss": float(loss.detach()),
             # where the clip moved the value: without the first test, old + (V - old)
@@ -219,9 +218,40 @@ def value_loss_clipped(
                 masked_mean((((values - old_values).abs() > clip) & (loss2 > loss1)).float(), mask)
             ),
             "value_mean": float(masked_mean(values, mask)),
-            "explained_variance": float(explained),
+            "explained_variance": explained,
         }
     return loss, stats
+
+
+def explained_variance_sums(
+    returns: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The sufficient statistics of :func:`explained_variance` over mask-1 tokens.
+
+    Returns ``[n, sum R, sum R^2, sum D, sum D^2]`` with ``D = R - V`` (fp64, so that
+    sums of many tokens, or of many ranks' sums, keep their digits); sums of disjoint
+    token sets add up to the sums of their union.
+    """
+    dev = values.device
+    keep = mask.to(dev) != 0
+    r = returns.detach().to(device=dev, dtype=torch.float64)
+    d = r - values.detach().double()
+    zero = r.new_zeros(())
+    r, d = torch.where(keep, r, zero), torch.where(keep, d, zero)
+    n = keep.sum().double()
+    return torch.stack([n, r.sum(), r.square().sum(), d.sum(), d.square().sum()])
+
+
+def explained_variance(sums: torch.Tensor) -> float:
+    """``1 - Var[R - V] / Var[R]`` from :func:`explained_variance_sums` (Bessel-corrected
+    variances, as :func:`agents.advantages.masked_var`; ``Var[R]`` floored at 1e-8, so a
+    constant return gives ``1 - Var[R - V] / 1e-8``)."""
+    n, r1, r2, d1, d2 = sums.double().unbind()
+    dof = (n - 1).clamp(min=1)
+    count = n.clamp(min=1)
+    var_r = ((r2 - r1 * r1 / count) / dof).clamp(min=0.0)  # min: rounding, never below 0
+    var_d = ((d2 - d1 * d1 / count) / dof).clamp(min=0.0)
+    return float(1.0 - var_d / var_r.clamp(min=1e-8))
 
 
 def kl_loss(

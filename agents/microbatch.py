@@ -7,6 +7,11 @@ loss of each micro-batch is normalised by the **whole mini-batch's** counts
 (:class:`Normaliser`: tokens for ``token-mean``, sequences for the ``seq-mean`` modes),
 so the accumulated gradient equals the unsplit mini-batch's in every aggregation mode.
 
+With ``packing`` a micro-batch is one packed row instead (:mod:`agents.packing`):
+whole trajectories back to back, at most ``micro_batch_tokens`` real tokens in all, no
+padding, positions restarting at every trajectory (first-fit decreasing), run by
+:func:`forward_micro`; the losses, gradients and stats are the padded plan's.
+
 The pieces are plain functions so that a multi-rank loop can reuse them: there the
 normaliser holds the counts of the global mini-batch (reduced over ranks) and each rank
 runs :func:`accumulate` over its own micro-batches.
@@ -16,11 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from agents.model import TokenOutputs, forward_tokens
+from agents.packing import forward_tokens_packed, pack_rows
 
 
 @dataclass(frozen=True)
@@ -32,11 +39,14 @@ class MicroBatch:
             order, at full width (the unsplit pass, untouched).
         width: columns kept: the longest row's length (right padding beyond it is cut).
         oversize: a single row longer than the budget (it gets a micro-batch of its own).
+        packed: the rows run as one packed row (their real tokens back to back) rather
+            than as a padded ``(b, width)`` batch; the tensors taken stay padded.
     """
 
     rows: torch.Tensor | None
     width: int
     oversize: bool = False
+    packed: bool = False
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
         """This micro-batch's part of a mini-batch tensor ``# (B, T) -> (b, width)``."""
@@ -50,6 +60,10 @@ class MicroBatch:
             full.copy_(part)
         else:
             full[self.rows.to(full.device), : self.width] = part
+
+
+WHOLE = MicroBatch(rows=None, width=-1)
+"""The unsplit pass: every row, padded, at full width."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,9 @@ def _greedy(lengths: Sequence[int], cap: int) -> list[list[int]]:
     return groups
 
 
-def plan_micro_batches(lengths: torch.Tensor, budget: int | None) -> list[MicroBatch]:
+def plan_micro_batches(
+    lengths: torch.Tensor, budget: int | None, packing: bool = False
+) -> list[MicroBatch]:
     """Split a mini-batch's rows into micro-batches of at most ``budget`` padded tokens.
 
     Rows are sorted by length, so each micro-batch holds rows of similar length (little
@@ -102,6 +118,9 @@ def plan_micro_batches(lengths: torch.Tensor, budget: int | None) -> list[MicroB
         lengths: real tokens of each row ``# (B,)`` (right-padded rows).
         budget: padded tokens per micro-batch; ``None``: one micro-batch, the whole
             mini-batch untouched.
+        packing: micro-batches of at most ``budget`` *real* tokens, each run as one
+            packed row (:func:`agents.packing.pack_rows`, first-fit decreasing);
+            ``budget`` is then required.
 
     Returns:
         The micro-batches, longest rows first; every row is in exactly one.
@@ -110,9 +129,13 @@ def plan_micro_batches(lengths: torch.Tensor, budget: int | None) -> list[MicroB
     if n_rows == 0:
         raise ValueError("an empty mini-batch has no micro-batches")
     if budget is None:
-        return [MicroBatch(rows=None, width=-1)]
+        if packing:
+            raise ValueError("packing needs micro_batch_tokens (a packed row's length), got None")
+        return [WHOLE]
     if budget < 1:
         raise ValueError(f"micro_batch_tokens must be >= 1 or None, got {budget}")
+    if packing:
+        return _packed_plan([int(n) for n in lengths.tolist()], budget)
     order = sorted(range(n_rows), key=lambda i: (-int(lengths[i]), i))
     sorted_lengths = [int(lengths[i]) for i in order]
     count = len(_greedy(sorted_lengths, budget))
@@ -135,6 +158,37 @@ def plan_micro_batches(lengths: torch.Tensor, budget: int | None) -> list[MicroB
             )
         )
     return plan
+
+
+def _packed_plan(lengths: list[int], budget: int) -> list[MicroBatch]:
+    plan = []
+    for group in pack_rows(lengths, budget):
+        width = max(lengths[i] for i in group)
+        plan.append(
+            MicroBatch(
+                rows=torch.tensor(sorted(group), dtype=torch.long),
+                width=width,
+                oversize=len(group) == 1 and width > budget,
+                packed=True,
+            )
+        )
+    return plan
+
+
+def forward_micro(
+    model: nn.Module,
+    mb: MicroBatch,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    **kwargs: Any,
+) -> TokenOutputs:
+    """:func:`~agents.model.forward_tokens` of one micro-batch's rows, already taken
+    (``# (b, width)``): padded, or packed into one row when ``mb.packed`` (same outputs,
+    in the padded layout)."""
+    if not mb.packed:
+        return forward_tokens(model, input_ids, attention_mask, **kwargs)
+    row = max(int(attention_mask.sum()), 1)  # exactly one packed row: all of them
+    return forward_tokens_packed(model, input_ids, attention_mask, row_tokens=row, **kwargs)
 
 
 def plan_stats(plan: Sequence[MicroBatch]) -> dict[str, float]:
@@ -207,22 +261,24 @@ def forward_in_micro_batches(
     budget: int | None,
     *,
     only: torch.Tensor | None = None,
-    **kwargs: object,
+    packing: bool = False,
+    **kwargs: Any,
 ) -> TokenOutputs:
     """:func:`~agents.model.forward_tokens` without gradients, micro-batch by micro-batch.
 
-    The old-policy / reference passes: the same budget as the update, outputs on the CPU
-    ``# (B, T)`` (0 at padding, as ``forward_tokens``).
+    The old-policy / reference passes: the same budget (and ``packing``) as the update,
+    outputs on the CPU ``# (B, T)`` (0 at padding, as ``forward_tokens``).
     """
-    plan = plan_micro_batches(attention_mask.sum(-1), budget)
+    plan = plan_micro_batches(attention_mask.sum(-1), budget, packing)
     parts = []
     for mb in plan:
-        out = forward_tokens(
+        out = forward_micro(
             model,
+            mb,
             mb.take(input_ids),
             mb.take(attention_mask),
             only=None if only is None else mb.take(only),
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
         parts.append(
             TokenOutputs(

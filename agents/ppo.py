@@ -28,6 +28,7 @@ from agents.config import PPOConfig, TrainConfig
 from agents.distributed import (
     DistContext,
     gathered,
+    global_explained_variance,
     global_masked_whiten,
     max_over_ranks,
     rank_minibatches,
@@ -43,14 +44,16 @@ from agents.losses import (
     value_loss_clipped,
 )
 from agents.microbatch import (
+    WHOLE,
     MicroBatch,
     Normaliser,
     accumulate,
     forward_in_micro_batches,
+    forward_micro,
     plan_micro_batches,
     plan_stats,
 )
-from agents.model import TokenOutputs, ValueHead, forward_tokens
+from agents.model import TokenOutputs, ValueHead
 from agents.optim import warmup_schedule
 from agents.policy.base import sync_weights
 from agents.rollout import Batch, response_mask, rollout_stats
@@ -131,9 +134,12 @@ def _actor_critic_forward(
     actor_mask: torch.Tensor,
     cfg: PPOConfig,
     temperature: float,
+    mb: MicroBatch | None = None,
 ) -> TokenOutputs:
-    return forward_tokens(
+    """Log-probs, entropy and values on ``mb``'s rows (taken), packed if ``mb.packed``."""
+    return forward_micro(
         model,
+        WHOLE if mb is None else mb,
         input_ids,
         attention_mask,
         temperature=temperature,
@@ -187,14 +193,16 @@ def ppo_backward(
     """Accumulate one mini-batch's PPO gradient (actor and critic) in ``.grad``.
 
     As :func:`agents.grpo.grpo_backward`: micro-batches of at most
-    ``cfg.micro_batch_tokens`` padded tokens, each normalised by the whole mini-batch's
+    ``cfg.micro_batch_tokens`` padded tokens (packed rows of real tokens with
+    ``cfg.packing``), each normalised by the whole mini-batch's
     actor and critic counts, stats over the stitched whole. ``norms``: the (actor,
     critic) counts when ``batch`` is one rank's part of a larger mini-batch; with
     ``ctx`` (under ``torchrun``) losses are scaled by the world size and micro-batch
-    counts padded, as in :func:`agents.grpo.grpo_backward`, and the stats' loss terms
-    are this rank's shares.
+    counts padded, as in :func:`agents.grpo.grpo_backward`, the stats' loss terms
+    are this rank's shares and ``explained_variance`` is the global mini-batch's (a
+    collective: every rank calls this for every mini-batch).
     """
-    plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens)
+    plan = plan_micro_batches(batch.attention_mask.sum(-1), cfg.micro_batch_tokens, cfg.packing)
     if norms is None and plan[0].rows is not None:
         norms = (Normaliser.of(actor_mask), Normaliser.of(critic_mask))
     scale = 1.0 if ctx is None or not ctx.is_distributed else float(ctx.world_size)
@@ -203,7 +211,7 @@ def ppo_backward(
     def step(mb: MicroBatch) -> tuple[torch.Tensor, TokenOutputs]:
         parts = [mb.take(x) for x in per_token]
         ids, attn = mb.take(batch.input_ids), mb.take(batch.attention_mask)
-        out = _actor_critic_forward(model, value_head, ids, attn, parts[5], cfg, temperature)
+        out = _actor_critic_forward(model, value_head, ids, attn, parts[5], cfg, temperature, mb)
         weights = None if is_weights is None else mb.take(is_weights)
         loss, _ = ppo_objective(out, *parts, cfg, norms, weights)
         return loss * scale if scale != 1.0 else loss, out
@@ -224,6 +232,11 @@ def ppo_backward(
         _, stats = ppo_objective(
             full, *per_token, cfg, norms if scale != 1.0 else None, is_weights=is_weights
         )
+    if scale != 1.0:  # a ratio of variances: from every rank's sums, not averaged later
+        assert ctx is not None and full.values is not None
+        stats["explained_variance"] = global_explained_variance(
+            returns, full.values, critic_mask, ctx
+        )
     if cfg.micro_batch_tokens is not None:
         stats.update(plan_stats(plan))
     return stats
@@ -233,8 +246,11 @@ SUMMED = ("loss", "pg_loss", "kl_loss", "entropy", "vf_loss", "micro_batches", "
 """Under ``torchrun``: loss terms (each rank's value is its share of the global one)
 and micro-batch counts (a stand-in counts none)."""
 
-CRITIC_STATS = ("vf_clip_frac", "value_mean", "explained_variance")
-"""Stats over the critic's tokens (weighted by them across ranks)."""
+CRITIC_STATS = ("vf_clip_frac", "value_mean")
+"""Token means over the critic's tokens (weighted by them across ranks)."""
+
+GLOBAL_STATS = ("explained_variance",)
+"""Under ``torchrun``: already global in :func:`ppo_backward` (from every rank's sums)."""
 
 
 def train_ppo(
@@ -301,11 +317,12 @@ def train_ppo(
                 temperature=r.temperature,
                 value_head=value_head,
                 only=scored,
+                packing=p.packing,
             )
             old_logp, old_values = out.logprobs, out.values
             assert old_values is not None
         ref_logp = reference_logprobs(
-            ref_model, batch, p.micro_batch_tokens, r.temperature, only=scored
+            ref_model, batch, p.micro_batch_tokens, r.temperature, only=scored, packing=p.packing
         )
         sampler, is_weights = sampler_check(old_logp, batch, r.tis_cap)
         kl = kl_penalty(old_logp, ref_logp, p.kl_kind) * critic_mask  # (B, T)
@@ -364,6 +381,7 @@ def train_ppo(
                         float((mb_actor != 0).sum()),
                         CRITIC_STATS,
                         float((mb_critic != 0).sum()),
+                        GLOBAL_STATS,
                     )
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
                 optimizer.step()

@@ -56,9 +56,10 @@ def reference_logprobs(
     budget: int | None,
     temperature: float,
     only: torch.Tensor,
+    packing: bool = False,
 ) -> torch.Tensor:
     """The frozen reference's log-probs ``# (B, T)`` at ``only``'s tokens, micro-batch by
-    micro-batch under ``budget`` tokens."""
+    micro-batch under ``budget`` tokens (packed rows with ``packing``)."""
     with gathered(ref_model):
         return forward_in_micro_batches(
             ref_model,
@@ -67,6 +68,7 @@ def reference_logprobs(
             budget,
             temperature=temperature,
             only=only,
+            packing=packing,
         ).logprobs
 
 

@@ -11,6 +11,8 @@ AdamW allocates its moments during the first one) minus the RSS before the model
 built. Planned: ``agents.plan.plan_memory`` on a CPU.
 
     python benchmarks/bench_plan.py          # writes benchmarks/results/plan_vs_measured.json
+    python benchmarks/bench_plan.py --out plan_micro_batch \
+        --cases qwen2-20m-mb1024,qwen2-20m-mb1024-packed,qwen2-20m-mb512,qwen2-20m-mb512-packed,qwen2-20m
 
 Run it with ``nice``. RSS counts what the allocator holds, not only live tensors: each
 case also runs with a fixed glibc mmap threshold, where RSS follows the live tensors.
@@ -48,8 +50,19 @@ CASES: dict[str, dict[str, Any]] = {
     },
 }
 CASES["qwen2-100m-ckpt"] = {**CASES["qwen2-100m"], "model.gradient_checkpointing": True}
-for _budget in (1024, 512):  # step time and peak memory against micro_batch_tokens
-    CASES[f"qwen2-100m-mb{_budget}"] = {**CASES["qwen2-100m"], "grpo.micro_batch_tokens": _budget}
+CASES["qwen2-20m"] = {  # the 100M case shrunk (fewer, narrower layers) for a busy machine
+    **CASES["qwen2-100m"],
+    "model.hidden_size": 384,
+    "model.layers": 4,
+    "model.heads": 6,
+    "model.kv_heads": 2,
+    "model.intermediate": 1024,
+}
+for _model in ("qwen2-100m", "qwen2-20m"):
+    for _budget in (1024, 512):  # step time and peak memory against micro_batch_tokens
+        _mb = {**CASES[_model], "grpo.micro_batch_tokens": _budget}
+        CASES[f"{_model}-mb{_budget}"] = _mb
+        CASES[f"{_model}-mb{_budget}-packed"] = {**_mb, "grpo.packing": True}
 """Overrides of ``tiny_cpu()`` per case."""
 
 ALLOCATORS = {
@@ -130,21 +143,28 @@ def measure(name: str) -> dict[str, Any]:
     def update() -> None:
         """One GRPO update over the whole batch, as agents/grpo.py runs it (micro-batched
         under ``grpo.micro_batch_tokens``)."""
-        budget = g.micro_batch_tokens
+        budget, pack = g.micro_batch_tokens, g.packing
+        update_started = time.perf_counter()
         with torch.no_grad():
             ids, attn = batch.input_ids, batch.attention_mask
-            old = forward_in_micro_batches(model, ids, attn, budget, only=mask).logprobs
-            ref_lp = forward_in_micro_batches(ref, ids, attn, budget, only=mask).logprobs
+            old = forward_in_micro_batches(
+                model, ids, attn, budget, only=mask, packing=pack
+            ).logprobs
+            ref_lp = forward_in_micro_batches(
+                ref, ids, attn, budget, only=mask, packing=pack
+            ).logprobs
         marks["logprob_passes"] = _status_kib("VmHWM") * 1024 - base
         model.train()
         optimizer.zero_grad(set_to_none=True)
         started = time.perf_counter()
-        grpo_backward(model, batch, old, ref_lp, adv, mask, g, r.temperature)
+        stats = grpo_backward(model, batch, old, ref_lp, adv, mask, g, r.temperature)
+        marks["micro_batches"] = stats.get("micro_batches", 1.0)
         marks["backward"] = _status_kib("VmHWM") * 1024 - base
         marks["backward_seconds"] = time.perf_counter() - started
         torch.nn.utils.clip_grad_norm_(model.parameters(), g.grad_clip)
         optimizer.step()
         marks["optimizer_step"] = _status_kib("VmHWM") * 1024 - base
+        marks["update_seconds"] = time.perf_counter() - update_started
         model.eval()
 
     # The first update allocates AdamW's moments (lazily, at its step); the second is the
@@ -179,11 +199,63 @@ def planned(name: str) -> dict[str, Any]:
     }
 
 
+def _save(name: str, rows: list[dict[str, Any]]) -> None:
+    save_results(
+        name,
+        {
+            "what": "peak RSS of one GRPO update (log-prob passes, forward+backward, AdamW) "
+            "vs agents.plan's CPU estimate; fp32, one torch thread; peak_after.update_seconds: "
+            "the second update's wall time (log-prob passes to AdamW step)",
+            "note": "measured on a shared 2-core machine (other jobs running), with nice",
+            "machine": machine_info(),
+            "cases": rows,
+        },
+    )
+
+
+def markdown_table(name: str) -> str:
+    """``benchmarks/results/NAME.json`` as a markdown table: per case, the second update's
+    wall time, its peak RSS (glibc defaults), the peak with a 128 KiB mmap threshold (RSS
+    then follows the live tensors) and the plan's estimate."""
+    from common import RESULTS_DIR
+
+    data = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+    head = (
+        "| case | micro_batch_tokens | packing | micro-batches | update s (glibc / mmap run) | peak RSS GiB "
+        "| live-tensor peak GiB | plan GiB | plan / live |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for row in data["results"]["cases"]:
+        cfg = case_config(row["case"])
+        glibc, live = row["glibc_default"], row["mmap_threshold_128k"]
+        lines.append(
+            f"| {row['case']} | {cfg.grpo.micro_batch_tokens} | {cfg.grpo.packing} "
+            f"| {live['peak_after'].get('micro_batches', 1):.0f} "
+            f"| {glibc['peak_after']['update_seconds']:.1f} / "
+            f"{live['peak_after']['update_seconds']:.1f} "
+            f"| {glibc['measured_bytes'] / GIB:.2f} | {live['measured_bytes'] / GIB:.2f} "
+            f"| {row['planned_bytes'] / GIB:.2f} | {live['planned_over_measured']:.2f} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", choices=sorted(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    parser.add_argument(
+        "--out",
+        default="plan_vs_measured",
+        help="results name: benchmarks/results/NAME.json (e.g. plan_micro_batch for the "
+        "micro-batch cases, so that the other cases' file is kept)",
+    )
+    parser.add_argument(
+        "--table", action="store_true", help="print NAME.json (--out) as a markdown table"
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(args.out), end="")
+        return 0
     if args.one:
         print(json.dumps(measure(args.one)))
         return 0
@@ -211,16 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         rows.append(row)
-    save_results(
-        "plan_vs_measured",
-        {
-            "what": "peak RSS of one GRPO update (log-prob passes, forward+backward, AdamW) "
-            "vs agents.plan's CPU estimate; fp32, one torch thread",
-            "note": "measured on a shared 2-core machine (other jobs running), with nice",
-            "machine": machine_info(),
-            "cases": rows,
-        },
-    )
+        _save(args.out, rows)  # after every case: a long run interrupted keeps its rows
     return 0
 
 

@@ -243,3 +243,29 @@ def test_tis_cap_is_validated(cap):
     with pytest.raises(ValueError, match="rollout.tis_cap"):
         TrainConfig(rollout=RolloutConfig(tis_cap=cap))
     assert TrainConfig(rollout=RolloutConfig(tis_cap=2.0)).rollout.tis_cap == 2.0
+
+
+def test_explained_variance_from_sums_is_the_two_pass_one_and_adds_over_parts():
+    from agents.advantages import masked_var
+    from agents.losses import explained_variance, explained_variance_sums
+
+    g = torch.Generator().manual_seed(0)
+    returns = torch.randn(6, 9, generator=g, dtype=torch.float64) * 2 + 3  # mean far from 0
+    # the critic is better on rows 0-1 than on rows 2-5
+    noise = torch.tensor([0.3, 0.3, 1.5, 1.5, 1.5, 1.5], dtype=torch.float64)[:, None]
+    values = returns + torch.randn(6, 9, generator=g, dtype=torch.float64) * noise
+    mask = torch.rand(6, 9, generator=g) < 0.6
+    want = 1 - masked_var(returns - values, mask) / masked_var(returns, mask)
+    _, stats = value_loss_clipped(values, values, returns, mask)
+    assert stats["explained_variance"] == pytest.approx(float(want), abs=1e-12)
+    assert 0 < stats["explained_variance"] < 1
+    # two "ranks" with rows 0-1 and 2-5: their sums add up to the whole batch's ...
+    parts = [
+        explained_variance_sums(returns[s], values[s], mask[s]) for s in (slice(0, 2), slice(2, 6))
+    ]
+    assert explained_variance(parts[0] + parts[1]) == pytest.approx(float(want), abs=1e-12)
+    # ... while the mean of their own ratios is another number
+    own = [explained_variance(p) for p in parts]
+    assert abs(sum(own) / 2 - float(want)) > 1e-2
+    # no tokens: nothing to explain, nothing left unexplained
+    assert explained_variance(explained_variance_sums(returns, values, mask * False)) == 1.0

@@ -161,8 +161,10 @@ def test_grpo_update_moves_the_policy(oracle_batch, tmp_path):
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_micro_batched_run_takes_the_same_step(tmp_path, algo, monkeypatch):
-    """One step with a token budget that splits every mini-batch lands on the weights of
-    the unsplit run (fp32: equal up to summation order) and logs its micro-batches."""
+    """One step with a token budget that splits every mini-batch, padded or packed
+    (``packing``: every pass, the old-policy and reference ones too), lands on the
+    weights of the unsplit run (fp32: equal up to summation order) and logs its
+    micro-batches."""
     import agents.grpo
 
     monkeypatch.setattr(
@@ -170,36 +172,39 @@ def test_micro_batched_run_takes_the_same_step(tmp_path, algo, monkeypatch):
         "grpo_advantages",
         lambda rewards, group_ids, **_: torch.linspace(-1.0, 1.0, len(rewards)),
     )
-    final = {}
-    for budget in (None, 64):
+    final, passes = {}, {}
+    for budget, packing in ((None, False), (64, False), (64, True)):
+        name = f"{budget}-{packing}"
         cfg = small_config(
-            tmp_path / str(budget),
+            tmp_path / name,
             algo,
             steps=1,
             checkpoint_every=1,
-            **{f"{algo}.micro_batch_tokens": budget},
+            **{f"{algo}.micro_batch_tokens": budget, f"{algo}.packing": packing},
         )
         (train_grpo if algo == "grpo" else train_ppo)(cfg)
         state = torch.load(
-            tmp_path / str(budget) / algo / "checkpoints" / "step_00000001" / "state.pt",
+            tmp_path / name / algo / "checkpoints" / "step_00000001" / "state.pt",
             weights_only=False,
         )
-        final[budget] = state["model"]
-        records = [
-            json.loads(line) for line in (tmp_path / str(budget) / algo / "metrics.jsonl").open()
-        ]
+        final[name] = state["model"]
+        records = [json.loads(line) for line in (tmp_path / name / algo / "metrics.jsonl").open()]
         # HF samples from the trained model itself: its log-probs are the trainer's
+        # (packed, too: the old-policy pass puts them back in the padded layout)
         assert records[-1]["logp_diff_max"] < 1e-4
         assert 0 <= records[-1]["logp_diff_mean"] <= records[-1]["logp_diff_max"]
         if budget is None:
             assert "micro_batches" not in records[-1]
         else:
             assert records[-1]["micro_batches"] > 1
+            passes[packing] = records[-1]["micro_batches"]
+    assert passes[True] <= passes[False]  # no padding: never more passes
     # Adam divides by sqrt(v): for a weight whose gradient is ~0, fp32 summation-order
     # noise moves it by up to a fraction of lr (1e-2); 2e-5 is 0.2% of one step. The
     # exact equality is proven in fp64 in tests/test_agents_microbatch.py.
-    for key, value in final[None].items():
-        torch.testing.assert_close(final[64][key], value, rtol=1e-5, atol=2e-5)
+    for name in ("64-False", "64-True"):
+        for key, value in final["None-False"].items():
+            torch.testing.assert_close(final[name][key], value, rtol=1e-5, atol=2e-5, msg=name)
 
 
 # ------------------------------------------------------------------ masking

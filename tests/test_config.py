@@ -129,6 +129,8 @@ b6cee8d): the recipe's numbers depend on these values."""
 ADDED_SINCE_THE_SPLIT = {
     ("grpo", "micro_batch_tokens"): None,
     ("ppo", "micro_batch_tokens"): None,
+    ("grpo", "packing"): False,
+    ("ppo", "packing"): False,
     ("model", "lora_rank"): 0,
     ("model", "lora_alpha"): 32,
     ("rollout", "tis_cap"): None,

@@ -10,15 +10,17 @@ import pytest
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
-from agents.advantages import masked_whiten  # noqa: E402
+from agents.advantages import masked_var, masked_whiten  # noqa: E402
 from agents.distributed import (  # noqa: E402
     DistContext,
     MainProcessFilter,
     dp_aggregate,
+    global_explained_variance,
     global_masked_whiten,
     loss_denominator,
     main_only,
     max_over_ranks,
+    reduce_loss_stats,
     reduce_metrics,
 )
 from agents.losses import aggregate  # noqa: E402
@@ -38,6 +40,17 @@ def rank_batch(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     mask[-1] = 0  # a row without tokens
     x[mask == 0] = float("nan")  # masked entries must never leak in
     return x, mask
+
+
+def rank_values(rank: int) -> torch.Tensor:
+    """A critic's values on :func:`rank_batch` (returns): near them, not equal."""
+    x, _ = rank_batch(rank)
+    return x * 0.5 + 0.3 * torch.cos(torch.arange(x.numel(), dtype=x.dtype).reshape(x.shape))
+
+
+def pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    """``x`` right-padded with NaN to ``width`` columns (masked out there)."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=float("nan"))
 
 
 def concatenated(world: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +155,17 @@ def _collectives(ctx):
     out["losses"] = {
         agg: float(dp_aggregate(xs, mask, agg, loss_denominator(mask, agg, ctx))) for agg in AGGS
     }
+    values = rank_values(ctx.rank)
+    out["explained"] = global_explained_variance(x, values, mask, ctx)
+    out["loss_stats"] = reduce_loss_stats(
+        {"pg_loss": 0.1 + r, "explained_variance": out["explained"], "value_mean": r},
+        ctx,
+        summed=("pg_loss",),
+        weight=1.0,
+        other_keys=("value_mean",),
+        other_weight=1.0 + 2 * r,
+        global_keys=("explained_variance",),
+    )
     out["max"] = max_over_ranks(3 + 4 * ctx.rank, ctx)
     out["broadcast"] = broadcast_object(f"from {ctx.rank}", ctx)
     out["gathered"] = gather_objects(ctx.rank * 10, ctx)
@@ -202,6 +226,15 @@ def test_two_rank_collectives_equal_the_one_rank_functions_of_the_whole_batch(tm
         assert got["denominators"]["token-mean"] == float(mask.sum()) / 2
         assert got["denominators"]["seq-mean-token-sum"] == x.shape[0] / 2
         assert got["denominators"]["seq-mean-token-mean"] == float(mask.any(-1).sum()) / 2
+        values = torch.cat([pad_to(rank_values(r), x.shape[1]) for r in range(2)])
+        xd, vd = x.double(), values.double()
+        want_ev = 1 - masked_var(xd - vd, mask) / masked_var(xd, mask)
+        assert got["explained"] == pytest.approx(float(want_ev), abs=1e-9)
+        assert got["loss_stats"] == {
+            "pg_loss": pytest.approx(1.2),  # shares: summed
+            "explained_variance": got["explained"],  # global already: as it was
+            "value_mean": pytest.approx(0.75),  # weighted by the other tokens (1 and 3)
+        }
         assert got["max"] == 7
         assert got["broadcast"] == "from 0"
         assert got["gathered"] == [0, 10]

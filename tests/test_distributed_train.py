@@ -247,18 +247,27 @@ STANDIN_SEED = 5
 wholly on rank 1 (each rank runs a stand-in once)."""
 
 
-def _two_rank_micro(ctx, root: str):
+def _two_rank_micro(ctx, root: str, packing: bool = False):
     played: list = []
-    records, state = _train(ctx, micro_config(Path(root) / "micro"), played=played)
+    cfg = micro_config(Path(root) / "micro", packing)
+    records, state = _train(ctx, cfg, played=played)
     return {"records": records, "state": state, "played": played}
 
 
-def micro_config(out_dir: Path) -> TrainConfig:
-    """One row per micro-batch (a 1-token budget): the ranks' micro-batch counts differ."""
-    return tiny_config(out_dir, seed=STANDIN_SEED, **{"grpo.micro_batch_tokens": 1})
+def micro_config(out_dir: Path, packing: bool = False) -> TrainConfig:
+    """One row per micro-batch (a 1-token budget): the ranks' micro-batch counts differ.
+    ``packing``: each row run as a packed one (``grpo.packing``)."""
+    return tiny_config(
+        out_dir,
+        seed=STANDIN_SEED,
+        **{"grpo.micro_batch_tokens": 1, "grpo.packing": packing},
+    )
 
 
-def test_two_ranks_with_stand_ins_and_uneven_micro_batches_equal_one_rank(tmp_path, monkeypatch):
+@pytest.mark.parametrize("packing", [False, True])
+def test_two_ranks_with_stand_ins_and_uneven_micro_batches_equal_one_rank(
+    tmp_path, monkeypatch, packing
+):
     from agents.distributed import rank_minibatches
     from agents.rollout import make_env
     from agents.seeding import step_seed
@@ -267,9 +276,9 @@ def test_two_ranks_with_stand_ins_and_uneven_micro_batches_equal_one_rank(tmp_pa
     parts = [rank_minibatches(4, 4, gens[r], DistContext(r, 2, backend="gloo")) for r in (0, 1)]
     assert [[p.live for p in ps] for ps in parts] == [[True, False], [False, True]]
     make_env(micro_config(tmp_path / "warm").rollout, "train", 8)  # caches built once, here
-    results = run_ranks(_two_rank_micro, 2, tmp_path / "ranks", str(tmp_path), timeout=200)
+    results = run_ranks(_two_rank_micro, 2, tmp_path / "ranks", str(tmp_path), packing, timeout=200)
     played = [results[0]["played"], results[1]["played"]]
-    one, final = _replay(micro_config(tmp_path / "one"), played, monkeypatch)
+    one, final = _replay(micro_config(tmp_path / "one", packing), played, monkeypatch)
     ranks_records, one_records = results[0]["records"], one.metrics.records
     assert results[1]["records"] == ranks_records
     for mine, ref in zip(ranks_records[1:], one_records[1:], strict=True):
@@ -281,7 +290,19 @@ def test_two_ranks_with_stand_ins_and_uneven_micro_batches_equal_one_rank(tmp_pa
     assert all(r["grad_norm"] > 0 for r in one_records[1:])
 
 
-PPO_UPDATE_KEYS = ("loss", "pg_loss", "vf_loss", "entropy", "value_mean", "grad_norm", "kl")
+PPO_UPDATE_KEYS = (
+    "loss",
+    "pg_loss",
+    "vf_loss",
+    "entropy",
+    "value_mean",
+    "vf_clip_frac",
+    "explained_variance",
+    "grad_norm",
+    "kl",
+)
+"""``explained_variance`` too: a ratio of variances, reduced from the ranks' sums (the
+mean of the ranks' own values would differ)."""
 
 
 def test_two_rank_ppo_equals_one_rank_on_the_same_global_batch(tmp_path, monkeypatch):

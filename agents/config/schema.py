@@ -134,6 +134,12 @@ class GRPOConfig:
     into micro-batches of at most this many tokens, balanced by length, with gradient
     accumulation (the gradient equals the whole mini-batch's); the no-grad log-prob passes
     use the same budget. ``None``: one pass per mini-batch."""
+    packing: bool = False
+    """Padding-free passes: each micro-batch is one row of whole trajectories back to
+    back (at most :attr:`micro_batch_tokens` real tokens, first-fit decreasing), positions
+    restarting at each, attention kept within each (``transformers``' packed
+    ``position_ids``); the same losses and gradients as the padded passes, without the
+    padding's compute. Needs :attr:`micro_batch_tokens`."""
     mask_env_tokens: bool = True
     """Search-R1's retrieved-token masking: env tokens (information blocks, messages) get
     no loss. False (the ablation) trains on every token after the prompt."""
@@ -183,6 +189,12 @@ class PPOConfig:
     into micro-batches of at most this many tokens, balanced by length, with gradient
     accumulation (the gradient equals the whole mini-batch's); the no-grad log-prob passes
     use the same budget. ``None``: one pass per mini-batch."""
+    packing: bool = False
+    """Padding-free passes: each micro-batch is one row of whole trajectories back to
+    back (at most :attr:`micro_batch_tokens` real tokens, first-fit decreasing), positions
+    restarting at each, attention kept within each (``transformers``' packed
+    ``position_ids``); the same losses and gradients as the padded passes, without the
+    padding's compute. Needs :attr:`micro_batch_tokens`."""
     mask_env_tokens: bool = True
     """Retrieved-token masking of the actor loss (policy loss, entropy, KL)."""
     mask_critic_and_whitening: bool = True
@@ -322,6 +334,12 @@ class TrainConfig:
                 f"{self.algo}.minibatch_size ({minibatch}) must be between 1 and "
                 f"the batch, rollout.num_envs ({r.num_envs}) episodes"
             )
-        budget = (self.grpo if self.algo == "grpo" else self.ppo).micro_batch_tokens
+        section = self.grpo if self.algo == "grpo" else self.ppo
+        budget = section.micro_batch_tokens
         if budget is not None and budget < 1:
             raise ValueError(f"{self.algo}.micro_batch_tokens must be >= 1 or None, got {budget}")
+        if section.packing and budget is None:
+            raise ValueError(
+                f"{self.algo}.packing needs {self.algo}.micro_batch_tokens (the length of a "
+                "packed row), got None"
+            )

@@ -9,6 +9,9 @@
   rank divides its token sum by ``D / W`` (``D`` the count over all ranks and all of the
   mini-batch's micro-batches): the average of the W ranks' gradients is then the
   gradient of ``sum / D``, the 1-rank loss.
+- :func:`global_explained_variance`: PPO's ``1 - Var[R - V] / Var[R]`` over every rank's
+  critic tokens, from the ranks' summed sufficient statistics (a ratio of variances is not
+  the mean of the ranks' ratios).
 - :func:`max_over_ranks`: agree on a count (e.g. micro-batches per mini-batch), so every
   rank runs as many forward/backward passes as the others (FSDP's collectives pair up).
 - :func:`main_only`: run logging and file writes on rank 0 alone.
@@ -162,6 +165,21 @@ def global_masked_whiten(
     if not shift_mean:
         out = out + mean
     return torch.where(keep, out, zero).to(x.dtype)
+
+
+def global_explained_variance(
+    returns: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, ctx: DistContext
+) -> float:
+    """:func:`agents.losses.explained_variance` of the mask-1 tokens of *all* ranks (the
+    same float on every rank; on one rank, that rank's own).
+
+    One collective: the ranks' ``[n, sum R, sum R^2, sum R-V, sum (R-V)^2]`` added up in
+    fp64. Every rank must call it (a rank without tokens passes an all-zero ``mask``).
+    """
+    from agents.losses import explained_variance, explained_variance_sums
+
+    sums = explained_variance_sums(returns, values, mask)
+    return explained_variance(all_reduce_sum(sums, ctx))
 
 
 def loss_denominator(
@@ -321,6 +339,7 @@ def reduce_loss_stats(
     weight: float,
     other_keys: Sequence[str] = (),
     other_weight: float = 0.0,
+    global_keys: Sequence[str] = (),
 ) -> dict[str, float]:
     """One mini-batch's update stats over ranks (the same dict on every rank).
 
@@ -329,14 +348,18 @@ def reduce_loss_stats(
     ``weight`` (its mask-1 tokens, so token fractions come out global), or with
     ``other_weight`` for ``other_keys`` (stats over other tokens, e.g. the critic's);
     ``*_max``/``*_min`` keys are max/min-ed (:func:`default_op`). A tiny weight is added
-    so that a mini-batch without tokens on any rank stays defined.
+    so that a mini-batch without tokens on any rank stays defined. ``global_keys`` are
+    already the global value on every rank (e.g. :func:`global_explained_variance`):
+    kept as they are, since only token means average correctly.
     """
     if not ctx.is_distributed:
         return dict(stats)
     shares = {k: v for k, v in stats.items() if k in summed}
     out = reduce_metrics(shares, ctx, ops=dict.fromkeys(shares, "sum"))
-    main = {k: v for k, v in stats.items() if k not in summed and k not in other_keys}
-    other = {k: v for k, v in stats.items() if k not in summed and k in other_keys}
+    out.update({k: float(v) for k, v in stats.items() if k in global_keys and k not in summed})
+    rest = {k: v for k, v in stats.items() if k not in summed and k not in global_keys}
+    main = {k: v for k, v in rest.items() if k not in other_keys}
+    other = {k: v for k, v in rest.items() if k in other_keys}
     out.update(reduce_metrics(main, ctx, weight=weight + 1e-9))
     out.update(reduce_metrics(other, ctx, weight=other_weight + 1e-9))
     return {k: out[k] for k in stats}
