@@ -42,6 +42,10 @@ a query visited ~4,300 candidate rows from its essential lists to score ~5 exact
 few ns per posting. Block maxima alone saved little on that corpus: with ``k1=0.9`` a
 term's score saturates at tf 3-4 and passage lengths are 75-125 words, so most blocks'
 maxima are within 10-15% of the term's.
+Against that kernel (kernels alone, same queries, interleaved, shared machine at load
+~2; ``benchmarks/results/bm25_blockmax_200k.json``, ``bm25_blockmax_1m_b.json``):
+200k passages 4,533 -> 4,024 q/s on 1 thread (slower: the per-window work), 1M passages
+1,233 -> 1,367 q/s on 1 thread and 1,095 -> 1,431 on 2.
 
 Exactness: a document's score is the float32 sum of its term scores in query-token order
 (repeated query words count once per occurrence), the same additions in the same order
