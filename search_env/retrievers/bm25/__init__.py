@@ -10,7 +10,8 @@ Modules:
 * `building`: the streaming index build (passages spooled, token ids in one array);
 * `csc`: the numba score-matrix builder (bm25s' arrays bit for bit, for ``lucene``);
 * `files`: the index directory, its manifest and integrity checks;
-* `maxscore`: the numba MaxScore kernel (exact top-k; why our own: its docstring);
+* `bounds`: each term's and each block's largest score (the pruning bounds);
+* `maxscore`: the numba block-max MaxScore kernel (exact top-k; why our own: its docstring);
 * `scorers`: the pruned and exhaustive (bm25s) backends and threads per call;
 * `retriever`: `BM25Retriever`.
 """

@@ -6,11 +6,14 @@ An index directory holds::
     vocab.index.json, params.index.json     bm25s' own files (the CSC score matrix)
     vocab.tokenizer.json, stopwords.tokenizer.json
     term_max.maxscore.npy                   each term's largest score (pruned backend)
+    block_max.maxscore.npy                  each block's largest score (pruned backend)
     passages.jsonl, passages.offsets.npy    the passages, found by byte offset
     manifest.json                           format version, parameters, backend, hashes
 
-``term_max.maxscore.npy`` is optional on load (older indexes lack it; it is then
-computed, one pass over the scores). The manifest's ``backend`` is the one chosen at
+``term_max.maxscore.npy`` and ``block_max.maxscore.npy`` are optional on load (older
+indexes lack them; they are then computed, one pass over the scores). The block maxima
+are used only when the manifest's ``maxscore_block`` equals `bounds.BLOCK` (the
+postings per block they were computed for). The manifest's ``backend`` is the one chosen at
 build time; ``backend="auto"`` at load uses it when it is usable.
 
 Files up to 64 MiB are hashed whole (sha256). Larger ones record the sha256 of their
@@ -29,6 +32,7 @@ from search_env.retrievers._index_files import OFFSETS_NAME, PASSAGES_NAME
 from search_env.retrievers.base import CorruptIndexError
 
 __all__ = [
+    "BLOCK_MAX_NAME",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "REQUIRED_FILES",
@@ -45,6 +49,7 @@ FORMAT_VERSION = 1
 TOKENIZER_VOCAB_NAME = "vocab.tokenizer.json"
 TOKENIZER_STOPWORDS_NAME = "stopwords.tokenizer.json"
 TERM_MAX_NAME = "term_max.maxscore.npy"
+BLOCK_MAX_NAME = "block_max.maxscore.npy"
 BM25S_FILES = (
     "data.csc.index.npy",
     "indices.csc.index.npy",

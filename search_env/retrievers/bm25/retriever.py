@@ -70,6 +70,7 @@ class BM25Retriever:
         n_threads: int = -1,
         corpus_info: dict[str, str] | None = None,
         term_max: np.ndarray | None = None,
+        block_max: np.ndarray | None = None,
     ) -> None:
         """Wraps already-built parts; use `build` or `load` instead."""
         self._model = model
@@ -82,7 +83,7 @@ class BM25Retriever:
         self.corpus_info = corpus_info
         self._scorer: PrunedScorer | ExhaustiveScorer
         if self.backend == "pruned":
-            self._scorer = PrunedScorer(model.scores, term_max, params.method)
+            self._scorer = PrunedScorer(model.scores, term_max, params.method, block_max)
         else:
             if model.backend != _bm25s_backend(self.backend):
                 model.backend = _bm25s_backend(self.backend)
@@ -199,8 +200,11 @@ class BM25Retriever:
             self._model.save(tmp, show_progress=False)
             self._tokenizer.save_vocab(str(tmp), files.TOKENIZER_VOCAB_NAME)
             self._tokenizer.save_stopwords(str(tmp), files.TOKENIZER_STOPWORDS_NAME)
+            maxscore_fields: dict[str, Any] = {}
             if isinstance(self._scorer, PrunedScorer):
                 np.save(tmp / files.TERM_MAX_NAME, self._scorer.term_max)
+                np.save(tmp / files.BLOCK_MAX_NAME, self._scorer.block_max)
+                maxscore_fields["maxscore_block"] = self._scorer.block
             shutil.copyfile(self._store.path, tmp / PASSAGES_NAME)
             np.save(tmp / OFFSETS_NAME, np.asarray(self._store.offsets, dtype=np.int64))
             manifest = files.manifest_record(
@@ -212,6 +216,7 @@ class BM25Retriever:
                 num_passages=len(self),
                 vocab_size=len(self._encoder.vocab),
                 corpus=self.corpus_info,
+                **maxscore_fields,
             )
             (tmp / MANIFEST_NAME).write_text(
                 json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
@@ -290,6 +295,9 @@ class BM25Retriever:
                 term_max = np.load(index_dir / files.TERM_MAX_NAME, allow_pickle=False)
                 if term_max.dtype != np.float32 or term_max.ndim != 1:
                     raise files.corrupt(index_dir, f"{files.TERM_MAX_NAME} is not a float32 vector")
+            block_max = None
+            if backend == "pruned" and files.BLOCK_MAX_NAME in manifest["files"]:
+                block_max = _load_block_max(index_dir, manifest, model.scores["indptr"], mmap)
             files.check_consistency(
                 index_dir,
                 manifest,
@@ -317,6 +325,7 @@ class BM25Retriever:
             n_threads=n_threads,
             corpus_info=manifest.get("corpus"),
             term_max=term_max,
+            block_max=block_max,
         )
 
     # ------------------------------------------------------------------ searching
@@ -394,6 +403,30 @@ def _load_backend(requested: str, recorded: object, method: str) -> str:
         except (ValueError, ImportError):
             logger.warning("index backend %r is not usable here; choosing another", recorded)
     return resolve_backend(requested, method)
+
+
+def _load_block_max(
+    index_dir: Path, manifest: dict[str, Any], indptr: np.ndarray, mmap: bool
+) -> np.ndarray | None:
+    """The stored block maxima, checked against the score matrix's block count; None
+    when they were computed for another block size (they are then computed again)."""
+    from search_env.retrievers.bm25.bounds import BLOCK, block_offsets
+
+    if manifest.get("maxscore_block") != BLOCK:
+        logger.info("%s: block maxima of another block size; computing them", index_dir)
+        return None
+    block_max = np.load(
+        index_dir / files.BLOCK_MAX_NAME, mmap_mode="r" if mmap else None, allow_pickle=False
+    )
+    if block_max.dtype != np.float32 or block_max.ndim != 1:
+        raise files.corrupt(index_dir, f"{files.BLOCK_MAX_NAME} is not a float32 vector")
+    n_blocks = int(block_offsets(indptr)[-1])
+    if len(block_max) != n_blocks:
+        raise files.corrupt(
+            index_dir,
+            f"{files.BLOCK_MAX_NAME} has {len(block_max)} blocks, the score matrix {n_blocks}",
+        )
+    return block_max
 
 
 _LOADED: set[tuple[str, int, bool, str]] = set()

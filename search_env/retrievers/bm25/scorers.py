@@ -87,8 +87,15 @@ class PrunedScorer:
 
     name = "pruned"
 
-    def __init__(self, scores: dict[str, Any], term_max: np.ndarray | None, method: str) -> None:
-        """Wraps bm25s' ``model.scores``; ``term_max`` is computed when None."""
+    def __init__(
+        self,
+        scores: dict[str, Any],
+        term_max: np.ndarray | None,
+        method: str,
+        block_max: np.ndarray | None = None,
+    ) -> None:
+        """Wraps bm25s' ``model.scores``; ``term_max`` and ``block_max`` (of
+        `maxscore.BLOCK` postings) are computed when None (one pass over the scores)."""
         if method not in PRUNABLE_METHODS:
             raise ValueError(f"the pruned backend scores {PRUNABLE_METHODS}, not {method!r}")
         from search_env.retrievers.bm25 import maxscore
@@ -99,6 +106,16 @@ class PrunedScorer:
         self.indptr = scores["indptr"]
         self.num_docs = int(scores["num_docs"])
         self.term_max = maxscore.term_max(self.data, self.indptr) if term_max is None else term_max
+        self.block = maxscore.BLOCK
+        self.block_offsets = maxscore.block_offsets(self.indptr)
+        if block_max is None:
+            block_max = maxscore.block_max(self.data, self.indptr, self.block_offsets)
+        elif len(block_max) != self.block_offsets[-1]:
+            raise ValueError(
+                f"block_max has {len(block_max)} blocks, the score matrix "
+                f"{int(self.block_offsets[-1])} of {maxscore.BLOCK} postings"
+            )
+        self.block_max = block_max
 
     def search(self, queries: Sequence[Sequence[int]], k: int, n_threads: int) -> Hits:
         """Top-``k`` of each query (token ids), using up to ``n_threads`` threads."""
@@ -108,7 +125,17 @@ class PrunedScorer:
         scores = np.zeros((n, k), dtype=np.float32)
         counts = np.zeros(n, dtype=np.int64)
         threads = threads_for(n, n_threads)
-        args = (self.data, self.indices, self.indptr, self.term_max, flat, ptr, k)
+        args = (
+            self.data,
+            self.indices,
+            self.indptr,
+            self.term_max,
+            self.block_max,
+            self.block_offsets,
+            flat,
+            ptr,
+            k,
+        )
         if threads == 1:
             self._kernel.search_batch(*args, rows, scores, counts)
         else:
