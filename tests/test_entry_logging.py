@@ -23,9 +23,12 @@ def root_logger():
     root.setLevel(level)
 
 
-@pytest.mark.parametrize("module", ["agents.train", "agents.rllib.train"])
+@pytest.mark.parametrize("module", ["agents.train", "agents.rllib.train", "agents.trl.train"])
 def test_training_entry_points_log_through_configure_logging(module, root_logger, monkeypatch):
     import importlib
+
+    if module == "agents.trl.train":
+        pytest.importorskip("trl")
 
     main = importlib.import_module(module).main
     stderr = io.StringIO()

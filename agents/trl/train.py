@@ -38,6 +38,7 @@ from typing import Any
 from agents.cli_args import add_config_arguments, add_set_argument, base_config, overrides_from_args
 from agents.config import PRESETS, TrainConfig, apply_overrides, load_config, preset, to_dict
 from agents.trl.deps import require_trl
+from search_env.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -432,7 +433,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """``search-env train --backend trl`` = ``python -m agents.trl.train``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
