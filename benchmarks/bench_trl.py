@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS_DIR, save_results  # noqa: E402
+from benchmarks.common import RESULTS_DIR, rebuild_table, save_results, tiny_recipe_base  # noqa: E402
 
 
 def native_numbers(run_dir: Path, num_envs: int) -> dict[str, Any]:
@@ -121,10 +120,10 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from agents.cli_args import add_set_argument, parse_set
-    from agents.config import TrainConfig, apply_overrides, tiny_cpu
+    from agents.cli_args import add_set_argument
+    from agents.config import apply_overrides
     from agents.grpo import train_grpo
-    from agents.recipe import QUICK, warm_start
+    from agents.recipe import warm_start
     from agents.trl.train import train_trl
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -149,24 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     add_set_argument(parser, "rollout.num_envs=48")
     args = parser.parse_args(argv)
     if args.rebuild:
-        path = RESULTS_DIR / f"{args.name}.json"
-        payload = json.loads(path.read_text())
-        if args.note:
-            payload["results"]["settings"]["note"] = args.note
-            path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        (RESULTS_DIR / f"{args.name}.md").write_text(markdown(payload["results"]) + "\n")
-        print(markdown(payload["results"]))
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    overrides: dict[str, Any] = dict(QUICK) if args.quick else {}
-    overrides.update({"sft.steps": args.sft_steps, "steps": args.steps})
-    overrides.update(parse_set(TrainConfig, args.set))
-    base = apply_overrides(tiny_cpu(), {**overrides, "eval_every": 0, "checkpoint_every": 0})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if base.threads:
-        torch.set_num_threads(base.threads)
+        return rebuild_table(args.name, args.note, markdown)
+    base, overrides, out = tiny_recipe_base(args)
 
     started = time.perf_counter()
     if args.warm_start is not None:

@@ -202,3 +202,43 @@ def save_results(name: str, results: dict[str, Any]) -> Path:
             print(f"{key}: {_fmt(value)}")
     print(f"\nsaved {path}")
     return path
+
+
+# ------------------------------------------- the warm-started tiny-recipe benchmarks
+def rebuild_table(name: str, note: str, markdown: Callable[[dict[str, Any]], str]) -> int:
+    """``--rebuild``: rewrite ``{name}.md`` from the saved ``{name}.json`` (with ``note``
+    stored in its settings when given), print the table; returns the exit code 0."""
+    path = RESULTS_DIR / f"{name}.json"
+    payload = json.loads(path.read_text())
+    if note:
+        payload["results"]["settings"]["note"] = note
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    (RESULTS_DIR / f"{name}.md").write_text(markdown(payload["results"]) + "\n")
+    print(markdown(payload["results"]))
+    return 0
+
+
+def tiny_recipe_base(args: Any) -> tuple[Any, dict[str, Any], Path]:
+    """The ``tiny-cpu`` config of a side-by-side run (``args``: ``quick``, ``sft_steps``,
+    ``steps``, ``set``, ``out``), evaluated at step 0 and after the last step only, no
+    checkpoints; logging on, the output directory made, torch's threads set. Returns the
+    config, the overrides applied and the output directory."""
+    import logging
+
+    import torch
+
+    from agents.cli_args import parse_set
+    from agents.config import TrainConfig, apply_overrides, tiny_cpu
+    from agents.recipe import QUICK
+    from search_env.logs import configure_logging
+
+    configure_logging(logging.INFO)
+    overrides: dict[str, Any] = dict(QUICK) if args.quick else {}
+    overrides.update({"sft.steps": args.sft_steps, "steps": args.steps})
+    overrides.update(parse_set(TrainConfig, args.set))
+    base = apply_overrides(tiny_cpu(), {**overrides, "eval_every": 0, "checkpoint_every": 0})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if base.threads:
+        torch.set_num_threads(base.threads)
+    return base, overrides, out
